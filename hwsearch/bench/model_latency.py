@@ -1,0 +1,135 @@
+"""`hwsearch bench model-latency`: random plans built with `apply_plan`, timed end to end vs predicted.
+
+Each plan is drawn from the model's search space on the device (native choices only, a random
+merge schedule half the time), built into the torch model with `apply_plan`, and timed with the
+profiler's harness (`time_calls`: warm-up, >= 20 repeats, median) at the device's thread count.
+
+Predictions are the sum of predicted kernel latencies plus the device's overhead term. The
+overhead is fitted on the timed plans themselves, so the scores use leave-one-out: each plan is
+predicted with the overhead fitted on the other plans. The raw kernel sum (no overhead) is
+scored too, and the overhead fitted on all plans is stored for the device (target
+"model-overhead"). Timing needs the machine itself: only a device profiled on this host can be
+benchmarked here.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from hwsearch.db.engine import session_scope
+from hwsearch.db.models import Device
+from hwsearch.errors import HwsearchError
+from hwsearch.predictors.dataset import device_backend
+from hwsearch.predictors.metrics import mape, within_pct
+from hwsearch.predictors.model_latency import ModelLatency, Overhead, store_overhead
+from hwsearch.predictors.registry import best_predictor
+from hwsearch.spaces.catalog import get_model
+
+TIMED_MODELS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "digits_vit")
+
+
+def torch_model(name: str) -> tuple[Any, Any]:
+    """(module, example input) of a catalogue ViT, in fp32 like its ModelSpec."""
+    import torch
+
+    from hwsearch.kernels.models import ViT
+    from hwsearch.spaces import catalog
+
+    configs = {"vit_tiny": catalog.VIT_TINY, "vit_small": catalog.VIT_SMALL, "vit_base": catalog.VIT_BASE,
+               "vit_large": catalog.VIT_LARGE, "digits_vit": catalog.DIGITS_VIT}
+    if name not in configs:
+        raise HwsearchError(f"bench model-latency times ViT models end to end; got {name!r}; accepted: {', '.join(TIMED_MODELS)}")
+    cfg = configs[name]
+    torch.manual_seed(0)
+    model = ViT(cfg).eval()
+    return model, torch.randn(1, cfg.channels, cfg.image, cfg.image)
+
+
+def _plan_doc(plan: Any) -> dict[str, Any]:
+    labels: dict[str, int] = {}
+    for choice in plan.layers.values():
+        labels[choice.label()] = labels.get(choice.label(), 0) + 1
+    merge = plan.merge.model_dump() if hasattr(plan.merge, "model_dump") else plan.merge
+    return {"compressed_layers": len(plan.layers), "choices": labels, "merge": merge}
+
+
+def run(
+    engine: Engine, device: str, model: str = "vit_base", plans: int = 20, seed: int = 0, threads: int | None = None,
+    aggressiveness: float = 0.5, store: bool = True, progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    import torch
+
+    from hwsearch.kernels import registry
+    from hwsearch.kernels.apply import apply_plan
+    from hwsearch.profilers.timing import time_calls
+    from hwsearch.spaces.knobs import Capabilities, SearchSpace
+
+    if plans < 3:
+        raise HwsearchError(f"plans={plans} is too few to fit and score the overhead; accepted: 3 or more")
+    spec = get_model(model)
+    dev_id, _ = device_backend(engine, device)
+    with session_scope(engine) as session:
+        fp = dict(session.get(Device, dev_id).fingerprint or {})
+    if fp.get("host") != socket.gethostname():
+        raise HwsearchError(
+            f"device {device!r} was profiled on host {fp.get('host')!r}, not this one ({socket.gethostname()!r}); "
+            "accepted: run the benchmark on the device's own machine"
+        )
+    backend = fp.get("backend", "cpu")
+    threads = threads or fp.get("threads") or 1
+    answer = best_predictor(engine, device)
+    base, x = torch_model(model.partition(":")[0])
+    space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend), device))
+    rng = random.Random(seed)
+    drawn = [space.sample(rng, aggressiveness, device) for _ in range(plans)]
+    ml = ModelLatency(spec, answer)
+    kernel_ms, launches, casts, measured, rows = [], [], [], [], []
+    for i, plan in enumerate(drawn):
+        est = ml.plan(plan)
+        with torch.inference_mode():
+            built = apply_plan(base, plan, spec, backend=backend).eval()
+            timing = time_calls([lambda m=built: m(x)], threads=threads)
+        del built
+        kernel_ms.append(est.kernel_ms)
+        launches.append(est.kernels)
+        casts.append(est.cast_melems)
+        measured.append(timing.median_us / 1e3)
+        rows.append({**_plan_doc(plan), "kernel_sum_ms": est.kernel_ms, "kernels": est.kernels,
+                     "cast_melems": est.cast_melems, "measured_ms": timing.median_us / 1e3,
+                     "measured_p10_ms": timing.p10_us / 1e3, "measured_p90_ms": timing.p90_us / 1e3,
+                     "measured_cov": timing.cov})
+        if progress:
+            progress("timing plans", i + 1, plans)
+    k, n, c, y = (np.array(v, dtype=float) for v in (kernel_ms, launches, casts, measured))
+    loo = np.empty_like(y)
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        loo[i] = Overhead.fit(k[keep], n[keep], c[keep], y[keep]).apply(k[i : i + 1], n[i : i + 1], c[i : i + 1])[0]
+    for row, p in zip(rows, loo, strict=True):
+        row["predicted_ms"] = float(p)
+    full = Overhead.fit(k, n, c, y)
+    doc: dict[str, Any] = {
+        "device": device,
+        "model": model,
+        "predictor": answer.describe(),
+        "threads": threads,
+        "plans": plans,
+        "mape": mape(loo, y),
+        "within_10pct": within_pct(loo, y, 10.0),
+        "kernel_sum_only": {"mape": mape(k, y), "within_10pct": within_pct(k, y, 10.0)},
+        "overhead": full.as_dict(),
+        "scoring": "leave-one-out: each plan predicted with the overhead fitted on the other plans",
+        "target": {"mape_max": 10.0, "met": bool(mape(loo, y) <= 10.0)},
+        "measurement_noise_median_cov": float(np.median([r["measured_cov"] for r in rows])),
+        "rows": rows,
+    }
+    if store:
+        doc["overhead_id"] = store_overhead(engine, device, full, {"mape_loo": doc["mape"], "within_10pct_loo": doc["within_10pct"]},
+                                            {"model": model, "plans": plans, "seed": seed, "kernel_predictor": answer.describe()})
+    return doc

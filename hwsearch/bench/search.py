@@ -1,0 +1,189 @@
+"""`hwsearch bench search`: samplers vs random at equal trials, against the exact front.
+
+On a reduced space of the model (four formats, int4 group 128, three ranks, a few merge
+schedules) the exact Pareto front of the two objectives is computed by dynamic programming
+over the additive tables (`search.reference`). Each sampler then runs as the service runs it
+(warm start included) and once without the warm start, and random search runs without it, all
+for the same number of trials and seeds; every study runs in memory so the numbers are the
+samplers', not the storage's.
+
+Hypervolume is measured in the box from the reference front's ideal to its nadir widened by
+10 % of its range (the usual reference point), so `hv_ratio` = HV(sampler front) / HV(exact
+front) says how much of the real front a sampler found. `trials_to_95pct` is the first trial
+count whose front reaches 95 % of the reference hypervolume (None: not within the budget).
+`violation_rate` is measured: the plans a user would pick under a latency bound (the middle of
+the reference front) are built and timed end to end on the device; it is the share whose
+measured latency breaks the bound.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from hwsearch.errors import HwsearchError
+from hwsearch.search import pareto
+from hwsearch.search.objectives import OBJECTIVES
+from hwsearch.search.problem import build_problem
+from hwsearch.search.reference import exact_front
+from hwsearch.search.spec import SAMPLERS, SearchSpec
+from hwsearch.search.study import optimize_in_memory
+
+QUANTUNE = ("Quantune (Lee et al., 2022, Future Generation Computer Systems 'Quantune: Post-training quantization of "
+            "convolutional neural networks using extreme gradient boosting for fast deployment'): 36.5x less search "
+            "time than random, grid and genetic search")
+MARGIN = 0.10
+
+
+def reduced_knobs(depth: int, dim: int) -> dict[str, Any]:
+    step = max(1, dim // 8)
+    return {"formats": ["fp32", "bf16", "int8", "int4"], "group_sizes": [128], "rank_step": step,
+            "rank_fraction": 0.4, "merge_start": [0, depth // 2]}
+
+
+def _box(front: np.ndarray, objectives: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    s = pareto.signs(objectives)
+    z = front * s
+    lo, hi = z.min(0), z.max(0)
+    nadir = hi + MARGIN * np.where(hi > lo, hi - lo, np.abs(hi) + 1e-9)
+    return lo * s, nadir * s
+
+
+def run(engine: Engine, device: str, model: str = "vit_base", trials: int = 500, seeds: int = 3,
+        samplers: list[str] | None = None, objectives: list[str] | None = None, verify: int = 3,
+        show_progress: bool = False) -> dict[str, Any]:
+    from hwsearch.profilers.progress import progress_bar
+
+    samplers = samplers or ["nsga2", "tpe"]
+    objectives = objectives or ["latency", "size"]
+    for s in samplers:
+        if s not in SAMPLERS or s == "random":
+            raise HwsearchError(f"unknown sampler {s!r} to compare; accepted: {', '.join(x for x in SAMPLERS if x != 'random')}")
+    if len(objectives) != 2:
+        raise HwsearchError(f"bench search compares on 2 objectives; got {objectives}; accepted: e.g. latency,size")
+    if trials < 10 or seeds < 1:
+        raise HwsearchError("bench search needs --trials >= 10 and --seeds >= 1")
+    from hwsearch.spaces.catalog import get_model
+
+    desc = get_model(model)
+    knobs = reduced_knobs(len(desc.blocks) or 1, min(min(la.K, la.N) for la in desc.layers))
+    spec = SearchSpec(model=model, device=device, objectives=objectives, knobs=knobs, n_trials=trials, verify_top_k=0)
+    problem = build_problem(engine, spec)
+    tables = problem.tables
+    t0 = time.perf_counter()
+    ref = exact_front(tables, objectives)
+    ref_seconds = time.perf_counter() - t0
+    ideal, nadir = _box(ref, objectives)
+    hv_ref = pareto.hypervolume(ref, objectives, ideal, nadir)
+    runs = [(s, True) for s in samplers] + [(s, False) for s in samplers] + [("random", False)]
+    out: dict[str, dict[str, Any]] = {}
+    fronts: dict[str, np.ndarray] = {}
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("search benchmark", total=len(runs) * seeds)
+        for sampler, warm in runs:
+            key = sampler if warm or sampler == "random" else f"{sampler}_no_warm_start"
+            ratios, hits, speeds, curves = [], [], [], []
+            for seed in range(seeds):
+                started = time.perf_counter()
+                done = optimize_in_memory(tables, objectives, {}, sampler, seed, trials, warm)
+                speeds.append(len(done) / (time.perf_counter() - started))
+                values = np.array([t.values for t in done], dtype=float)
+                curve = pareto.hv_curve(values, np.ones(len(values), bool), objectives, ideal, nadir) / hv_ref
+                curves.append(curve)
+                ratios.append(float(curve[-1]))
+                hits.append(pareto.trials_to(curve, 0.95))
+                if seed == 0:
+                    fronts[key] = values[pareto.pareto_mask(values * pareto.signs(objectives))]
+                bar.advance(task)
+            reached = [h for h in hits if h is not None]
+            out[key] = {
+                "hv_ratio": float(np.mean(ratios)), "hv_ratio_per_seed": ratios,
+                "trials_to_95pct": float(np.mean(reached)) if len(reached) == len(hits) else None,
+                "trials_to_95pct_per_seed": hits, "trials_per_second": float(np.mean(speeds)),
+                "hv_ratio_at": {str(n): float(np.mean([c[min(n, trials) - 1] for c in curves]))
+                                for n in (20, 50, 100, 200, trials) if n <= trials},
+            }
+    rnd = out["random"]["trials_to_95pct"]
+    for key, doc in out.items():
+        if key == "random":
+            continue
+        mine = doc["trials_to_95pct"]
+        doc["fewer_trials_than_random"] = (rnd / mine) if (rnd and mine) else None
+        if mine and not rnd:
+            doc["fewer_trials_than_random_at_least"] = trials / mine
+    doc: dict[str, Any] = {
+        "device": device, "model": model, "objectives": objectives, "trials": trials, "seeds": seeds,
+        "space": {"knobs": knobs, "variables": len(tables.variables), "merges": len(tables.merges),
+                  "plans": float(np.prod([float(len(v.choices)) for v in tables.variables]) * len(tables.merges))},
+        "reference": {"points": int(len(ref)), "hypervolume": hv_ref, "seconds": ref_seconds,
+                      "box": {"ideal": ideal.tolist(), "nadir": nadir.tolist()}},
+        "predictor": problem.predictor,
+        "samplers": out,
+        "hv_ratio": {k: v["hv_ratio"] for k, v in out.items()},
+        "trials_to_95pct": {k: v["trials_to_95pct"] for k, v in out.items()},
+        "trials_per_second": {k: v["trials_per_second"] for k, v in out.items()},
+        "targets": {"hv_ratio_min": 0.99, "fewer_trials_than_random_min": 10.0},
+        "published": QUANTUNE,
+    }
+    doc["violation_rate"] = _violations(problem, objectives, ref, fronts.get(samplers[0]), verify, spec)
+    return doc
+
+
+def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.ndarray | None, k: int,
+                spec: SearchSpec) -> dict[str, Any]:
+    """Time the `k` plans a user would pick under a latency bound; share measured above it."""
+    if "latency" not in objectives or front is None or k <= 0:
+        return {"measured": False, "reason": "needs the latency objective and --verify > 0"}
+    if not problem.local:
+        return {"measured": False, "reason": f"device {spec.device!r} is not this machine; timing needs its host"}
+    from hwsearch.search.results import plan_of
+    from hwsearch.search.study import optimize_in_memory as search
+    from hwsearch.search.verify import time_plans
+
+    li = objectives.index("latency")
+    bound = float(np.median(ref[:, li]))
+    done = search(problem.tables, objectives, {"latency_ms": bound}, spec.sampler, 0, spec.n_trials, True)
+    ok = [t for t in done if t.values[li] <= bound]
+    if not ok:
+        return {"measured": False, "reason": "no plan under the bound"}
+    other = 1 - li
+    sign = OBJECTIVES[objectives[other]].sign
+    ok.sort(key=lambda t: t.values[other] * sign)
+    picked = ok[:k]
+    plans = [plan_of(t, problem.space, spec) for t in picked]
+    timings = time_plans(problem.space.model, plans, int(problem.fingerprint.get("threads") or 1),
+                         problem.fingerprint.get("backend", "cpu"))
+    measured = [t["measured_ms"] for t in timings]
+    return {"measured": True, "max_latency_ms": bound, "plans": len(plans),
+            "predicted_ms": [t.values[li] for t in picked], "measured_ms": measured,
+            "violation_rate": float(np.mean([m > bound for m in measured]))}
+
+
+def print_report(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = Table(title=f"Search benchmark: {doc['model']} on {doc['device']}, {'x'.join(doc['objectives'])}, "
+                       f"{doc['trials']} trials x {doc['seeds']} seeds; exact front: {doc['reference']['points']} points",
+                 caption=f"published: {doc['published']}", title_justify="left")
+    for col in ("sampler", "HV / exact", "trials to 95 %", "x fewer than random", "trials/s"):
+        grid.add_column(col, justify="right" if col != "sampler" else "left")
+    for key, s in doc["samplers"].items():
+        fewer = s.get("fewer_trials_than_random")
+        if fewer is None and s.get("fewer_trials_than_random_at_least"):
+            fewer_text = f">= {s['fewer_trials_than_random_at_least']:.1f}"
+        else:
+            fewer_text = "-" if fewer is None else f"{fewer:.1f}"
+        t95 = s["trials_to_95pct"]
+        grid.add_row(key, f"{s['hv_ratio']:.4f}", "not reached" if t95 is None else f"{t95:.0f}", fewer_text,
+                     f"{s['trials_per_second']:.1f}")
+    Console().print(grid)
+    v = doc["violation_rate"]
+    if v.get("measured"):
+        Console().print(f"measured: {sum(m > v['max_latency_ms'] for m in v['measured_ms'])} of {v['plans']} plans picked "
+                        f"under {v['max_latency_ms']:.2f} ms break it on the device (violation rate {v['violation_rate']:.2f})")
+    else:
+        Console().print(f"violation rate not measured: {v['reason']}")

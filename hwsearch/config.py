@@ -1,0 +1,20 @@
+"""Where things live: the database URL and the data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_data_dir
+
+
+def data_dir() -> Path:
+    """The user's hwsearch data directory (override with HWSEARCH_HOME)."""
+    path = Path(os.environ.get("HWSEARCH_HOME") or user_data_dir("hwsearch", appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_db_url() -> str:
+    """`HWSEARCH_DB` if set, else an SQLite file in the data directory."""
+    return os.environ.get("HWSEARCH_DB") or f"sqlite:///{data_dir() / 'hwsearch.db'}"

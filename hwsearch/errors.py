@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every problem a user can cause (bad input, unknown names, a database that does not answer) is
+raised as a :class:`HwsearchError` whose message is one line saying what is wrong and what is
+accepted. The CLI prints that line and exits with status 2; nothing else is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class HwsearchError(ValueError):
+    """A one-line, user-facing error."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def unknown(what: str, value: object, accepted: Iterable[object]) -> HwsearchError:
+    """`unknown format 'int3'; accepted: fp32, bf16, ...`"""
+    choices = ", ".join(str(a) for a in accepted)
+    return HwsearchError(f"unknown {what} {value!r}; accepted: {choices}")

@@ -1,0 +1,90 @@
+"""`apply_plan(model, plan)`: a torch module that really runs a compression plan.
+
+Every layer the plan compresses becomes a `CompressedLinear` running its registered kernel
+(real int8/int4 CPU kernels where torch has them, exact emulation elsewhere); blocks from the
+first merging block on become `TomeBlock`s. Layers the plan leaves uncompressed are the original
+modules, so the identity plan gives back a copy of the model that computes exactly the same.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from hwsearch.errors import HwsearchError
+from hwsearch.kernels.modules import CompressedLinear, TomeBlock, TomeState
+from hwsearch.spaces.catalog import CATALOG, get_model
+from hwsearch.spaces.model import Block, ModelSpec
+from hwsearch.spaces.plan import Plan, validate_plan
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _vit_blocks(model: nn.Module) -> nn.Module:
+    blocks = getattr(model, "blocks", None)
+    ok = isinstance(blocks, nn.Sequential | nn.ModuleList) and all(
+        all(hasattr(b, a) for a in ("norm1", "attn", "norm2", "mlp")) and hasattr(b.attn, "qkv") for b in blocks
+    )
+    if not ok or not hasattr(model, "cls_token"):
+        raise HwsearchError(
+            f"{type(model).__name__} has no timm-style ViT blocks with a class token; accepted: token merging only on such models"
+        )
+    return blocks
+
+
+def merge_schedule(model: nn.Module, plan: Plan, spec: ModelSpec | None) -> tuple[int, ...]:
+    if spec is not None:
+        return spec.merge_schedule(plan.merge)
+    if plan.merge is None:
+        return ()
+    blocks = _vit_blocks(model)
+    tokens = int(model.pos_embed.shape[1]) if hasattr(model, "pos_embed") else None
+    if tokens is None:
+        raise HwsearchError("token merging needs the model's token count; accepted: pass spec= or a model with pos_embed")
+    dim = blocks[0].norm1.normalized_shape[0]
+    heads = blocks[0].attn.num_heads
+    described = tuple(Block(i, f"blocks.{i}", "vit", dim, heads, dim // heads, dim, tokens) for i in range(len(blocks)))
+    return ModelSpec(type(model).__name__, (), described, tokens=tokens, class_token=True).merge_schedule(plan.merge)
+
+
+def apply_plan(
+    model: nn.Module, plan: Plan, spec: ModelSpec | None = None, backend: str = "cpu", inplace: bool = False,
+    validate: bool = True,
+) -> nn.Module:
+    """The model compressed as `plan` says (a copy unless `inplace`).
+
+    `spec` (default: the catalogue entry named by the plan, if any) validates the plan and gives
+    each layer its rows; without it, layer names are checked against the module itself.
+    `validate=False` skips the group constraints (sensitivity measurements change one layer
+    of a group on purpose).
+    """
+    if spec is None and plan.model.partition(":")[0] in CATALOG:
+        spec = get_model(plan.model)
+    if spec is not None and validate:
+        validate_plan(plan, spec)
+    out = model if inplace else copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    dtype = spec.dtype if spec is not None else "fp32"
+    for name, choice in plan.layers.items():
+        target = modules.get(name)
+        if not isinstance(target, nn.Linear):
+            what = "no module" if target is None else f"a {type(target).__name__}, not an nn.Linear"
+            raise HwsearchError(f"plan layer {name!r} is {what} in {type(model).__name__}; accepted: names of nn.Linear modules")
+        if choice.is_identity(dtype) and choice.format == "fp32":
+            continue
+        rows = spec.layer(name).tokens if spec is not None else 1
+        _set_module(out, name, CompressedLinear(target, choice, rows=rows, backend=backend))
+    schedule = merge_schedule(out, plan, spec)
+    if any(schedule):
+        blocks = _vit_blocks(out)
+        state = TomeState()
+        first = next(i for i, r in enumerate(schedule) if r)
+        for i in range(first, len(blocks)):
+            blocks[i] = TomeBlock(blocks[i], schedule[i], state)
+        out.tome = state  # type: ignore[assignment]
+        out.register_forward_pre_hook(lambda *_: state.reset())
+    return out

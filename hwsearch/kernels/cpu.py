@@ -1,0 +1,282 @@
+"""CPU implementations, using torch's real fast paths where they exist (torch 2.13).
+
+Fast paths: int8 W8A8 through `torch._int_mm` (oneDNN) or fbgemm's `linear_dynamic`; int4
+weight-only through `_weight_int4pack_mm_for_cpu`; bf16/fp16 where the ISA has them. FP8 and N:M
+have no CPU fast path: they are emulated (quantise/dequantise, masked dense GEMM), which is what
+a CPU really does with such a model, and reported with native = False.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hwsearch.kernels.inputs import TORCH_DTYPES, rope
+from hwsearch.kernels.quant import (
+    apply_nm,
+    dequantize_int4_groups,
+    quantize_fp8_rows,
+    quantize_int4_groups,
+    quantize_int8_rows,
+)
+from hwsearch.kernels.registry import Kernel, State, register
+from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
+from hwsearch.kernels.tome import bipartite_merge
+
+NORM_EPS = 1e-6
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_capabilities() -> dict[str, Any]:
+    """Which formats this CPU runs on a real fast path."""
+    flags = cpu_flags()
+    arm = platform.machine().lower() in ("aarch64", "arm64")
+    return {
+        "available": True,
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "fp32": True,
+        "bf16": bool({"avx512_bf16", "amx_bf16", "bf16"} & flags),
+        "fp16": bool({"avx512_fp16", "amx_fp16"} & flags) or (arm and "fphp" in flags),
+        "int8": True,  # oneDNN/fbgemm integer GEMM (VNNI where present, AVX2/NEON otherwise)
+        "int4": True,  # torch's packed int4 CPU kernel
+        "fp8": False,
+        "nm": False,
+    }
+
+
+def _cast_bias(state: State, params: State, dtype: torch.dtype) -> State:
+    if params.get("bias") is not None:
+        state["bias"] = params["bias"].to(dtype)
+    return state
+
+
+def _add_bias(y: torch.Tensor, state: State) -> torch.Tensor:
+    bias = state.get("bias")
+    return y if bias is None else y + bias
+
+
+class CpuLinear(Kernel):
+    op = "linear"
+    backend = "cpu"
+    formats: tuple[str, ...] = ()
+
+    def supports(self, spec: OpSpec) -> bool:
+        return isinstance(spec, LinearSpec) and spec.rank is None and spec.format in self.formats
+
+    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
+        return spec.nm is None and bool(caps.get(spec.format))  # type: ignore[attr-defined]
+
+
+@register
+class DenseFloat(CpuLinear):
+    """fp32/bf16/fp16 GEMM; N:M patterns run as a dense GEMM on masked weights (emulated)."""
+
+    name = "cpu.linear.dense"
+    formats = ("fp32", "bf16", "fp16")
+
+    def prepare(self, spec: LinearSpec, params: State) -> State:
+        dtype = TORCH_DTYPES[spec.format]
+        state = {"weight": apply_nm(params["weight"], spec.nm).to(dtype).contiguous()}
+        return _cast_bias(state, params, dtype)
+
+    def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, state["weight"], state.get("bias"))
+
+
+@register
+class Int8IntMM(CpuLinear):
+    """W8A8: per-token dynamic int8 activations × per-channel int8 weights, int32 accumulate."""
+
+    name = "cpu.linear.int8_int_mm"
+    formats = ("int8",)
+    priority = 1
+
+    def prepare(self, spec: LinearSpec, params: State) -> State:
+        q, scale = quantize_int8_rows(apply_nm(params["weight"], spec.nm))
+        state = {"weight_t": q.t().contiguous(), "scale": scale.reshape(1, -1).contiguous()}
+        return _cast_bias(state, params, torch.float32)
+
+    def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
+        xq, xs = quantize_int8_rows(x)
+        acc = torch._int_mm(xq, state["weight_t"])
+        return _add_bias(acc.float() * xs * state["scale"], state).to(x.dtype)
+
+
+@register
+class Int8Fbgemm(CpuLinear):
+    """W8A8 through fbgemm's dynamic quantised linear (per-tensor activation scale)."""
+
+    name = "cpu.linear.int8_fbgemm"
+    formats = ("int8",)
+
+    def available(self) -> bool:
+        return "fbgemm" in torch.backends.quantized.supported_engines or "x86" in torch.backends.quantized.supported_engines
+
+    def prepare(self, spec: LinearSpec, params: State) -> State:
+        w = apply_nm(params["weight"], spec.nm).float()
+        scale = (w.abs().amax(dim=1).clamp_min(1e-12) / 127.0).double()
+        wq = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        bias = params.get("bias")
+        packed = torch.ops.quantized.linear_prepack(wq, None if bias is None else bias.float())
+        return {"packed": packed}  # type: ignore[dict-item]
+
+    def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x.float(), state["packed"]).to(x.dtype)
+
+
+def int4_scales_and_zeros(scale: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """torch's int4pack layout (K/g, N, 2): w = (q - 8)·scale + zero, so zero = min + 8·scale."""
+    return torch.stack([scale.t(), (lo + 8 * scale).t()], dim=-1).to(torch.bfloat16).contiguous()
+
+
+@register
+class Int4Packed(CpuLinear):
+    """W4A16 through torch's packed int4 CPU GEMM (bf16 activations)."""
+
+    name = "cpu.linear.int4_pack"
+    formats = ("int4",)
+    priority = 1
+
+    def supports(self, spec: OpSpec) -> bool:
+        # The packing routine needs N % 16 == 0 and whole groups along K.
+        return super().supports(spec) and spec.K % spec.group_size == 0 and spec.N % 16 == 0  # type: ignore[attr-defined]
+
+    def prepare(self, spec: LinearSpec, params: State) -> State:
+        q, scale, lo = quantize_int4_groups(apply_nm(params["weight"], spec.nm), spec.group_size)
+        state = {
+            "packed": torch._convert_weight_to_int4pack_for_cpu(q, 1),
+            "scales_zeros": int4_scales_and_zeros(scale, lo),
+        }
+        return _cast_bias(state, params, torch.bfloat16)
+
+    def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int4pack_mm_for_cpu(x, state["packed"], spec.group_size, state["scales_zeros"])
+        return _add_bias(y, state)
+
+
+@register
+class Int4Dequant(CpuLinear):
+    """Int4 shapes the packed kernel cannot take (K not a multiple of the group): dequantised bf16."""
+
+    name = "cpu.linear.int4_dequant"
+    formats = ("int4",)
+
+    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
+        return False
+
+    def prepare(self, spec: LinearSpec, params: State) -> State:
+        q, scale, lo = quantize_int4_groups(apply_nm(params["weight"], spec.nm), spec.group_size)
+        state = {"weight": dequantize_int4_groups(q, scale, lo, spec.group_size).to(torch.bfloat16)}
+        return _cast_bias(state, params, torch.bfloat16)
+
+    def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, state["weight"], state.get("bias"))
+
+
+class DequantW8A8(CpuLinear):
+    """W8A8 emulated: 8-bit weights stored, activations quantised per token, and both dequantised
+    to the activation dtype for a float GEMM on every call (what a device without the fast path
+    really does with such a checkpoint)."""
+
+    quantize = staticmethod(quantize_fp8_rows)
+
+    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
+        return False
+
+    def prepare(self, spec: LinearSpec, params: State) -> State:
+        q, scale = self.quantize(apply_nm(params["weight"], spec.nm))
+        state = {"weight": q, "scale": scale.reshape(1, -1).contiguous()}
+        return _cast_bias(state, params, torch.float32)
+
+    def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
+        xq, xs = self.quantize(x)
+        y = F.linear(xq.to(x.dtype), state["weight"].to(x.dtype)).float()
+        return _add_bias(y * xs * state["scale"], state).to(x.dtype)
+
+
+@register
+class Fp8Emulated(DequantW8A8):
+    """FP8 e4m3 W8A8 emulated: fp8 weights stored, dequantised to bf16 on every call."""
+
+    name = "cpu.linear.fp8_emulated"
+    formats = ("fp8",)
+
+
+class CpuFloatOp(Kernel):
+    """Non-GEMM ops in fp32/bf16/fp16: native where the ISA has the dtype."""
+
+    backend = "cpu"
+
+    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
+        return bool(caps.get(spec.dtype))  # type: ignore[attr-defined]
+
+
+@register
+class Sdpa(CpuFloatOp):
+    name = "cpu.attention.sdpa"
+    op = "attention"
+
+    def prepare(self, spec: AttentionSpec, params: State) -> State:
+        if not spec.causal:
+            return {}
+        offset = spec.kv_len - spec.tokens  # bottom-right aligned (decode attends to the whole cache)
+        return {"mask": torch.ones(spec.tokens, spec.kv_len, dtype=torch.bool).tril(offset)}
+
+    def run(self, spec: AttentionSpec, state: State, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        gqa = (spec.kv_heads or spec.heads) != spec.heads
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=state.get("mask"), enable_gqa=gqa)
+
+
+@register
+class TomeMerge(CpuFloatOp):
+    name = "cpu.tome_merge.torch"
+    op = "tome_merge"
+
+    def run(self, spec: TomeMergeSpec, state: State, x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        return bipartite_merge(x, metric, size, spec.r)[0]
+
+
+@register
+class Norm(CpuFloatOp):
+    name = "cpu.norm.torch"
+    op = "norm"
+
+    def prepare(self, spec: NormSpec, params: State) -> State:
+        dtype = TORCH_DTYPES[spec.dtype]
+        return {k: v.to(dtype) for k, v in params.items()}
+
+    def run(self, spec: NormSpec, state: State, x: torch.Tensor) -> torch.Tensor:
+        if spec.kind == "layernorm":
+            return F.layer_norm(x, (spec.dim,), state["weight"], state.get("bias"), eps=NORM_EPS)
+        return F.rms_norm(x, (spec.dim,), state["weight"], eps=NORM_EPS)
+
+
+@register
+class Elementwise(CpuFloatOp):
+    name = "cpu.elementwise.torch"
+    op = "elementwise"
+
+    def run(self, spec: ElementwiseSpec, state: State, *acts: torch.Tensor) -> torch.Tensor:
+        if spec.kind == "gelu":
+            return F.gelu(acts[0])
+        if spec.kind == "silu_mul":
+            return F.silu(acts[0]) * acts[1]
+        if spec.kind == "add":
+            return acts[0] + acts[1]
+        return rope(*acts)

@@ -1,0 +1,90 @@
+"""A model (and a plan's choices) as the list of kernels it runs.
+
+This is the bridge between a `ModelSpec` and latency: the profiler measures the kernels that
+catalogue models run, and the whole-model predictor sums predicted kernel latencies over this
+list. A low-rank layer stays one `LinearSpec` with `rank` (its `factors()` are the two GEMMs);
+merged tokens shrink the token count of everything after the merge point; the merge costs a
+`tome_merge` kernel of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
+from hwsearch.spaces.model import Block, ModelSpec
+
+DEFAULT_FORMAT = "bf16"
+
+
+def _choice(choices: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """A layer's knob values from a plan (pydantic model, dict or None → bf16 dense full rank)."""
+    found = None if choices is None else choices.get(name)
+    if found is None:
+        return {"format": DEFAULT_FORMAT, "group_size": None, "sparsity": "dense", "rank": None}
+    get = found.get if isinstance(found, Mapping) else lambda k, d=None: getattr(found, k, d)
+    return {
+        "format": get("format", DEFAULT_FORMAT) or DEFAULT_FORMAT,
+        "group_size": get("group_size", None),
+        "sparsity": get("sparsity", "dense") or "dense",
+        "rank": get("rank", None),
+    }
+
+
+def _linear(tokens: int, layer: Any, choice: dict[str, Any]) -> LinearSpec:
+    group = choice["group_size"] if choice["format"] == "int4" else None
+    return LinearSpec(tokens, layer.K, layer.N, choice["format"], group, choice["sparsity"], choice["rank"])
+
+
+def _block_ops(block: Block, dtype: str) -> tuple[list[OpSpec], list[OpSpec], list[OpSpec]]:
+    """Non-GEMM kernels of a block: (before attention, attention and residual, after merge)."""
+    t, mt = block.tokens, block.mlp_tokens if block.mlp_tokens is not None else block.tokens
+    attention = AttentionSpec(
+        t, block.heads, block.head_dim, dtype, kv_tokens=block.kv_tokens, causal=block.causal, kv_heads=block.kv_heads
+    )
+    norm = "rmsnorm" if block.norm == "rmsnorm" else "layernorm"
+    pre = [NormSpec(norm, t, block.dim, dtype)]
+    mid: list[OpSpec] = []
+    if block.kind == "llama":
+        kv = (block.kv_heads or block.heads) * block.head_dim
+        mid += [ElementwiseSpec("rope", t, block.heads * block.head_dim, dtype), ElementwiseSpec("rope", t, kv, dtype)]
+    mid += [attention, ElementwiseSpec("add", t, block.dim, dtype)]
+    if block.merged:
+        mid.append(TomeMergeSpec(t, block.dim, block.merged, dtype))
+    act = ElementwiseSpec("silu_mul" if block.act in ("silu", "silu_mul") else "gelu", mt, block.mlp_dim, dtype)
+    post = [NormSpec(norm, mt, block.dim, dtype), act, ElementwiseSpec("add", mt, block.dim, dtype)]
+    return pre, mid, post
+
+
+def _owner(tag: str, spec: OpSpec) -> str:
+    kind = getattr(spec, "kind", None)
+    return f"{tag}.{spec.op}" + (f".{kind}" if kind else "")
+
+
+def model_kernels(
+    model: ModelSpec, choices: Mapping[str, Any] | None = None, merge: Any = None, dtype: str = "bf16"
+) -> list[tuple[str, OpSpec]]:
+    """(owner, spec) for every kernel one forward pass of `model` runs under a plan's choices.
+
+    `owner` is the layer name for GEMMs and `blocks.{i}.{what}` for the other kernels.
+    """
+    merged = model.with_merge(merge) if merge is not None else model
+    out: list[tuple[str, OpSpec]] = []
+    by_block: dict[int | None, list[Any]] = {}
+    for layer in merged.layers:
+        by_block.setdefault(layer.block, []).append(layer)
+    for layer in by_block.get(None, []):
+        out.append((layer.name, _linear(layer.tokens, layer, _choice(choices, layer.name))))
+    for block in merged.blocks:
+        pre, mid, post = _block_ops(block, dtype)
+        layers = by_block.get(block.index, [])
+        attn = [lay for lay in layers if not lay.after_merge]
+        mlp = [lay for lay in layers if lay.after_merge]
+        tag = block.prefix or f"blocks.{block.index}"
+        out += [(_owner(tag, s), s) for s in pre]
+        out += [(lay.name, _linear(lay.tokens, lay, _choice(choices, lay.name))) for lay in attn]
+        out += [(_owner(tag, s), s) for s in mid + post[:1]]
+        out += [(lay.name, _linear(lay.tokens, lay, _choice(choices, lay.name))) for lay in mlp]
+        out += [(_owner(tag, s), s) for s in post[1:]]
+    return out

@@ -1,0 +1,76 @@
+"""Quantisers and N:M masks shared by every kernel, module and reference.
+
+One implementation of each so the profiled kernel, the compressed module and the fp64 reference
+all agree on what "int4 with group 64" or "2:4" means.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_MAX = 448.0  # float8 e4m3fn
+INT4_LEVELS = 15
+_EPS = 1e-12
+
+
+def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask keeping the n largest-magnitude of every m consecutive weights along K.
+
+    `weight` is (N, K); a trailing partial group (K % m) keeps its n largest too.
+    """
+    rows, k = weight.shape
+    pad = (-k) % m
+    mag = torch.nn.functional.pad(weight.detach().abs().float(), (0, pad), value=-1.0)
+    groups = mag.view(rows, -1, m)
+    keep = groups.topk(n, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    return mask.view(rows, -1)[:, :k]
+
+
+def apply_nm(weight: torch.Tensor, sparsity: tuple[int, int] | None) -> torch.Tensor:
+    """Zero the pruned weights (a copy); dense when `sparsity` is None."""
+    if sparsity is None:
+        return weight
+    return weight * nm_mask(weight, *sparsity)
+
+
+def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row (per output channel of a weight, per token of an activation)."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(_EPS) / 127.0
+    q = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float8 e4m3 per row with a fp32 scale mapping the row's max to 448."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(_EPS) / FP8_MAX
+    q = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def quantize_int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit per group of `group_size` along K.
+
+    Returns q (N, K) int32 in 0..15, scale and minimum (N, ceil(K/g)) fp32; w ≈ q·scale + min.
+    A trailing partial group is quantised on its own values.
+    """
+    rows, k = weight.shape
+    pad = (-k) % group_size
+    w = weight.float()
+    padded = torch.nn.functional.pad(w, (0, pad))
+    groups = padded.view(rows, -1, group_size)
+    if pad:  # the padding must not widen the last group's range
+        valid = torch.nn.functional.pad(torch.ones_like(w, dtype=torch.bool), (0, pad)).view(rows, -1, group_size)
+        lo = groups.masked_fill(~valid, float("inf")).amin(-1)
+        hi = groups.masked_fill(~valid, float("-inf")).amax(-1)
+    else:
+        lo, hi = groups.amin(-1), groups.amax(-1)
+    scale = ((hi - lo) / INT4_LEVELS).clamp_min(_EPS)
+    q = torch.round((groups - lo[..., None]) / scale[..., None]).clamp_(0, INT4_LEVELS)
+    return q.view(rows, -1)[:, :k].to(torch.int32), scale, lo
+
+
+def dequantize_int4_groups(q: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, group_size: int) -> torch.Tensor:
+    rows, k = q.shape
+    expand = torch.arange(k, device=q.device) // group_size
+    return q.float() * scale[:, expand] + lo[:, expand]

@@ -1,0 +1,182 @@
+"""The kernel registry: (op, format, sparsity, backend) → an implementation.
+
+A `Kernel` is one implementation of one op on one backend (a device kind: "cpu", "cuda"). It
+says which specs it serves (`supports`) and whether it is a real fast path on a given device
+(`native`) — an implementation that emulates a format the device cannot run fast is still
+registered, measured and used, but reported with native = False.
+
+`prepare` does the untimed work (quantising, packing, pruning weights); `run` is the hot path the
+profiler times and the compressed modules call.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from hwsearch.errors import HwsearchError, unknown
+from hwsearch.kernels.specs import LinearSpec, OpSpec
+
+BACKENDS: tuple[str, ...] = ("cpu", "cuda")
+# Modules that register kernels on import; missing ones (optional backends) are skipped.
+BACKEND_MODULES: tuple[str, ...] = ("hwsearch.kernels.cpu", "hwsearch.kernels.cuda", "hwsearch.kernels.triton")
+
+State = dict[str, torch.Tensor]
+
+
+class Kernel:
+    """One implementation of one op on one backend."""
+
+    name: ClassVar[str] = ""
+    op: ClassVar[str] = ""
+    backend: ClassVar[str] = "cpu"
+    priority: ClassVar[int] = 0  # higher wins among native (or among emulated) candidates
+
+    def supports(self, spec: OpSpec) -> bool:
+        """Whether this implementation computes `spec` at all."""
+        return spec.op == self.op
+
+    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
+        """Whether `spec` runs on a real fast path of a device with capabilities `caps`."""
+        return True
+
+    def available(self) -> bool:
+        """Whether this process can run it (a CUDA device, a Triton install ...)."""
+        return True
+
+    def prepare(self, spec: OpSpec, params: State) -> State:
+        """Untimed: turn fp32 parameters into what `run` consumes."""
+        return dict(params)
+
+    def run(self, spec: OpSpec, state: State, *acts: torch.Tensor) -> torch.Tensor:
+        raise HwsearchError(f"kernel {self.name} has no run method")
+
+    def describe_config(self, spec: OpSpec) -> dict[str, Any]:
+        """Launch configuration worth recording with a measurement (autotuned tiles, padding)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<Kernel {self.name}>"
+
+
+class LowRank(Kernel):
+    """A low-rank linear: the two factor linears, each on its own best kernel."""
+
+    op = "linear"
+
+    def __init__(self, first: Kernel, second: Kernel):
+        self.first, self.second = first, second
+        self.backend = first.backend  # type: ignore[misc]
+        self.name = f"lowrank[{first.name}]" if first.name == second.name else f"lowrank[{first.name},{second.name}]"  # type: ignore[misc]
+
+    def supports(self, spec: OpSpec) -> bool:
+        return isinstance(spec, LinearSpec) and spec.rank is not None
+
+    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
+        a, b = spec.factors()  # type: ignore[attr-defined]
+        return self.first.native(a, caps) and self.second.native(b, caps)
+
+    def prepare(self, spec: OpSpec, params: State) -> State:
+        a, b = spec.factors()  # type: ignore[attr-defined]
+        state = {f"a.{k}": v for k, v in self.first.prepare(a, {"weight": params["weight_a"]}).items()}
+        second = {"weight": params["weight_b"]}
+        if params.get("bias") is not None:
+            second["bias"] = params["bias"]
+        state.update({f"b.{k}": v for k, v in self.second.prepare(b, second).items()})
+        return state
+
+    def describe_config(self, spec: OpSpec) -> dict[str, Any]:
+        a, b = spec.factors()  # type: ignore[attr-defined]
+        return {k: v for k, v in (("first", self.first.describe_config(a)), ("second", self.second.describe_config(b))) if v}
+
+    def run(self, spec: OpSpec, state: State, *acts: torch.Tensor) -> torch.Tensor:
+        a, b = spec.factors()  # type: ignore[attr-defined]
+        sa = {k[2:]: v for k, v in state.items() if k.startswith("a.")}
+        sb = {k[2:]: v for k, v in state.items() if k.startswith("b.")}
+        return self.second.run(b, sb, self.first.run(a, sa, *acts))
+
+
+_KERNELS: list[Kernel] = []
+
+
+def register(kernel: Kernel | type[Kernel]) -> Kernel | type[Kernel]:
+    """Add an implementation (usable as a class decorator)."""
+    instance = kernel() if isinstance(kernel, type) else kernel
+    if any(k.name == instance.name for k in _KERNELS):
+        raise HwsearchError(f"kernel {instance.name!r} is registered twice")
+    _KERNELS.append(instance)
+    return kernel
+
+
+@functools.cache
+def _load_backends() -> None:
+    for module in BACKEND_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def all_kernels() -> list[Kernel]:
+    _load_backends()
+    return list(_KERNELS)
+
+
+def get(name: str) -> Kernel:
+    """A kernel by name (as stored with a measurement)."""
+    kernels = all_kernels()
+    for k in kernels:
+        if k.name == name:
+            return k
+    if name.startswith("lowrank["):
+        inner = name[len("lowrank[") : -1].split(",")
+        first = get(inner[0])
+        return LowRank(first, get(inner[-1]))
+    raise unknown("kernel implementation", name, [k.name for k in kernels])
+
+
+@functools.cache
+def capabilities(backend: str) -> dict[str, Any]:
+    """What the device behind `backend` can run fast, read from the hardware."""
+    if backend == "cpu":
+        from hwsearch.kernels.cpu import cpu_capabilities
+
+        return cpu_capabilities()
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            return {"available": False}
+        major, minor = torch.cuda.get_device_capability()
+        return {"available": True, "sm": major * 10 + minor, "name": torch.cuda.get_device_name()}
+    raise unknown("backend", backend, BACKENDS)
+
+
+def implementations(spec: OpSpec, backend: str = "cpu") -> list[Kernel]:
+    """Every available implementation of `spec` on `backend`, best first."""
+    if backend not in BACKENDS:
+        raise unknown("backend", backend, BACKENDS)
+    caps = capabilities(backend)
+    if isinstance(spec, LinearSpec) and spec.rank is not None:
+        a, b = spec.factors()
+        firsts, seconds = implementations(a, backend), implementations(b, backend)
+        return [LowRank(firsts[0], seconds[0])] if firsts and seconds else []
+    found = [k for k in all_kernels() if k.backend == backend and k.supports(spec) and k.available()]
+    return sorted(found, key=lambda k: (not k.native(spec, caps), -k.priority))
+
+
+def select(spec: OpSpec, backend: str = "cpu") -> Kernel:
+    """The implementation that compressed modules use for `spec` on `backend`."""
+    found = implementations(spec, backend)
+    if not found:
+        served = sorted({k.name for k in all_kernels() if k.backend == backend})
+        raise HwsearchError(f"no {backend} implementation of {spec.describe()}; accepted implementations: {', '.join(served)}")
+    return found[0]
+
+
+def build(kernel: Kernel, spec: OpSpec, params: State, acts: Sequence[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """A zero-argument closure running `kernel` on prepared state (what the profiler times)."""
+    state = kernel.prepare(spec, params)
+    acts = tuple(acts)
+    return lambda: kernel.run(spec, state, *acts)

@@ -1,0 +1,289 @@
+"""Whole-model latency: the sum of predicted kernel latencies plus a per-device overhead term.
+
+A plan on a ModelSpec expands to kernels with `model_kernels` (a low-rank layer is one
+`LinearSpec` with a rank, i.e. its two GEMMs; merged tokens shrink every later kernel; the merge
+itself is a `tome_merge` kernel). Each distinct kernel spec is predicted once and cached.
+
+For search, where thousands of plans are scored, a plan is one choice per layer plus a merge
+schedule, so `PlanTable` precomputes, per merge schedule, the latency of every (layer, choice)
+and of the kernels no knob touches; a batch of plans is then one fancy-indexed sum in numpy.
+
+End-to-end, a model costs more than its kernels: framework dispatch per kernel, dtype casts
+where a layer's activation dtype differs from the model's, and a constant per forward pass.
+`Overhead` maps (kernel sum, kernels launched, cast elements) to measured end-to-end latency with
+non-negative least squares, fitted per device from timed plans and stored as a predictor row
+(kind "overhead", target "model-overhead").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.optimize import nnls
+
+from hwsearch.errors import HwsearchError
+from hwsearch.kernels.expand import model_kernels
+from hwsearch.kernels.specs import LinearSpec, OpSpec
+from hwsearch.predictors.base import pack, unpack
+from hwsearch.spaces.formats import ACT_DTYPE
+from hwsearch.spaces.model import Layer, ModelSpec
+from hwsearch.spaces.plan import LayerChoice, Plan
+
+OVERHEAD_KIND = "overhead"
+OVERHEAD_TERMS = ("kernel_ms", "forward", "kernels", "cast_melems")
+
+
+class KernelPredictor(Protocol):
+    """What whole-model latency needs from a predictor: ms for a list of specs (cached), as
+    `hwsearch.predictors.registry.Answer` provides."""
+
+    def predict_specs(self, specs: Sequence[OpSpec]) -> np.ndarray: ...
+
+
+@dataclass
+class Overhead:
+    """End-to-end = scale·Σkernels + per_forward + per_kernel·launches + per_melem·cast elements (ms)."""
+
+    scale: float = 1.0
+    per_forward_ms: float = 0.0
+    per_kernel_ms: float = 0.0
+    per_cast_melem_ms: float = 0.0
+    fitted_on: int = 0
+
+    def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray) -> np.ndarray:
+        return (self.scale * np.asarray(kernel_ms) + self.per_forward_ms + self.per_kernel_ms * np.asarray(kernels)
+                + self.per_cast_melem_ms * np.asarray(cast_melems))
+
+    @classmethod
+    def fit(cls, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray, measured_ms: np.ndarray) -> Overhead:
+        """Non-negative least squares on relative error (each plan weighs the same)."""
+        kernel_ms, measured_ms = np.asarray(kernel_ms, float), np.asarray(measured_ms, float)
+        if len(measured_ms) < 2:
+            raise HwsearchError(f"fitting the overhead needs at least 2 timed plans; got {len(measured_ms)}")
+        A = np.stack([kernel_ms, np.ones_like(kernel_ms), np.asarray(kernels, float), np.asarray(cast_melems, float)], 1)
+        w = 1.0 / measured_ms
+        coef, _ = nnls(A * w[:, None], measured_ms * w)
+        if coef[0] <= 0:
+            coef[0] = 1.0
+        return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)))
+
+    def to_bytes(self) -> bytes:
+        return pack({"kind": OVERHEAD_KIND}, json.dumps(self.as_dict(), sort_keys=True).encode())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Overhead:
+        _, payload = unpack(data, OVERHEAD_KIND)
+        return cls(**json.loads(payload.decode()))
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"scale": self.scale, "per_forward_ms": self.per_forward_ms, "per_kernel_ms": self.per_kernel_ms,
+                "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on}
+
+
+def full_choices(model: ModelSpec, plan: Plan | None) -> dict[str, LayerChoice]:
+    """Every layer's choice; layers a plan leaves out run uncompressed in the model's dtype."""
+    identity = LayerChoice(format=model.dtype)
+    if plan is None:
+        return {name: identity for name in model.layer_names}
+    return {name: plan.choice(name, model.dtype) for name in model.layer_names}
+
+
+def layer_spec(layer: Layer, tokens: int, choice: LayerChoice) -> LinearSpec:
+    """The kernel one layer runs under a choice (as `model_kernels` builds it)."""
+    group = choice.group_size if choice.format == "int4" else None
+    return LinearSpec(tokens, layer.K, layer.N, choice.format, group, choice.sparsity, choice.rank)
+
+
+def _launches(spec: OpSpec) -> int:
+    return len(spec.factors()) if isinstance(spec, LinearSpec) else 1
+
+
+def _cast_melems(spec: LinearSpec, dtype: str) -> float:
+    """Activation elements cast in and out when a layer's act dtype is not the model's (millions)."""
+    return 0.0 if ACT_DTYPE[spec.format] == dtype else spec.M * (spec.K + spec.N) / 1e6
+
+
+@dataclass
+class PlanLatency:
+    total_ms: float
+    kernel_ms: float
+    overhead_ms: float
+    kernels: int
+    cast_melems: float
+    by_op: dict[str, float]
+
+
+class ModelLatency:
+    """Predicted latency of plans on one model for one device's predictor."""
+
+    def __init__(self, model: ModelSpec, predictor: KernelPredictor, overhead: Overhead | None = None) -> None:
+        self.model = model
+        self.predictor = predictor
+        self.overhead = overhead or Overhead()
+
+    def kernels(self, plan: Plan | None) -> list[tuple[str, OpSpec]]:
+        return model_kernels(self.model, full_choices(self.model, plan), None if plan is None else plan.merge,
+                             dtype=self.model.dtype)
+
+    def plan(self, plan: Plan | None) -> PlanLatency:
+        """One plan, kernel by kernel (with a per-op breakdown)."""
+        ks = self.kernels(plan)
+        specs = [s for _, s in ks]
+        ms = self.predictor.predict_specs(specs)
+        by_op: dict[str, float] = {}
+        for s, t in zip(specs, ms, strict=True):
+            by_op[s.op] = by_op.get(s.op, 0.0) + float(t)
+        launches = sum(_launches(s) for s in specs)
+        casts = sum(_cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
+        kernel_ms = float(ms.sum())
+        total = float(self.overhead.apply(np.array([kernel_ms]), np.array([launches]), np.array([casts]))[0])
+        return PlanLatency(total, kernel_ms, total - kernel_ms, launches, casts, by_op)
+
+    def plans(self, plans: Sequence[Plan | None]) -> np.ndarray:
+        """Total latency (ms) of each plan, kernel by kernel (see `table` for many plans)."""
+        return np.array([self.plan(p).total_ms for p in plans])
+
+    def table(self, layer_choices: Mapping[str, Sequence[LayerChoice]], merges: Sequence[Any] = (None,)) -> PlanTable:
+        return PlanTable(self, layer_choices, merges)
+
+
+class PlanTable:
+    """Per-merge, per-(layer, choice) latency tables: a batch of plans is one vectorised sum.
+
+    `layer_choices` lists the choices each layer may take (e.g. a SearchSpace's
+    ``{name: space.choices()}``); layers not listed stay uncompressed. `merges` lists the merge
+    schedules (None, a MergePlan, or a per-block list).
+    """
+
+    def __init__(self, ml: ModelLatency, layer_choices: Mapping[str, Sequence[LayerChoice]],
+                 merges: Sequence[Any] = (None,)) -> None:
+        model = ml.model
+        self.ml = ml
+        self.layers = list(model.layer_names)
+        identity = LayerChoice(format=model.dtype)
+        self.choices: list[list[LayerChoice]] = []
+        for name in self.layers:
+            opts = list(dict.fromkeys(layer_choices.get(name, ())))
+            if identity not in opts:
+                opts.insert(0, identity)
+            self.choices.append(opts)
+        self.index = [{c: i for i, c in enumerate(opts)} for opts in self.choices]
+        self.offsets = np.cumsum([0] + [len(c) for c in self.choices[:-1]])
+        self.position = {name: j for j, name in enumerate(self.layers)}
+        self.identity_cols = self.offsets + np.array([ix[identity] for ix in self.index])
+        self.schedules = [model.merge_schedule(m) for m in merges]
+        self.merge_index = {s: i for i, s in enumerate(self.schedules)}
+        n_m, width = len(self.schedules), sum(len(c) for c in self.choices)
+        self.ms = np.zeros((n_m, width))
+        self.launches = np.zeros((n_m, width))
+        self.casts = np.zeros((n_m, width))
+        self.base_ms = np.zeros(n_m)
+        self.base_launches = np.zeros(n_m)
+        names = set(self.layers)
+        for mi, sched in enumerate(self.schedules):
+            merged = model.with_merge(list(sched)) if model.blocks else model
+            rest = [s for owner, s in model_kernels(model, full_choices(model, None), list(sched) if model.blocks else None,
+                                                    dtype=model.dtype) if owner not in names]
+            self.base_ms[mi] = float(ml.predictor.predict_specs(rest).sum()) if rest else 0.0
+            self.base_launches[mi] = len(rest)
+            specs: list[LinearSpec] = []
+            for layer, opts in zip(merged.layers, self.choices, strict=True):
+                specs += [layer_spec(layer, layer.tokens, c) for c in opts]
+            self.ms[mi] = ml.predictor.predict_specs(specs)
+            self.launches[mi] = [_launches(s) for s in specs]
+            self.casts[mi] = [_cast_melems(s, model.dtype) for s in specs]
+
+    def encode(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray]:
+        """(merge index per plan, global column per plan and layer) for `predict_encoded`."""
+        m_idx = np.empty(len(plans), dtype=np.int64)
+        cols = np.empty((len(plans), len(self.layers)), dtype=np.int64)
+        for p, plan in enumerate(plans):
+            sched = self.ml.model.merge_schedule(plan.merge)
+            if sched not in self.merge_index:
+                raise HwsearchError(f"plan {p}: merge schedule {list(sched)} is not in this table; accepted: the merges it was built with")
+            m_idx[p] = self.merge_index[sched]
+            cols[p] = self.identity_cols
+            for name, choice in plan.layers.items():
+                j = self.position.get(name)
+                k = None if j is None else self.index[j].get(choice)
+                if k is None:
+                    raise HwsearchError(f"plan {p}: layer {name!r} choice {choice.label()} is not in this table; "
+                                        "accepted: the model's layers and the choices the table was built with")
+                cols[p, j] = self.offsets[j] + k
+        return m_idx, cols
+
+    def predict_encoded(self, m_idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Total ms per encoded plan: base + Σ layer-choice latencies, then the overhead term."""
+        rows = m_idx[:, None]
+        kernel_ms = self.base_ms[m_idx] + self.ms[rows, cols].sum(1)
+        launches = self.base_launches[m_idx] + self.launches[rows, cols].sum(1)
+        casts = self.casts[rows, cols].sum(1)
+        return self.ml.overhead.apply(kernel_ms, launches, casts)
+
+    def predict(self, plans: Sequence[Plan]) -> np.ndarray:
+        return self.predict_encoded(*self.encode(plans))
+
+    def terms(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kernel ms, launches, cast Melems) per plan: the inputs of `Overhead.fit`."""
+        m_idx, cols = self.encode(plans)
+        rows = m_idx[:, None]
+        return (self.base_ms[m_idx] + self.ms[rows, cols].sum(1),
+                self.base_launches[m_idx] + self.launches[rows, cols].sum(1), self.casts[rows, cols].sum(1))
+
+
+def store_overhead(engine: Any, device: str, overhead: Overhead, metrics: dict[str, Any], summary: dict[str, Any]) -> int:
+    """Store a device's fitted overhead term as a predictor row (target "model-overhead")."""
+    from hwsearch.predictors.dataset import device_backend
+    from hwsearch.predictors.registry import store_predictor
+
+    dev_id, _ = device_backend(engine, device)
+    return store_predictor(engine, kind=OVERHEAD_KIND, name=f"overhead-{device}", device_id=dev_id, devices=[device],
+                           target="model-overhead", train_summary={**summary, **overhead.as_dict()}, metrics=metrics,
+                           artefact=overhead.to_bytes(), artefact_format="json")
+
+
+def device_overhead(engine: Any, device_id: int) -> tuple[Overhead, int | None]:
+    """The device's latest overhead term and its row id; none fitted yet: no overhead (scale 1)."""
+    from hwsearch.predictors.registry import latest
+
+    row = latest(engine, OVERHEAD_KIND, device_id, target="model-overhead")
+    return (Overhead(), None) if row is None else (row.load(), row.id)
+
+
+def predict_model(engine: Any, device: str, model: str, plan_file: str | None = None) -> dict[str, Any]:
+    """`hwsearch predict`: a model's (and plan's) predicted latency on a device, and who answered."""
+    from pathlib import Path
+
+    from hwsearch.predictors.registry import best_predictor
+    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.plan import validate_plan
+
+    spec = get_model(model)
+    plan = None
+    if plan_file is not None:
+        path = Path(plan_file)
+        if not path.is_file():
+            raise HwsearchError(f"plan file {plan_file!r} does not exist; accepted: a hwsearch.plan/v1 JSON file")
+        plan = Plan.from_json(path.read_text(encoding="utf-8"))
+        if plan.model.partition(":")[0] != model.partition(":")[0]:
+            raise HwsearchError(f"plan is for model {plan.model!r}, not {model!r}; accepted: a plan made for {model!r}")
+        validate_plan(plan, spec)
+    answer = best_predictor(engine, device)
+    overhead, overhead_id = device_overhead(engine, answer.device_id)
+    est = ModelLatency(spec, answer, overhead).plan(plan)
+    return {
+        "device": device,
+        "model": model,
+        "plan": plan_file,
+        "latency_ms": est.total_ms,
+        "kernel_ms": est.kernel_ms,
+        "overhead_ms": est.overhead_ms,
+        "kernels": est.kernels,
+        "by_op_ms": est.by_op,
+        "predictor": answer.describe(),
+        "overhead": {"id": overhead_id, **overhead.as_dict()},
+    }

@@ -1,0 +1,110 @@
+"""Profile this machine: plan → skip what is stored → measure in chunks → store each chunk.
+
+Resumable by construction: what to measure is a deterministic plan, what is stored is read back
+before starting, and each chunk is one transaction guarded by the measurements' unique key. A
+run killed at any point loses at most the chunk in flight; the next run measures only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from sqlalchemy.engine import Engine
+
+from hwsearch.kernels import registry
+from hwsearch.kernels.specs import OpSpec
+from hwsearch.profilers import sampling, store
+from hwsearch.profilers.fingerprint import device_kind, fingerprint
+from hwsearch.profilers.measure import measure
+from hwsearch.profilers.progress import progress_bar
+
+CHUNK = 4
+
+
+@dataclass
+class ProfileSummary:
+    device: str
+    device_id: int
+    run_id: int | None
+    budget: str
+    planned: int
+    already_stored: int
+    measured: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_device_name(backend: str = "cpu") -> str:
+    """`<host>-cpu` (lower case, safe characters)."""
+    host = re.sub(r"[^a-z0-9_.-]+", "-", socket.gethostname().lower()).strip("-") or "local"
+    return f"{host}-{backend}"
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+
+
+def plan_tasks(
+    budget: str | int, backend: str = "cpu", seed: int = 0, max_flops: float | None = None
+) -> list[tuple[OpSpec, str]]:
+    """(spec, implementation name) pairs a budget measures on `backend`."""
+    which = sampling.implementations_for(budget)
+    tasks = []
+    for spec in sampling.plan_specs(budget, seed, max_flops):
+        impls = registry.implementations(spec, backend)
+        for kernel in impls[:1] if which == "best" else impls:
+            tasks.append((spec, kernel.name))
+    return tasks
+
+
+def profile_local(
+    engine: Engine,
+    name: str | None = None,
+    budget: str | int = "quick",
+    threads: int | None = None,
+    backend: str = "cpu",
+    seed: int = 0,
+    show_progress: bool = True,
+    max_flops: float | None = None,
+) -> ProfileSummary:
+    """Measure this machine's missing kernels for `budget` into the database."""
+    budget = sampling.parse_budget(budget)
+    threads = threads or default_threads()
+    name = name or default_device_name(backend)
+    device_id = store.ensure_device(engine, name, device_kind(backend), fingerprint(backend, threads))
+    tasks = plan_tasks(budget, backend, seed, max_flops)
+    done = store.measured(engine, device_id)
+    todo = [(spec, impl) for spec, impl in tasks if (store.kernel_key(spec), impl) not in done]
+    started = time.perf_counter()
+    if not todo:
+        return ProfileSummary(name, device_id, None, str(budget), len(tasks), len(tasks), 0, 0.0)
+    run_id = store.start_run(
+        engine, device_id, str(budget), {"budget": budget, "seed": seed, "threads": threads, "backend": backend, "max_flops": max_flops},
+        n_planned=len(tasks), n_skipped=len(tasks) - len(todo),
+    )
+    inserted = 0
+    try:
+        with progress_bar(show_progress) as bar:
+            task = bar.add_task(f"profiling {name}", total=len(todo))
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start : start + CHUNK]
+                results = [
+                    (spec, measure(spec.op, spec.params(), impl, threads=threads, backend=backend, seed=seed))
+                    for spec, impl in chunk
+                ]
+                inserted += store.write_chunk(engine, device_id, run_id, results)
+                bar.advance(task, len(chunk))
+    except BaseException as err:
+        store.finish_run(engine, run_id, "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", repr(err)[:2000])
+        raise
+    store.finish_run(engine, run_id, "done")
+    return ProfileSummary(name, device_id, run_id, str(budget), len(tasks), len(tasks) - len(todo), inserted,
+                          round(time.perf_counter() - started, 2))

@@ -1,0 +1,285 @@
+"""Adding hardware to a Ray cluster: the head, device workers, and stopping what we started.
+
+`hwsearch worker --device NAME` first checks that this machine computes every kernel right
+(each registered implementation on a tiny shape against the fp64 reference, and one timed
+measurement), then runs `ray start` offering the custom resource `device:NAME`. A broken
+install is refused here, with the kernel named, rather than found half-way through a profile.
+
+Worker nodes offer no CPU slots by default (`--num-cpus 0`): only work that asks for
+`device:NAME` lands there, so nothing else runs beside the kernels being timed.
+
+Nodes started with `--detach` are recorded (their process group) in the data folder, so
+`hwsearch cluster stop` stops exactly those and never Ray processes someone else started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hwsearch.errors import HwsearchError
+from hwsearch.profilers.cluster import check_device_name, check_reachable, resource_name
+
+BACKENDS = ("cpu", "cuda")
+STOP_GRACE_S = 10.0
+
+
+# --- self-check ---------------------------------------------------------------------------
+
+
+def _check_specs() -> list[Any]:
+    """Tiny shapes that reach every registered implementation (formats, N:M, low rank, other ops)."""
+    from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, TomeMergeSpec
+    from hwsearch.spaces.formats import FORMATS
+
+    specs: list[Any] = []
+    for fmt in FORMATS:
+        specs += [LinearSpec(9, 256, 48, fmt), LinearSpec(1, 256, 40, fmt), LinearSpec(9, 256, 48, fmt, sparsity="2:4"),
+                  LinearSpec(5, 256, 64, fmt, rank=32)]
+    specs += [LinearSpec(3, 256, 24, "int4", group_size=32), LinearSpec(3, 256, 24, "int4", group_size=64)]
+    for dtype in ("fp32", "bf16", "fp16"):
+        specs += [AttentionSpec(9, 2, 16, dtype), AttentionSpec(1, 4, 16, dtype, kv_tokens=20, causal=True, kv_heads=2),
+                  NormSpec("layernorm", 6, 64, dtype), NormSpec("rmsnorm", 6, 64, dtype),
+                  ElementwiseSpec("gelu", 6, 64, dtype), ElementwiseSpec("silu_mul", 6, 64, dtype),
+                  ElementwiseSpec("add", 6, 64, dtype), ElementwiseSpec("rope", 6, 64, dtype),
+                  TomeMergeSpec(33, 32, 8, dtype)]
+    return specs
+
+
+@dataclass
+class SelfCheck:
+    backend: str
+    kernels: list[str]  # implementations checked
+    cases: int  # (spec, implementation) pairs compared against the reference
+    measured_us: float  # median of the one timed kernel
+
+
+def self_check(backend: str = "cpu", threads: int | None = None) -> SelfCheck:
+    """Every available implementation of `backend` against the fp64 reference, then one timing."""
+    import torch
+
+    from hwsearch.kernels import registry
+    from hwsearch.kernels.specs import LinearSpec
+    from hwsearch.profilers.measure import measure
+
+    if backend not in BACKENDS:
+        raise HwsearchError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise HwsearchError("backend 'cuda' asked for but torch sees no CUDA device here; accepted: --backend cpu")
+    device = "cuda" if backend == "cuda" else "cpu"
+    checked: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's deprecation notes about quantized tensors
+        cases = _compare_all(backend, device, checked)
+    missing = sorted(k.name for k in registry.all_kernels() if k.backend == backend and k.available() and k.name not in checked)
+    if missing:
+        raise HwsearchError(f"self-check reached no shape for {', '.join(missing)}; accepted: kernels the check covers")
+    timed = measure("linear", LinearSpec(8, 256, 256, "bf16").params(), registry.select(LinearSpec(8, 256, 256, "bf16"), backend).name,
+                    threads=threads or 1, backend=backend, repeats=20)
+    return SelfCheck(backend, sorted(checked), cases, timed["median_us"])
+
+
+def _compare_all(backend: str, device: str, checked: set[str]) -> int:
+    import torch
+
+    from hwsearch.kernels import registry
+    from hwsearch.kernels.inputs import TOLERANCE, make_inputs, reference
+    from hwsearch.kernels.specs import LinearSpec
+
+    cases = 0
+    for spec in _check_specs():
+        for kernel in registry.implementations(spec, backend):
+            params, acts = make_inputs(spec, seed=1, device=device)
+            try:
+                with torch.inference_mode():
+                    got = registry.build(kernel, spec, params, acts)()
+                    expected = reference(spec, params, acts)
+                err = ((got.double() - expected).norm() / expected.norm()).item()
+            except Exception as exc:  # any failure means this node cannot be profiled
+                raise HwsearchError(
+                    f"self-check: {kernel.name} fails on {spec.describe()} ({type(exc).__name__}: {exc}); "
+                    "accepted: a machine whose torch install runs every kernel (see `hwsearch profile --local`)"
+                ) from exc
+            tol = TOLERANCE[spec.format if isinstance(spec, LinearSpec) else spec.dtype]
+            if not err <= tol:
+                raise HwsearchError(
+                    f"self-check: {kernel.name} gives wrong results on {spec.describe()} (relative error {err:.3g} > {tol}); "
+                    "accepted: a machine whose kernels match the fp64 reference"
+                )
+            checked.add(kernel.name)
+            cases += 1
+    return cases
+
+
+# --- ray start / stop ---------------------------------------------------------------------
+
+
+def ray_executable() -> str:
+    """The `ray` command of this environment (the one next to this Python first)."""
+    beside = Path(sys.executable).with_name("ray")
+    found = str(beside) if beside.exists() else shutil.which("ray")
+    if not found:
+        raise HwsearchError("the `ray` command is not installed here; accepted: pip install 'ray[default]'")
+    return found
+
+
+def nodes_file() -> Path:
+    from hwsearch.config import data_dir
+
+    return data_dir() / "ray-nodes.json"
+
+
+def _load_nodes() -> list[dict[str, Any]]:
+    try:
+        return json.loads(nodes_file().read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def _save_nodes(nodes: list[dict[str, Any]]) -> None:
+    nodes_file().write_text(json.dumps(nodes, indent=2))
+
+
+def _ray_env(extra: dict[str, str]) -> dict[str, str]:
+    """Ray's processes inherit this: the node's actors read HWSEARCH_* from it."""
+    return {**os.environ, **extra}
+
+
+def _run_ray(args: list[str], env: dict[str, str], block: bool, record: dict[str, Any]) -> int:
+    """Run `ray start ...`: in the foreground (Ctrl-C stops the node) or detached and recorded."""
+    cmd = [ray_executable(), "start", *args, "--disable-usage-stats"]
+    if block:
+        proc = subprocess.Popen([*cmd, "--block"], env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # The terminal sent SIGINT to ray too: it stops its processes; a stop asked for is a success.
+            try:
+                proc.wait(timeout=STOP_GRACE_S * 3)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+            return 0
+    # A session of its own: every process this node starts carries its process-group id.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+    code = proc.wait()
+    if code == 0:
+        _save_nodes([*_load_nodes(), {**record, "pgid": proc.pid, "started": time.time()}])
+    return code
+
+
+def reachable_ip() -> str:
+    """The address other machines reach this one on (the one Ray picks by default)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("8.8.8.8", 80))  # UDP: picks the outgoing interface, sends nothing
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def start_worker(device: str, address: str, *, threads: int | None = None, num_cpus: int = 0, backend: str = "cpu",
+                 block: bool = True, node_ip: str | None = None, temp_dir: str | None = None,
+                 extra_args: list[str] | None = None) -> int:
+    """Join the cluster at `address` as a node offering `device:NAME` (after `self_check`)."""
+    check_device_name(device)
+    check_reachable(address)
+    args = ["--address", address, "--resources", json.dumps({resource_name(device): 1}), "--num-cpus", str(num_cpus)]
+    if node_ip:
+        args += ["--node-ip-address", node_ip]
+    if temp_dir:
+        args += ["--temp-dir", temp_dir]
+    env = {"HWSEARCH_DEVICE": device, "HWSEARCH_BACKEND": backend}
+    if threads:
+        env["HWSEARCH_THREADS"] = str(threads)
+    return _run_ray([*args, *(extra_args or [])], _ray_env(env), block,
+                    {"role": "worker", "device": device, "address": address})
+
+
+def start_head(*, port: int = 6379, num_cpus: int | None = None, node_ip: str | None = None, block: bool = False,
+               temp_dir: str | None = None, dashboard: bool = False, extra_args: list[str] | None = None) -> int:
+    """Start the head: it schedules, it measures nothing unless it also offers a device."""
+    args = ["--head", "--port", str(port), f"--include-dashboard={str(dashboard).lower()}"]
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    if node_ip:
+        args += ["--node-ip-address", node_ip]
+    if temp_dir:
+        args += ["--temp-dir", temp_dir]
+    return _run_ray([*args, *(extra_args or [])], _ray_env({}), block,
+                    {"role": "head", "port": port, "node_ip": node_ip})
+
+
+def _group_processes(pgid: int) -> list[Any]:
+    """The processes of a node's process group, and their descendants (Ray's workers setsid)."""
+    import psutil
+
+    found: dict[int, Any] = {}
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return list(found.values())
+
+
+def stop_group(pgid: int, grace: float = STOP_GRACE_S) -> int:
+    """SIGTERM a recorded node's processes, SIGKILL what is left after `grace`; returns how many."""
+    import psutil
+
+    procs = _group_processes(pgid)
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=grace)
+    return len(procs)
+
+
+def stop_recorded() -> list[dict[str, Any]]:
+    """Stop every node this machine started with hwsearch (detached); returns their records."""
+    nodes = list(reversed(_load_nodes()))  # workers before the head
+    for node in nodes:
+        node["processes"] = stop_group(int(node["pgid"]))
+    _save_nodes([])
+    return nodes
+
+
+def cluster_status(address: str | None = None) -> dict[str, Any]:
+    """Nodes of the cluster and the devices they offer (as one JSON-ready document)."""
+    import ray
+
+    from hwsearch.profilers.cluster import RESOURCE_PREFIX, connect, offered_devices
+
+    head = connect(address)
+    nodes = []
+    for node in ray.nodes():
+        res = node.get("Resources") or {}
+        nodes.append({
+            "node_id": node["NodeID"], "address": node["NodeManagerAddress"], "alive": bool(node.get("Alive")),
+            "devices": sorted(k[len(RESOURCE_PREFIX):] for k in res if k.startswith(RESOURCE_PREFIX)),
+            "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0),
+        })
+    devices = {name: len(found) for name, found in sorted(offered_devices().items())}
+    return {"address": head, "nodes": nodes, "devices": devices}

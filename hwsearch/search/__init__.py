@@ -1,0 +1,1 @@
+"""hwsearch.search: search specs, Optuna studies, objectives, jobs on Ray, Pareto/hypervolume, verification."""

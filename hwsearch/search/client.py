@@ -1,0 +1,174 @@
+"""The Python API: `Client` submits and finds jobs, `JobHandle` watches and reads one.
+
+    import hwsearch as hw
+    client = hw.Client()                       # HWSEARCH_DB / the SQLite file; local Ray
+    job = client.submit(hw.SearchSpec(model="vit_base", device="my-cpu", constraints={"latency_ms": 20}))
+    job.wait(); job.pareto(); job.best(max_latency_ms=15)
+
+With `ray_address` the runner is a detached actor on that cluster: the submitting process may
+exit and any process pointing at the same database can watch, cancel or resume the job. With
+local Ray (the default) the job runs as long as this process does; a job left behind shows a
+stale heartbeat and `resume()` continues it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from hwsearch.db.engine import database_url, open_db
+from hwsearch.errors import HwsearchError
+from hwsearch.search import jobs, results
+from hwsearch.search.objectives import OBJECTIVES
+from hwsearch.search.spec import SearchSpec
+from hwsearch.spaces.plan import Plan
+
+
+def connect_ray(address: str | None) -> None:
+    """Connect to `address`, or start a local Ray (loopback, no dashboard) once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address, namespace=jobs.NAMESPACE, log_to_driver=False)
+    else:
+        ray.init(namespace=jobs.NAMESPACE, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+
+
+class JobHandle:
+    """One job, read from the database on every call (so it works from any process)."""
+
+    def __init__(self, client: Client, job_id: int, spec: SearchSpec | None = None) -> None:
+        self.client = client
+        self.id = int(job_id)
+        self._spec = spec
+
+    def __repr__(self) -> str:
+        return f"JobHandle(id={self.id})"
+
+    # -- state -----------------------------------------------------------------------------------
+    def status(self) -> jobs.JobStatus:
+        return jobs.job_status(self.client.engine, self.id)
+
+    def wait(self, timeout: float | None = None, poll: float = 1.0,
+             on_poll: Callable[[jobs.JobStatus], None] | None = None) -> jobs.JobStatus:
+        """Block until done/failed/cancelled; a runner that stopped is an error saying how to resume."""
+        return jobs.wait_for(self.client.engine, self.id, timeout, poll, on_poll)
+
+    def cancel(self) -> jobs.JobStatus:
+        return jobs.cancel_job(self.client.engine, self.id)
+
+    def resume(self, spec: SearchSpec | None = None) -> JobHandle:
+        """Continue a failed, cancelled or stale job; finished trials are kept."""
+        attempt = jobs.claim_resume(self.client.engine, self.id)
+        self.client._launch(self.id, attempt, spec or self._spec)
+        return self
+
+    # -- results ---------------------------------------------------------------------------------
+    def spec(self) -> SearchSpec:
+        if self._spec is not None:
+            return self._spec
+        row = jobs.get_job(self.client.engine, self.id)
+        return SearchSpec.from_doc(dict(row.spec))
+
+    def _trials(self) -> list[Any]:
+        row = jobs.get_job(self.client.engine, self.id)
+        return results.load_trials(self.client.db_url, row.study_name)
+
+    def pareto(self) -> pd.DataFrame:
+        """Feasible non-dominated trials: trial, plan_id, objective columns (sorted by the first)."""
+        spec = self.spec()
+        space = results.search_space(self.client.engine, spec)
+        return results.front(self._trials(), spec, self.id, space.model.dtype)
+
+    def plan(self, trial: int) -> Plan:
+        spec = self.spec()
+        found = [t for t in self._trials() if t.number == int(trial)]
+        if not found:
+            raise HwsearchError(f"job {self.id} has no complete trial {trial}; accepted: a trial number from job.pareto()")
+        result = (self.status().result or {})
+        return results.plan_of(found[0], results.search_space(self.client.engine, spec), spec, result.get("provenance"))
+
+    def best(self, max_latency_ms: float | None = None, max_size_mb: float | None = None,
+             min_quality: float | None = None) -> Plan:
+        """The Pareto plan that is best on the job's first objective other than the bounded ones."""
+        front = self.pareto()
+        spec = self.spec()
+        limits = {"latency_ms": (max_latency_ms, "max"), "size_mb": (max_size_mb, "max"), "quality": (min_quality, "min")}
+        for col, (bound, kind) in limits.items():
+            if bound is None:
+                continue
+            if col not in front:
+                raise HwsearchError(f"job {self.id} has no {col} column; accepted: bounds on {', '.join(c for c in limits if c in front)}")
+            front = front[front[col] <= bound] if kind == "max" else front[front[col] >= bound]
+        if front.empty:
+            raise HwsearchError(f"no Pareto plan of job {self.id} meets the bounds; accepted: looser bounds (see job.pareto())")
+        bounded = {c for c, (b, _) in limits.items() if b is not None}
+        order = [o for o in spec.objectives if OBJECTIVES[o].column not in bounded] or spec.objectives
+        obj = OBJECTIVES[order[0]]
+        pick = front[obj.column].idxmin() if obj.direction == "minimize" else front[obj.column].idxmax()
+        return self.plan(int(front.loc[pick, "trial"]))
+
+    def verifications(self) -> pd.DataFrame:
+        from hwsearch.search.verify import verifications
+
+        rows = verifications(self.client.engine, self.id)
+        return pd.DataFrame([{k: v for k, v in r.items() if k != "plan"} for r in rows])
+
+    def refit_predictor(self) -> dict[str, Any]:
+        """Refit the device's overhead term on this job's verified plans (plus nothing else)."""
+        from hwsearch.search.refit import refit_overhead
+
+        return refit_overhead(self.client.engine, self.id, self.spec())
+
+
+class Client:
+    """Submits search jobs and finds them again; one database, one Ray cluster (or local Ray)."""
+
+    def __init__(self, db_url: str | None = None, ray_address: str | None = None) -> None:
+        self.db_url = database_url(db_url)
+        self.engine: Engine = open_db(self.db_url)
+        self.ray_address = ray_address
+        self._runners: dict[int, Any] = {}
+
+    def submit(self, spec: SearchSpec, progress: Callable[[int, int], None] | None = None) -> JobHandle:
+        """Check the spec against the database (device, predictor, constraints), store the job, start it."""
+
+        handle = self.create(spec, progress)
+        self._launch(handle.id, 1, spec)
+        return handle
+
+    def create(self, spec: SearchSpec, progress: Callable[[int, int], None] | None = None) -> JobHandle:
+        """Check the spec and store the job without starting it (`run` or another process starts it)."""
+        from hwsearch.search.problem import build_problem
+
+        build_problem(self.engine, spec, progress)  # every bad input fails here, before anything is stored
+        job_id = jobs.create_job(self.engine, self.db_url, spec)
+        return JobHandle(self, job_id, spec if spec.custom else None)
+
+    def run(self, job_id: int, on_poll: Callable[[jobs.JobStatus], None] | None = None) -> jobs.JobStatus:
+        """Start the job's current attempt here (local Ray unless `ray_address`) and wait for it."""
+        status = jobs.job_status(self.engine, job_id)
+        self._launch(job_id, status.attempt, None)
+        return jobs.wait_for(self.engine, job_id, on_poll=on_poll)
+
+    def _launch(self, job_id: int, attempt: int, spec: SearchSpec | None) -> None:
+        connect_ray(self.ray_address)
+        self._runners[job_id] = jobs.launch_runner(self.db_url, job_id, attempt, spec, detached=bool(self.ray_address))
+
+    def job(self, job_id: int) -> JobHandle:
+        jobs.get_job(self.engine, job_id)
+        return JobHandle(self, job_id)
+
+    def jobs(self, limit: int = 100) -> list[jobs.JobStatus]:
+        return jobs.list_jobs(self.engine, limit)
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,78 @@
+"""`hwsearch demo`: the main job end to end on this machine, on the embedded database.
+
+Profile this machine (quick budget), train its XGBoost predictor, calibrate the end-to-end
+overhead term on a few timed plans, search `vit_base` (latency x size) and `digits_vit`
+(latency x quality, quality from the sensitivity proxy, the chosen plans evaluated for real),
+verify the top plans on this machine, export them, and print the Pareto tables, the
+predicted-vs-measured check and where the files are.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+DEMO_TRIALS = {"vit_base": 300, "digits_vit": 200}
+
+
+def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, object]:
+    from hwsearch.bench.model_latency import run as calibrate
+    from hwsearch.config import data_dir
+    from hwsearch.export import export
+    from hwsearch.predictors.registry import train
+    from hwsearch.profilers.runner import profile_local
+    from hwsearch.search.client import Client
+    from hwsearch.search.report import JobProgress, print_front, print_verification
+    from hwsearch.search.spec import SearchSpec
+
+    console = Console()
+    started = time.perf_counter()
+    client = Client(db)
+    engine = client.engine
+    console.print(f"[bold]1/6[/bold] profiling this machine (quick budget) into {client.db_url}")
+    summary = profile_local(engine, budget="quick")
+    device = summary.device
+    console.print(f"    {device}: {summary.measured} kernels measured now, {summary.already_stored} already stored")
+    console.print("[bold]2/6[/bold] training its latency predictor")
+    for t in train(engine, device, "xgboost"):
+        held = (t["metrics"].get("held_out") or {}).get("all") or {}
+        console.print(f"    xgboost #{t['id']}: held-out within ±10 % {held.get('within_10pct', float('nan')):.1%}, "
+                      f"MAPE {held.get('mape', float('nan')):.1f} % on {held.get('n', 0)} kernels")
+    console.print("[bold]3/6[/bold] calibrating the end-to-end overhead on 6 timed vit_base plans")
+    cal = calibrate(engine, device, "vit_base", plans=6, seed=0)
+    console.print(f"    leave-one-out MAPE {cal['mape']:.1f} % (kernel sum alone: {cal['kernel_sum_only']['mape']:.1f} %)")
+    out = Path(out_dir) if out_dir else data_dir() / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    searches = [("vit_base", ["latency", "size"]), ("digits_vit", ["latency", "quality"])]
+    done: dict[str, object] = {"device": device, "files": []}
+    for step, (model, objectives) in enumerate(searches, start=4):
+        console.print(f"[bold]{step}/6[/bold] searching {model} ({' x '.join(objectives)}, "
+                      f"{DEMO_TRIALS[model]} trials, 2 workers on local Ray), verifying the top 3 on {device}")
+        job = client.submit(SearchSpec(model=model, device=device, objectives=objectives,
+                                       n_trials=DEMO_TRIALS[model], n_workers=2, verify_top_k=3))
+        with JobProgress(True) as on_poll:
+            st = job.wait(on_poll=on_poll)
+        if st.status != "done":
+            console.print(f"[red]job {job.id} {st.status}: {st.error}")
+            continue
+        front = job.pareto()
+        print_front(front, f"{model} on {device}: Pareto front of job {job.id} ({st.n_trials_done} trials, "
+                           f"hypervolume {st.result['hypervolume']:.4f})", console)
+        print_verification(st.result, console)
+        mid = float(front.latency_ms.median())
+        plan = job.best(max_latency_ms=mid)
+        path = out / f"{model}-job{job.id}.plan.json"
+        files = [export(plan, "plan", path).path]
+        ct = export(plan, "compressed-tensors", out / f"{model}-job{job.id}.compressed-tensors.json")
+        files += [ct.path]
+        for w in ct.warnings:
+            console.print(f"    [yellow]export warning:[/yellow] {w}")
+        done["files"] += [str(f) for f in files]  # type: ignore[operator]
+        console.print(f"    best plan under {mid:.2f} ms (the front's median latency) exported to:")
+        for f in files:
+            console.print(f"      {f}")
+    console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s; database {client.db_url}; "
+                  f"jobs: `hwsearch jobs list`; plans in {out}")
+    return done

@@ -1,0 +1,269 @@
+"""Objectives, decision variables and the per-layer tables every trial is scored from.
+
+A plan's latency, size and (proxy) quality are additive over layers once the merge schedule is
+fixed: latency is the device overhead term plus the sum of predicted kernel latencies (the
+overhead is linear in its inputs, so it folds into the per-layer entries), size is the sum of
+exact layer bytes, quality is the base quality plus the sum of per-layer sensitivity entries.
+So a search builds, once per job, a table per objective of shape (merge, variable, choice) and
+scores any batch of plans with one fancy-indexed sum. The same tables drive the warm start
+(Lagrangian knapsack) and the exact reference front (dynamic programming).
+
+Decision variables are the layers, except that a group constraint (q/k/v share a format,
+gate/up are fused) makes its members one variable whose choice applies to all of them: the
+search only proposes plans where grouped layers agree on every knob, a subset of the valid ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hwsearch.errors import HwsearchError, unknown
+from hwsearch.spaces.knobs import SearchSpace
+from hwsearch.spaces.model import ModelSpec
+from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan
+from hwsearch.spaces.size import linear_bytes
+
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: its name in a SearchSpec, its column in a Pareto table, unit and direction."""
+
+    name: str
+    column: str
+    unit: str
+    direction: str  # "minimize" | "maximize"
+
+    @property
+    def sign(self) -> float:
+        """Multiply by this to get a value to minimise."""
+        return 1.0 if self.direction == "minimize" else -1.0
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "latency": Objective("latency", "latency_ms", "ms", "minimize"),
+    "size": Objective("size", "size_mb", "MB", "minimize"),
+    "quality": Objective("quality", "quality", "", "maximize"),
+}
+# constraint key -> (objective, bound kind): "max" means value <= bound, "min" value >= bound.
+CONSTRAINTS: dict[str, tuple[str, str]] = {
+    "latency_ms": ("latency", "max"),
+    "size_mb": ("size", "max"),
+    "min_quality": ("quality", "min"),
+}
+MERGE_PARAM = "merge"
+
+
+def objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise unknown("objective", name, OBJECTIVES)
+    return OBJECTIVES[name]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One decision: the layers it sets (one, or a constrained group) and the choices it may take."""
+
+    name: str
+    layers: tuple[str, ...]
+    choices: tuple[LayerChoice, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(c.label() for c in self.choices)
+
+
+def merge_label(merge: MergePlan) -> str:
+    return "none" if not merge.r else f"r{merge.r}@{merge.start_block}"
+
+
+def decision_variables(space: SearchSpace) -> tuple[Variable, ...]:
+    """The variables of a space: one per layer, one per group constraint (members move together)."""
+    model = space.model
+    taken: set[str] = set()
+    out: list[Variable] = []
+    for layer in model.layer_names:
+        if layer in taken:
+            continue
+        members = [layer]
+        for group in model.groups_of(layer):
+            members += [m for m in group.members if m not in members]
+        taken.update(members)
+        shared = [c for c in space.layers[members[0]].choices()
+                  if all(space.layers[m].why_not(c) is None for m in members[1:])]
+        identity = space.identity()
+        choices = [identity] + [c for c in dict.fromkeys(shared) if c != identity]
+        name = layer if len(members) == 1 else next(g.name for g in model.groups_of(layer))
+        out.append(Variable(name, tuple(members), tuple(choices)))
+    return tuple(out)
+
+
+@dataclass
+class Tables:
+    """Per (merge, variable, choice) objective entries; `score` evaluates batches of encoded plans.
+
+    Encoded plan: `idx` (batch, n_var) choice indices and `merge` (batch,) merge indices.
+    Entries beyond a variable's number of choices are NaN and never indexed.
+    """
+
+    model: ModelSpec
+    device: str
+    variables: tuple[Variable, ...]
+    merges: tuple[MergePlan, ...]
+    terms: dict[str, np.ndarray]  # objective -> (n_merge, n_var, width)
+    base: dict[str, np.ndarray]  # objective -> (n_merge,)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(self.terms)
+
+    @property
+    def n_choices(self) -> np.ndarray:
+        return np.array([len(v.choices) for v in self.variables])
+
+    def score(self, idx: np.ndarray, merge: np.ndarray) -> dict[str, np.ndarray]:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1, len(self.variables))
+        merge = np.asarray(merge, dtype=np.int64).reshape(-1)
+        cols = np.arange(len(self.variables))[None, :]
+        rows = merge[:, None]
+        return {name: self.base[name][merge] + t[rows, cols, idx].sum(1) for name, t in self.terms.items()}
+
+    # -- plans <-> encodings ---------------------------------------------------------------------
+    def params(self, idx: Sequence[int], merge: int) -> dict[str, str]:
+        """Optuna parameters (categorical labels) of an encoded plan."""
+        out = {v.name: v.labels[int(i)] for v, i in zip(self.variables, idx, strict=True)}
+        if len(self.merges) > 1:
+            out[MERGE_PARAM] = merge_label(self.merges[int(merge)])
+        return out
+
+    def encode_params(self, params: Mapping[str, Any]) -> tuple[np.ndarray, int]:
+        idx = np.array([v.labels.index(params[v.name]) for v in self.variables], dtype=np.int64)
+        merge = 0
+        if len(self.merges) > 1:
+            merge = [merge_label(m) for m in self.merges].index(params[MERGE_PARAM])
+        return idx, merge
+
+    def plan(self, idx: Sequence[int], merge: int) -> Plan:
+        dtype = self.model.dtype
+        layers = {}
+        for var, i in zip(self.variables, idx, strict=True):
+            choice = var.choices[int(i)]
+            if not choice.is_identity(dtype):
+                layers.update(dict.fromkeys(var.layers, choice))
+        m = self.merges[int(merge)]
+        return Plan(model=self.model.name, device=self.device, layers=layers, merge=m if m.r else None)
+
+    # -- bounds ----------------------------------------------------------------------------------
+    def extreme(self, name: str, best: bool = True) -> float:
+        """The best (or worst) value of an objective over the whole space (exact: additive)."""
+        sign = objective(name).sign * (1 if best else -1)
+        t = self.terms[name] * sign
+        per_merge = self.base[name] * sign + np.nanmin(t, axis=2).sum(1)
+        return float(per_merge.min() * sign)
+
+
+# ----------------------------------------------------------------------------------------------
+# building the tables
+# ----------------------------------------------------------------------------------------------
+def _pad(rows: list[list[float]], width: int) -> np.ndarray:
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def size_terms(model: ModelSpec, variables: Sequence[Variable]) -> np.ndarray:
+    """Exact storage (MB) of each variable's layers under each choice; (n_var, width)."""
+    width = max(len(v.choices) for v in variables)
+    rows = []
+    for var in variables:
+        layers = [model.layer(n) for n in var.layers]
+        rows.append([
+            sum(linear_bytes(L.K, L.N, c.format, c.group_size, c.sparsity, c.rank, L.bias).total for L in layers) / MB
+            for c in var.choices
+        ])
+    return _pad(rows, width)
+
+
+def latency_terms(
+    model: ModelSpec, variables: Sequence[Variable], merges: Sequence[MergePlan], predictor: Any, overhead: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted latency (ms) per (merge, variable, choice) and per merge for untouched kernels.
+
+    Built on the predictor package's `PlanTable`; the overhead term (linear in kernel ms,
+    launches and cast elements) is folded into each entry so a plan's latency stays a sum.
+    """
+    from hwsearch.predictors.model_latency import ModelLatency
+
+    layer_choices = {layer: var.choices for var in variables for layer in var.layers}
+    table = ModelLatency(model, predictor, overhead).table(layer_choices, list(merges))
+    oh = table.ml.overhead
+    entry = oh.scale * table.ms + oh.per_kernel_ms * table.launches + oh.per_cast_melem_ms * table.casts
+    base = oh.scale * table.base_ms + oh.per_forward_ms + oh.per_kernel_ms * table.base_launches
+    width = max(len(v.choices) for v in variables)
+    terms = np.full((len(merges), len(variables), width), np.nan)
+    for j, var in enumerate(variables):
+        for layer in var.layers:
+            p = table.position[layer]
+            cols = [table.offsets[p] + table.index[p][c] for c in var.choices]
+            terms[:, j, : len(cols)] = np.nan_to_num(terms[:, j, : len(cols)]) + entry[:, cols]
+    return terms, base
+
+
+def quality_terms(
+    table: Any, model: ModelSpec, variables: Sequence[Variable], merges: Sequence[MergePlan]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity-proxy quality change per (variable, choice), broadcast over merges, and per merge."""
+    from hwsearch.search.quality import merge_key
+
+    dtype = model.dtype
+    width = max(len(v.choices) for v in variables)
+    rows = []
+    for var in variables:
+        row = []
+        for c in var.choices:
+            row.append(0.0 if c.is_identity(dtype) else sum(table.layers[n][c.label()] for n in var.layers))
+        rows.append(row)
+    per_var = _pad(rows, width)
+    base = np.array([table.base_test + (table.merge[merge_key(m)] if m.r else 0.0) for m in merges])
+    return np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy(), base
+
+
+def build_tables(
+    space: SearchSpace,
+    objectives: Sequence[str],
+    device: str,
+    predictor: Any = None,
+    overhead: Any = None,
+    sensitivity: Any = None,
+    provenance: Mapping[str, dict[str, Any]] | None = None,
+) -> Tables:
+    """Tables for `objectives` on `space`: `predictor` (with `predict_specs`) answers latency,
+    `sensitivity` (a `SensitivityTable` measured on this space) answers quality."""
+    variables = decision_variables(space)
+    merges = tuple(space.merge_options)
+    model = space.model
+    terms: dict[str, np.ndarray] = {}
+    base: dict[str, np.ndarray] = {}
+    for name in objectives:
+        objective(name)
+        if name == "latency":
+            if predictor is None:
+                raise HwsearchError(f"the latency objective needs a predictor for device {device!r}")
+            terms[name], base[name] = latency_terms(model, variables, merges, predictor, overhead)
+        elif name == "size":
+            per_var = size_terms(model, variables)
+            terms[name] = np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy()
+            base[name] = np.zeros(len(merges))
+        else:
+            if sensitivity is None:
+                raise HwsearchError(f"the quality objective needs a sensitivity table for model {model.name!r}")
+            terms[name], base[name] = quality_terms(sensitivity, model, variables, merges)
+    return Tables(model, device, variables, merges, terms, base, dict(provenance or {}))
+

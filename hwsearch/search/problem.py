@@ -1,0 +1,125 @@
+"""A search problem: a spec resolved against the database into a space and its tables.
+
+Everything a spec can get wrong is found here, before a job is stored: an unknown device, a
+device with no predictor (the error says how to train one), quality asked of a model without
+weights, a constraint nothing in the space can meet (the error gives the best reachable value).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from hwsearch.db.engine import session_scope
+from hwsearch.db.models import Device
+from hwsearch.errors import HwsearchError
+from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, Tables, build_tables
+from hwsearch.search.spec import SearchSpec
+from hwsearch.spaces.knobs import Capabilities, SearchSpace
+
+
+@dataclass
+class Problem:
+    spec: SearchSpec
+    space: SearchSpace
+    tables: Tables
+    device_id: int
+    fingerprint: dict[str, Any]
+    predictor: dict[str, Any] | None = None
+    overhead_id: int | None = None
+    quality_task: Any = field(default=None, repr=False)
+
+    @property
+    def local(self) -> bool:
+        """Whether the device is the machine this runs on."""
+        return self.fingerprint.get("host") == socket.gethostname()
+
+
+def device_capabilities(name: str, fingerprint: dict[str, Any]) -> Capabilities:
+    """What the device runs natively, from its stored fingerprint (the local reading on its own host)."""
+    from hwsearch.kernels import registry
+
+    backend = fingerprint.get("backend", "cpu")
+    if fingerprint.get("host") == socket.gethostname():
+        return Capabilities.from_dict(registry.capabilities(backend), name)
+    if "sm" in fingerprint:
+        return Capabilities.from_dict({"sm": fingerprint["sm"]}, name)
+    flags = set(fingerprint.get("cpu_flags", ()))
+    return Capabilities.from_dict({"fp32": True, "int8": True, "int4": True,
+                                   "bf16": bool({"avx512_bf16", "amx_bf16", "bf16"} & flags),
+                                   "fp16": bool({"avx512_fp16", "amx_fp16"} & flags)}, name)
+
+
+def _custom_task(spec: SearchSpec, model_spec: Any) -> Any:
+    from hwsearch.search.quality import QualityTask, weights_hash
+
+    evaluate = spec.evaluate
+
+    def score(module: Any, split: str) -> float:
+        return float(evaluate(module))  # type: ignore[misc]
+
+    return QualityTask(model_spec.name, "custom", model_spec, spec.model, score, weights_hash(spec.model))
+
+
+def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int], None] | None = None) -> Problem:
+    """Resolve `spec` on the database: device, predictor, sensitivity table, tables; checks constraints."""
+    from hwsearch.predictors.dataset import device_backend
+
+    dev_id, _ = device_backend(engine, spec.device)  # unknown device: one line listing stored ones
+    with session_scope(engine) as session:
+        fp = dict(session.get(Device, dev_id).fingerprint or {})  # type: ignore[union-attr]
+    model = spec.model_description()
+    space = SearchSpace(model, device_capabilities(spec.device, fp), spec.knob_values())
+    needed = list(dict.fromkeys([*spec.objectives, *(CONSTRAINTS[k][0] for k in spec.constraints)]))
+    predictor = overhead = sensitivity = task = None
+    provenance: dict[str, dict[str, Any]] = {}
+    answer_doc = None
+    overhead_id = None
+    if "latency" in needed or spec.verify_top_k:
+        from hwsearch.predictors.model_latency import device_overhead
+        from hwsearch.predictors.registry import best_predictor
+
+        try:
+            predictor = best_predictor(engine, spec.device)
+        except HwsearchError:
+            if "latency" in needed:
+                raise
+        if predictor is not None:
+            overhead, overhead_id = device_overhead(engine, predictor.device_id)
+            answer_doc = predictor.describe()
+            provenance["latency"] = {"source": "predictor", "device": spec.device, "predictor_id": predictor.predictor_id,
+                                     "kind": predictor.kind, "detail": predictor.detail, "overhead_id": overhead_id}
+            if "latency" not in needed:
+                needed.append("latency")
+    if "quality" in needed:
+        from hwsearch.search import quality
+
+        task = _custom_task(spec, model) if spec.custom else quality.quality_task(spec.model)
+        if spec.custom:
+            sensitivity = quality.measure_sensitivity(task, space, progress)
+        else:
+            sensitivity = quality.sensitivity_table(task, space, progress)
+        provenance["quality"] = {"source": "sensitivity", "kind": task.metric,
+                                 "detail": f"base {sensitivity.base_test:.4f} + per-layer calibration deltas"}
+    provenance["size"] = {"source": "analytic", "detail": "exact bytes of the compressed linear layers"}
+    tables = build_tables(space, needed, spec.device, predictor, overhead, sensitivity, provenance)
+    check_reachable(tables, spec)
+    return Problem(spec, space, tables, dev_id, fp, answer_doc, overhead_id, task)
+
+
+def check_reachable(tables: Tables, spec: SearchSpec) -> None:
+    """A constraint no plan in the space meets is an error naming the best reachable value."""
+    for key, bound in spec.constraints.items():
+        name, kind = CONSTRAINTS[key]
+        best = tables.extreme(name, True)
+        unit = OBJECTIVES[name].unit
+        if (kind == "max" and best > bound) or (kind == "min" and best < bound):
+            sign = ">=" if kind == "max" else "<="
+            raise HwsearchError(
+                f"constraint {key}={bound:g} cannot be met by {tables.model.name} on {spec.device}: the best plan in the "
+                f"space reaches {best:.4g} {unit}".rstrip() + f"; accepted: {key} {sign} {best:.4g}"
+            )

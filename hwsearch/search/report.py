@@ -1,0 +1,107 @@
+"""Showing jobs to a person: the progress bar, the Pareto table, the predicted-vs-measured check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from hwsearch.search.jobs import JobStatus
+
+COLUMN_FORMAT = {"latency_ms": "{:.3f}", "size_mb": "{:.2f}", "quality": "{:.4f}"}
+
+
+class JobProgress:
+    """A rich bar on stderr: trials done, best feasible point and hypervolume (`on_poll` callback)."""
+
+    def __init__(self, show: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+                            console=Console(stderr=True), disable=not show)
+        self.task: Any = None
+
+    def __enter__(self) -> Callable[[JobStatus], None]:
+        self.bar.start()
+        return self.update
+
+    def update(self, st: JobStatus) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(f"job {st.id} {st.model}@{st.device}", total=st.n_trials_total, info="")
+        best = st.progress.get("best") or {}
+        info = " ".join(f"{k}={v:.4g}" for k, v in best.items())
+        hv = st.progress.get("hypervolume")
+        info = f"{st.status}  best: {info or '-'}  HV {hv:.4f}" if hv is not None else st.status
+        self.bar.update(self.task, completed=st.n_trials_done, info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def status_doc(st: JobStatus) -> dict[str, Any]:
+    doc = st.as_dict()
+    for key in ("created_at", "started_at", "finished_at"):
+        doc[key] = None if doc[key] is None else doc[key].isoformat()
+    return doc
+
+
+def print_jobs(rows: list[JobStatus], console: Console | None = None) -> None:
+    console = console or Console()
+    if not rows:
+        console.print("No jobs yet. Start one with [bold]hwsearch search --model M --device D[/bold].")
+        return
+    grid = Table(title="Search jobs", title_justify="left")
+    for col in ("id", "name", "status", "trials", "sampler", "HV", "heartbeat"):
+        grid.add_column(col)
+    for st in rows:
+        status = f"{st.status} [red](stale: resume it)" if st.stale else st.status
+        hv = st.progress.get("hypervolume")
+        beat = "-" if st.heartbeat_age_s is None else f"{st.heartbeat_age_s:.0f} s ago"
+        grid.add_row(str(st.id), st.name, status, f"{st.n_trials_done}/{st.n_trials_total}", st.sampler,
+                     "-" if hv is None else f"{hv:.4f}", beat)
+    console.print(grid)
+
+
+def print_front(front: pd.DataFrame, title: str, console: Console | None = None, limit: int = 15) -> None:
+    console = console or Console()
+    grid = Table(title=title, title_justify="left")
+    shown = front if len(front) <= limit else front.iloc[[int(round(i)) for i in
+                                                         pd.Series(range(limit)) * (len(front) - 1) / (limit - 1)]]
+    cols = [c for c in front.columns if c not in ("plan_id",)]
+    for col in cols:
+        grid.add_column(col, justify="right")
+    for _, row in shown.iterrows():
+        grid.add_row(*[COLUMN_FORMAT.get(c, "{}").format(row[c]) if row[c] is not None else "-" for c in cols])
+    if len(front) > limit:
+        grid.caption = f"{limit} of {len(front)} Pareto points, spread along the front"
+    console.print(grid)
+
+
+def print_verification(result: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    rows = result.get("verified") or []
+    if not rows:
+        console.print("No plans verified (verify_top_k = 0, or no feasible Pareto point).")
+        return
+    grid = Table(title="Predicted vs measured on the device (end-to-end, median of >= 20 runs)", title_justify="left")
+    cols = ["trial", "predicted_ms", "measured_ms", "p10_ms", "p90_ms"]
+    if any("measured_quality" in r for r in rows):
+        cols += ["predicted_quality", "measured_quality"]
+    for col in cols:
+        grid.add_column(col, justify="right")
+    for r in rows:
+        grid.add_row(*[("-" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols])
+    s = result.get("verification") or {}
+    parts = []
+    if "mape" in s:
+        parts.append(f"latency MAPE {s['mape']:.1f} %, within ±10 %: {s['within_10pct']:.0%}")
+    if "violations" in s:
+        parts.append(f"{s['violations']} of {s['plans']} chosen plans break latency <= {s['max_latency_ms']:g} ms when measured")
+    if s.get("quality_abs_error") is not None:
+        parts.append(f"quality proxy mean abs error {s['quality_abs_error']:.4f}")
+    grid.caption = "; ".join(parts)
+    console.print(grid)

@@ -1,0 +1,133 @@
+"""What a finished study gives back: its Pareto table, plans for its trials, the verified top-k.
+
+A trial's parameters name one choice per decision variable (and a merge schedule); the plan is
+rebuilt from them with the job's search space, which depends only on the spec and the device's
+capabilities, so any process can turn a trial into a `Plan` without the predictor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import Engine
+
+from hwsearch.errors import HwsearchError
+from hwsearch.search import pareto, verify
+from hwsearch.search.objectives import MERGE_PARAM, OBJECTIVES, decision_variables, merge_label
+from hwsearch.search.spec import SearchSpec
+from hwsearch.spaces.knobs import SearchSpace
+from hwsearch.spaces.plan import Figure, Plan, Provenance
+
+MAX_STORED_FRONT = 200
+
+
+def load_trials(db_url: str, study_name: str) -> list[FrozenTrial]:
+    from hwsearch.search.study import rdb_storage
+
+    storage = rdb_storage(db_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    finally:
+        storage.remove_session()
+
+
+def search_space(engine: Engine, spec: SearchSpec) -> SearchSpace:
+    """The job's space (device capabilities from its stored fingerprint); no predictor needed."""
+    from hwsearch.db.engine import session_scope
+    from hwsearch.db.models import Device
+    from hwsearch.predictors.dataset import device_backend
+    from hwsearch.search.problem import device_capabilities
+
+    dev_id, _ = device_backend(engine, spec.device)
+    with session_scope(engine) as s:
+        fp = dict(s.get(Device, dev_id).fingerprint or {})  # type: ignore[union-attr]
+    return SearchSpace(spec.model_description(), device_capabilities(spec.device, fp), spec.knob_values())
+
+
+def plan_of(trial: FrozenTrial, space: SearchSpace, spec: SearchSpec, provenance: dict[str, Any] | None = None) -> Plan:
+    """The plan a trial stands for, with its predicted figures."""
+    dtype = space.model.dtype
+    layers = {}
+    for var in decision_variables(space):
+        label = trial.params.get(var.name)
+        if label is None:
+            raise HwsearchError(f"trial {trial.number} has no parameter {var.name!r}; accepted: a trial of this job's study")
+        choice = var.choices[var.labels.index(label)]
+        if not choice.is_identity(dtype):
+            layers.update(dict.fromkeys(var.layers, choice))
+    merge = None
+    label = trial.params.get(MERGE_PARAM, "none")
+    if label != "none":
+        merge = next(m for m in space.merge_options if merge_label(m) == label)
+    predicted = {}
+    for name, obj in OBJECTIVES.items():
+        value = trial.user_attrs.get(obj.column)
+        if value is None:
+            continue
+        prov = dict((provenance or {}).get(name) or {"source": "analytic"})
+        kw = {k: prov.get(k) for k in ("device", "kind", "detail")}
+        pid = prov.get("predictor_id")
+        predicted[obj.column] = Figure(value=float(value), unit=obj.unit or obj.name, provenance=Provenance(
+            source=prov.get("source", "analytic"), predictor_id=None if pid is None else str(pid), **kw))
+    return Plan(model=spec.model_name, device=spec.device, layers=layers, merge=merge, predicted=predicted)
+
+
+def columns(spec: SearchSpec) -> list[str]:
+    from hwsearch.search.objectives import CONSTRAINTS
+
+    names = list(dict.fromkeys([*spec.objectives, *(CONSTRAINTS[k][0] for k in spec.constraints)]))
+    return [OBJECTIVES[n].column for n in names]
+
+
+def front(trials: list[FrozenTrial], spec: SearchSpec, job_id: int | None, dtype: str = "fp32") -> pd.DataFrame:
+    return pareto.front_frame(trials, spec.objectives, job_id, columns(spec), dtype)
+
+
+def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spec: SearchSpec, problem: Any) -> dict[str, Any]:
+    """Pareto table, top-k verified on the device (latency, and real quality where there is one)."""
+    trials = load_trials(db_url, study_name)
+    by_number = {t.number: t for t in trials}
+    table = front(trials, spec, job_id, problem.space.model.dtype)
+    chosen = pareto.spread(table, spec.verify_top_k) if spec.verify_top_k else []
+    verified: list[dict[str, Any]] = []
+    if chosen:
+        plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
+        module = inputs = None
+        if spec.custom:
+            module, inputs = spec.model, spec.example_inputs
+        elif problem.quality_task is not None:
+            module = problem.quality_task.model
+            _, inputs = verify.torch_model(problem.space.model)
+        timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, plans, module, inputs)
+        for i, plan, t in zip(chosen, plans, timings, strict=True):
+            row = {"trial": int(table.trial.iloc[i]), "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True),
+                   "predicted_ms": float(table.latency_ms.iloc[i]) if "latency_ms" in table else None,
+                   **{k: float(v) for k, v in t.items()}}
+            if problem.quality_task is not None:
+                row["predicted_quality"] = float(table.quality.iloc[i])
+                row["measured_quality"] = float(problem.quality_task.evaluate(plan, "test"))
+            verified.append(row)
+        verify.store_verifications(engine, job_id, problem.device_id, verified)
+    values = table[[OBJECTIVES[o].column for o in spec.objectives]].to_numpy(dtype=float)
+    ideal, nadir = pareto.bounds(problem.tables, spec.objectives)
+    return {
+        "front_size": int(len(table)),
+        "hypervolume": pareto.hypervolume(values, spec.objectives, ideal, nadir) if len(values) else 0.0,
+        "pareto": table.head(MAX_STORED_FRONT).to_dict(orient="records"),
+        "verified": [{k: v for k, v in r.items() if k != "plan"} for r in verified],
+        "verification": {**verify.summary(verified, spec.constraints.get("latency_ms")),
+                         "quality_abs_error": quality_error(verified)},
+        "predictor": problem.predictor,
+        "provenance": problem.tables.provenance,
+        "trials": len(trials),
+    }
+
+
+def quality_error(rows: list[dict[str, Any]]) -> float | None:
+    pairs = [(r["predicted_quality"], r["measured_quality"]) for r in rows if "measured_quality" in r]
+    return float(np.mean([abs(p - m) for p, m in pairs])) if pairs else None

@@ -1,0 +1,172 @@
+"""Optuna studies for a search: samplers, the RDB study, and the worker loop that fills it.
+
+The study lives in the job's database (Optuna's RDB storage, beside our tables). Each worker
+samples with its own sampler against an in-memory mirror of that study (ask/tell, a batch at a
+time), scores the batch from the additive tables, and writes the finished batch to the RDB
+study in one transaction (`trials.write_trials`); before each batch it pulls the trials other
+workers stored, so every sampler sees the whole study. Constraints go through Optuna's own
+constraint support (`Trial.set_constraint`), which NSGA-II, TPE and GP use to rank feasible
+points first; every objective's value is also kept as a user attribute so a Pareto table can
+show the ones that are only constrained.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from hwsearch.db.engine import database_url, make_engine, parse_url
+from hwsearch.errors import unknown
+from hwsearch.search.objectives import CONSTRAINTS, MERGE_PARAM, OBJECTIVES, Tables, merge_label
+from hwsearch.search.spec import SAMPLERS
+from hwsearch.search.trials import write_trials
+from hwsearch.search.warmstart import warm_start
+
+BATCH = 10
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_sampler(name: str, seed: int, n_startup: int | None = None) -> optuna.samplers.BaseSampler:
+    """A sampler by name; `seed` makes a worker's proposals reproducible."""
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup or 10)
+    if name == "gp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True,
+                                             n_startup_trials=n_startup or 10, warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise unknown("sampler", name, SAMPLERS)
+
+
+def rdb_storage(db_url: str | None) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the job database (psycopg2 for PostgreSQL, a busy timeout for SQLite)."""
+    url = database_url(db_url)
+    if parse_url(url).get_backend_name() == "sqlite":
+        kwargs = {"connect_args": {"timeout": 30}}
+    else:
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def distributions(tables: Tables) -> dict[str, CategoricalDistribution]:
+    out = {v.name: CategoricalDistribution(v.labels) for v in tables.variables}
+    if len(tables.merges) > 1:
+        out[MERGE_PARAM] = CategoricalDistribution(tuple(merge_label(m) for m in tables.merges))
+    return out
+
+
+def constraint_values(constraints: Mapping[str, float], scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Optuna's convention: a value <= 0 is feasible."""
+    out = {}
+    for key, bound in constraints.items():
+        name, kind = CONSTRAINTS[key]
+        out[key] = scores[name] - bound if kind == "max" else bound - scores[name]
+    return out
+
+
+def ask_tell(mem: optuna.Study, tables: Tables, dists: Mapping[str, CategoricalDistribution], objectives: Sequence[str],
+             constraints: Mapping[str, float], n: int) -> list[optuna.trial.FrozenTrial]:
+    """Ask `n` trials, score them as one batch from the tables, tell them; returns them finished."""
+    asked = [mem.ask(dict(dists)) for _ in range(n)]
+    enc = [tables.encode_params(t.params) for t in asked]
+    scores = tables.score(np.stack([e[0] for e in enc]), np.array([e[1] for e in enc]))
+    cons = constraint_values(constraints, scores)
+    for i, trial in enumerate(asked):
+        for name, col in scores.items():
+            trial.set_user_attr(OBJECTIVES[name].column, float(col[i]))
+        for key, col in cons.items():
+            trial.set_constraint(key, float(col[i]))
+        mem.tell(trial, [float(scores[o][i]) for o in objectives])
+    every = mem.get_trials(deepcopy=False)
+    return [every[t.number] for t in asked]
+
+
+def optimize_in_memory(tables: Tables, objectives: Sequence[str], constraints: Mapping[str, float], sampler: str,
+                       seed: int, n_trials: int, warm: bool) -> list[optuna.trial.FrozenTrial]:
+    """The same search without storage (benchmarks): what the samplers do, nothing else."""
+    mem = optuna.create_study(directions=[OBJECTIVES[o].direction for o in objectives], sampler=make_sampler(sampler, seed))
+    if warm:
+        for idx, m in warm_start(tables):
+            mem.enqueue_trial(tables.params(idx, m))
+    dists = distributions(tables)
+    done = 0
+    while done < n_trials:
+        done += len(ask_tell(mem, tables, dists, objectives, constraints, min(BATCH, n_trials - done)))
+    return mem.get_trials(deepcopy=False)
+
+
+@dataclass
+class WorkerResult:
+    written: int
+    stopped: str  # "budget" | "cancelled"
+
+
+def run_worker(
+    db_url: str | None,
+    study_name: str,
+    tables: Tables,
+    objectives: Sequence[str],
+    constraints: Mapping[str, float],
+    sampler: str,
+    seed: int,
+    n_total: int,
+    warm: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[int], None] | None = None,
+    batch: int = BATCH,
+) -> WorkerResult:
+    """Fill the RDB study `study_name` until it holds `n_total` complete trials (or `should_stop`)."""
+    storage = rdb_storage(db_url)
+    engine = make_engine(db_url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+        shared = optuna.load_study(study_name=study_name, storage=storage)
+        directions = [OBJECTIVES[o].direction for o in objectives]
+        mem = optuna.create_study(directions=directions, sampler=make_sampler(sampler, seed))
+        dists = distributions(tables)
+        known: set[int] = set()
+
+        def pull() -> int:
+            done = shared.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            new = [t for t in done if t._trial_id not in known]
+            known.update(t._trial_id for t in new)
+            if new:
+                mem.add_trials(new)
+            return len(done)
+
+        done = pull()
+        if warm:  # the warm-start plans not in the study yet (a resumed job has some already)
+            stored = {tuple(sorted(t.params.items())) for t in mem.get_trials(deepcopy=False)}
+            for idx, m in warm_start(tables):
+                params = tables.params(idx, m)
+                if tuple(sorted(params.items())) not in stored:
+                    mem.enqueue_trial(params)
+        written = 0
+        while True:
+            if should_stop():
+                return WorkerResult(written, "cancelled")
+            remaining = n_total - done
+            if remaining <= 0:
+                return WorkerResult(written, "budget")
+            frozen = ask_tell(mem, tables, dists, objectives, constraints, min(batch, remaining))
+            ids = write_trials(engine, study_id, frozen, limit=n_total)
+            known.update(ids)
+            written += len(ids)
+            if on_batch:
+                on_batch(len(ids))
+            if len(ids) < len(frozen):
+                return WorkerResult(written, "budget")
+            done = pull()
+    finally:
+        engine.dispose()
+        storage.remove_session()

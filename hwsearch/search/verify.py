@@ -1,0 +1,117 @@
+"""Verification: the chosen plans built with `apply_plan` and timed end to end on the device.
+
+A plan's predicted latency came from kernel predictions plus the device's overhead term; here
+the real compressed module is timed with the profiler's harness (warm-up, >= 20 repeats,
+median, p10/p90) at the device's thread count, on the device's own machine: in the runner when
+that is the device's host, else as a Ray task on the node offering the resource `device:NAME`.
+Quality, where the job has it, is measured for real on the held-out split. Predicted and
+measured figures are stored side by side (`verifications`), and the measurements can refit
+the device's overhead term.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from hwsearch.db.engine import session_scope
+from hwsearch.db.models import Verification
+from hwsearch.errors import HwsearchError
+from hwsearch.spaces.model import ModelSpec
+from hwsearch.spaces.plan import Plan
+
+VIT_CONFIGS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "digits_vit")
+
+
+def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None) -> tuple[Any, Any]:
+    """(module, one input) to time: the given module, or a catalogue ViT with seeded weights."""
+    import torch
+
+    if module is not None:
+        return module.eval(), example_inputs
+    name = model.name.partition(":")[0]
+    if name not in VIT_CONFIGS:
+        raise HwsearchError(f"end-to-end timing builds ViT models; got {name!r}; accepted: {', '.join(VIT_CONFIGS)} "
+                            "or a SearchSpec with a torch model")
+    from hwsearch.kernels.models import ViT
+    from hwsearch.spaces import catalog
+
+    cfg = getattr(catalog, name.upper())
+    torch.manual_seed(0)
+    return ViT(cfg).eval(), torch.randn(1, cfg.channels, cfg.image, cfg.image)
+
+
+def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: str = "cpu",
+               module: Any = None, example_inputs: Any = None) -> list[dict[str, float]]:
+    """Median/p10/p90 end-to-end latency (ms) of each plan built on the real module."""
+    import torch
+
+    from hwsearch.kernels.apply import apply_plan
+    from hwsearch.profilers.timing import time_calls
+
+    base, x = torch_model(model, module, example_inputs)
+    args = x if isinstance(x, tuple) else (x,)
+    out = []
+    for plan in plans:
+        with torch.inference_mode():
+            built = apply_plan(base, plan, model, backend=backend).eval()
+            t = time_calls([lambda m=built: m(*args)], threads=threads)
+        del built
+        out.append({"measured_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "cov": t.cov})
+    return out
+
+
+def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, plans: Sequence[Plan],
+                   module: Any = None, example_inputs: Any = None) -> list[dict[str, float]]:
+    """Time here when this is the device's host, else on the Ray node offering `device:NAME`."""
+    threads = int(fingerprint.get("threads") or 1)
+    backend = fingerprint.get("backend", "cpu")
+    if fingerprint.get("host") == socket.gethostname():
+        return time_plans(model, plans, threads, backend, module, example_inputs)
+    import ray
+
+    resource = f"device:{device}"
+    if not ray.is_initialized() or not any(resource in n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
+        raise HwsearchError(
+            f"device {device!r} is not this machine ({socket.gethostname()}) and no Ray node offers {resource}; "
+            f"accepted: run on the device's host, or start a Ray node there with --resources '{{\"{resource}\": 1}}'"
+        )
+    task = ray.remote(time_plans).options(resources={resource: 1}, num_cpus=0)
+    return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs))
+
+
+def store_verifications(engine: Engine, job_id: int, device_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    """One transaction: a row per verified plan (trial, plan, predicted vs measured)."""
+    with session_scope(engine) as s:
+        for r in rows:
+            s.add(Verification(job_id=job_id, trial_number=r["trial"], device_id=device_id, plan=r["plan"],
+                               predicted_ms=r.get("predicted_ms"), measured_ms=r["measured_ms"],
+                               measured_p10_ms=r.get("p10_ms"), measured_p90_ms=r.get("p90_ms")))
+
+
+def verifications(engine: Engine, job_id: int) -> list[dict[str, Any]]:
+    with session_scope(engine) as s:
+        rows = s.scalars(select(Verification).where(Verification.job_id == job_id).order_by(Verification.id)).all()
+        return [{"trial": r.trial_number, "predicted_ms": r.predicted_ms, "measured_ms": r.measured_ms,
+                 "p10_ms": r.measured_p10_ms, "p90_ms": r.measured_p90_ms, "plan": r.plan} for r in rows]
+
+
+def summary(rows: Sequence[dict[str, Any]], max_latency_ms: float | None) -> dict[str, Any]:
+    """Prediction error and how many chosen plans break the latency constraint when measured."""
+    if not rows:
+        return {"plans": 0}
+    pred = np.array([r["predicted_ms"] for r in rows if r.get("predicted_ms") is not None], dtype=float)
+    meas = np.array([r["measured_ms"] for r in rows if r.get("predicted_ms") is not None], dtype=float)
+    out: dict[str, Any] = {"plans": len(rows)}
+    if len(pred):
+        err = np.abs(pred - meas) / meas
+        out.update(mape=float(100 * err.mean()), within_10pct=float(np.mean(err <= 0.10)))
+    if max_latency_ms is not None:
+        broken = sum(1 for r in rows if r["measured_ms"] > max_latency_ms)
+        out.update(max_latency_ms=max_latency_ms, violations=broken, violation_rate=broken / len(rows))
+    return out

@@ -1,0 +1,214 @@
+"""Knobs and search spaces: what each layer of a model may be, on a given device.
+
+Per linear layer: format (int4 with a group size), N:M sparsity, rank (full, or multiples of
+`rank_step` up to `rank_fraction` of min(K, N)). Per model: a token-merge schedule (`r` per
+block from `start_block` on) for ViT-style models. Group constraints come from the ModelSpec.
+
+A device's capabilities are handed in as data (`spaces` imports nothing of ours): the formats
+and N:M patterns it runs natively. Every choice is marked native or emulated; emulated choices
+are only in the space when the user allows them (accuracy studies).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwsearch.errors import HwsearchError
+from hwsearch.spaces.formats import (
+    FORMATS,
+    INT4_GROUP_SIZES,
+    NAMED_SPARSITY,
+    canonical_sparsity,
+    check_format,
+)
+from hwsearch.spaces.model import ModelSpec
+from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan, validate_plan
+
+MERGE_FRACTIONS = (0.04, 0.08, 0.12, 0.18)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a device runs natively: formats and N:M patterns (dense, low rank, merging always)."""
+
+    name: str = "any"
+    formats: frozenset[str] = frozenset(FORMATS)
+    sparsities: frozenset[str] = frozenset(NAMED_SPARSITY)
+
+    @classmethod
+    def from_dict(cls, caps: Mapping[str, Any], name: str = "device") -> Capabilities:
+        """From a kernels-style capability dict: `{fp32: True, int8: True, fp8: False, nm: False}`
+        (a CPU) or `{sm: 90}` (a CUDA device: fp8 from sm89, 2:4 from sm80)."""
+        if "sm" in caps:
+            sm = int(caps["sm"])
+            formats = {"fp32", "fp16", "bf16" if sm >= 80 else "fp16", "int8", "int4"} | ({"fp8"} if sm >= 89 else set())
+            return cls(name, frozenset(formats), frozenset({"dense"} | ({"2:4"} if sm >= 80 else set())))
+        formats = frozenset(f for f in FORMATS if caps.get(f))
+        sparsities = {"dense"} | ({"2:4"} if caps.get("nm") else set())
+        return cls(name, formats, frozenset(sparsities))
+
+    def native(self, choice: LayerChoice) -> bool:
+        return choice.format in self.formats and choice.sparsity in self.sparsities | {"dense"}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The values the search may pick (before the device filters them)."""
+
+    formats: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+    group_sizes: tuple[int, ...] = INT4_GROUP_SIZES
+    sparsities: tuple[str, ...] = ("dense", "2:4", "4:8", "1:4")
+    rank_step: int = 32
+    rank_fraction: float = 0.5
+    low_rank: bool = True
+    merge_r: tuple[int, ...] | None = None  # None: a few sizes relative to the model's tokens
+    merge_start: tuple[int, ...] | None = None  # None: every block
+    allow_emulated: bool = False
+
+    def __post_init__(self) -> None:
+        for fmt in self.formats:
+            check_format(fmt)
+        object.__setattr__(self, "sparsities", tuple(canonical_sparsity(s) for s in self.sparsities))
+        for g in self.group_sizes:
+            if g not in INT4_GROUP_SIZES:
+                raise HwsearchError(f"unknown int4 group size {g!r}; accepted: {', '.join(map(str, INT4_GROUP_SIZES))}")
+        if not 0 < self.rank_fraction < 1 or self.rank_step < 1:
+            raise HwsearchError("rank_fraction must be in (0, 1) and rank_step >= 1; accepted: e.g. 0.5 and 32")
+
+
+@dataclass(frozen=True)
+class LayerSpace:
+    """The choices of one layer, each marked native or emulated."""
+
+    name: str
+    formats: tuple[str, ...]
+    group_sizes: tuple[int, ...]
+    sparsities: tuple[str, ...]
+    ranks: tuple[int | None, ...]
+    native: Mapping[LayerChoice, bool] = field(default_factory=dict, compare=False)
+
+    def choices(self) -> list[LayerChoice]:
+        out = []
+        for fmt in self.formats:
+            for g in self.group_sizes if fmt == "int4" else (None,):
+                for sp in self.sparsities:
+                    for rank in self.ranks:
+                        out.append(LayerChoice(format=fmt, group_size=g, sparsity=sp, rank=rank))
+        return out
+
+    def why_not(self, choice: LayerChoice) -> str | None:
+        for knob, value, accepted in (
+            ("format", choice.format, self.formats),
+            ("sparsity", choice.sparsity, self.sparsities),
+            ("rank", choice.rank, self.ranks),
+        ):
+            if value not in accepted:
+                shown = ", ".join("full" if a is None else str(a) for a in accepted)
+                return f"{knob} {'full' if value is None else value} is not in the space; accepted: {shown}"
+        if choice.format == "int4" and choice.group_size not in self.group_sizes:
+            return f"int4 group size {choice.group_size} is not in the space; accepted: {', '.join(map(str, self.group_sizes))}"
+        return None
+
+
+class SearchSpace:
+    """A model's layers with their knobs on one device, plus the merge schedules it may use."""
+
+    def __init__(self, model: ModelSpec, caps: Capabilities | None = None, knobs: Knobs | None = None):
+        self.model = model
+        self.caps = caps or Capabilities()
+        self.knobs = knobs or Knobs()
+        self.layers = {layer.name: self._layer_space(layer) for layer in model.layers}
+        self.merge_options = self._merge_options()
+
+    # -- construction --------------------------------------------------------------------------
+    def _allowed(self, values: Iterable[str], native: frozenset[str], always: str) -> tuple[str, ...]:
+        return tuple(v for v in values if v == always or self.knobs.allow_emulated or v in native)
+
+    def _layer_space(self, layer: Any) -> LayerSpace:
+        k = self.knobs
+        dtype = self.model.dtype
+        formats = self._allowed(dict.fromkeys((dtype, *k.formats)), self.caps.formats, dtype)
+        sparsities = self._allowed(dict.fromkeys(("dense", *k.sparsities)), self.caps.sparsities, "dense")
+        limit = int(k.rank_fraction * min(layer.K, layer.N))
+        ranks: tuple[int | None, ...] = (None,)
+        if k.low_rank:
+            ranks += tuple(r for r in range(k.rank_step, limit + 1, k.rank_step) if r < min(layer.K, layer.N))
+        space = LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks)
+        native = {c: self.caps.native(c) for c in space.choices()}
+        return LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks, native)
+
+    def _merge_options(self) -> tuple[MergePlan, ...]:
+        spec = self.model
+        if not spec.mergeable:
+            return (MergePlan(),)
+        rs = self.knobs.merge_r
+        if rs is None:
+            rs = tuple(sorted({max(1, round(spec.tokens * f)) for f in MERGE_FRACTIONS}))
+        starts = self.knobs.merge_start if self.knobs.merge_start is not None else tuple(range(len(spec.blocks)))
+        options = [MergePlan()]
+        for r in rs:
+            for start in starts:
+                if r == 0:
+                    continue
+                try:
+                    spec.merge_schedule(MergePlan(r=r, start_block=start))
+                except HwsearchError:
+                    continue
+                options.append(MergePlan(r=r, start_block=start))
+        return tuple(options)
+
+    # -- queries ---------------------------------------------------------------------------------
+    def identity(self) -> LayerChoice:
+        return LayerChoice(format=self.model.dtype)
+
+    def check_choice(self, layer: str, choice: LayerChoice) -> None:
+        if layer not in self.layers:
+            self.model.layer(layer)  # raises the unknown-layer error
+        reason = self.layers[layer].why_not(choice)
+        if reason:
+            raise HwsearchError(f"plan layer {layer!r}: {reason}")
+
+    def check_plan(self, plan: Plan) -> None:
+        """One-line error for the first problem; also checks the merge schedule is in the space."""
+        validate_plan(plan, self.model, self)
+        merge = plan.merge
+        if isinstance(merge, MergePlan) and merge.r and merge not in self.merge_options:
+            shown = ", ".join(f"r={m.r}@{m.start_block}" for m in self.merge_options if m.r)
+            raise HwsearchError(f"merge r={merge.r} from block {merge.start_block} is not in the space; accepted: none or {shown}")
+
+    def native(self, plan: Plan) -> bool:
+        """Whether every layer of the plan runs on a native path of the device."""
+        return all(self.caps.native(plan.choice(n, self.model.dtype)) for n in self.layers)
+
+    def size(self) -> int:
+        """Number of distinct plans (per-layer choices × merge schedules), ignoring groups."""
+        total = len(self.merge_options)
+        for space in self.layers.values():
+            total *= len(space.choices())
+        return total
+
+    def sample(self, rng: random.Random, aggressiveness: float = 0.5, device: str | None = None) -> Plan:
+        """A random plan: each layer (group) is compressed with probability `aggressiveness`
+        by a uniformly drawn choice, honouring group constraints; a random merge schedule with
+        the same probability. Used to cover a wide range of quality in benchmarks."""
+        chosen: dict[str, LayerChoice] = {}
+        for name, space in self.layers.items():
+            if name in chosen:
+                continue
+            pick = rng.choice(space.choices()) if rng.random() < aggressiveness else self.identity()
+            chosen[name] = pick
+            for group in self.model.groups_of(name):
+                for member in group.members:
+                    if member == name:
+                        continue
+                    base = chosen.get(member) or self.identity()
+                    shared = {knob: getattr(pick, knob) for knob in group.shared}
+                    chosen[member] = LayerChoice(**{**base.model_dump(), **shared})
+        merge = None
+        if len(self.merge_options) > 1 and rng.random() < aggressiveness:
+            merge = rng.choice(self.merge_options[1:])
+        layers = {n: c for n, c in chosen.items() if not c.is_identity(self.model.dtype)}
+        return Plan(model=self.model.name, device=device or self.caps.name, layers=layers, merge=merge)

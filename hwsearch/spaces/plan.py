@@ -1,0 +1,178 @@
+"""The plan: a versioned JSON document saying how each layer of a model is compressed.
+
+`hwsearch.plan/v1` carries the model (catalogue reference), the device it was searched for, one
+choice per layer (layers left out stay uncompressed), the token-merge schedule, and optional
+predicted / measured figures, each with its provenance. `Plan.model_json_schema()` is the
+published schema; `validate_plan` checks a plan against a ModelSpec (and a SearchSpace) and
+fails with one line naming the first problem.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hwsearch.errors import HwsearchError
+from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, INT4_GROUP_SIZES, canonical_sparsity, check_format
+from hwsearch.spaces.model import ModelSpec
+
+PLAN_SCHEMA = "hwsearch.plan/v1"
+SOURCES = ("predictor", "measurement", "sensitivity", "eval", "analytic")
+
+
+class LayerChoice(BaseModel):
+    """One layer's compression: format (int4 with a group size), N:M sparsity, low-rank rank."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str = "fp32"
+    group_size: int | None = None
+    sparsity: str = "dense"
+    rank: int | None = Field(default=None, ge=1)
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        return check_format(value)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, value: str) -> str:
+        return canonical_sparsity(value)
+
+    @model_validator(mode="after")
+    def _group(self) -> LayerChoice:
+        if self.format == "int4":
+            if self.group_size is None:
+                object.__setattr__(self, "group_size", DEFAULT_INT4_GROUP)
+            elif self.group_size not in INT4_GROUP_SIZES:
+                raise ValueError(f"int4 group_size {self.group_size} not accepted; accepted: {INT4_GROUP_SIZES}")
+        elif self.group_size is not None:
+            raise ValueError(f"group_size given for format {self.format!r}; accepted: a group size only with int4")
+        return self
+
+    def is_identity(self, dtype: str = "fp32") -> bool:
+        return self.format == dtype and self.sparsity == "dense" and self.rank is None
+
+    def label(self) -> str:
+        fmt = f"int4g{self.group_size}" if self.format == "int4" else self.format
+        parts = [fmt] + ([self.sparsity] if self.sparsity != "dense" else []) + ([f"r{self.rank}"] if self.rank else [])
+        return "/".join(parts)
+
+
+class MergePlan(BaseModel):
+    """ToMe schedule with a delayed onset: `r` tokens merged per block from `start_block` on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(default=0, ge=0)
+    start_block: int = Field(default=0, ge=0)
+
+
+class Provenance(BaseModel):
+    """Where a figure comes from: a predictor (id, kind), a measurement, an evaluation ..."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["predictor", "measurement", "sensitivity", "eval", "analytic"]
+    device: str | None = None
+    predictor_id: str | None = None
+    kind: str | None = None
+    detail: str | None = None
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Figure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: float
+    unit: str
+    provenance: Provenance
+
+
+class Plan(BaseModel):
+    """A compression plan (`hwsearch.plan/v1`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: Literal["hwsearch.plan/v1"] = Field(default=PLAN_SCHEMA, alias="schema")
+    model: str
+    device: str | None = None
+    layers: dict[str, LayerChoice] = Field(default_factory=dict)
+    merge: MergePlan | list[int] | None = None
+    predicted: dict[str, Figure] = Field(default_factory=dict)
+    measured: dict[str, Figure] = Field(default_factory=dict)
+
+    def choice(self, layer: str, dtype: str = "fp32") -> LayerChoice:
+        """The choice for a layer; a layer left out stays uncompressed in the model's dtype."""
+        return self.layers.get(layer) or LayerChoice(format=dtype)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise HwsearchError(f"plan is not JSON ({err.msg} at line {err.lineno}); accepted: a {PLAN_SCHEMA} document") from None
+        return cls.parse(data)
+
+    @classmethod
+    def parse(cls, data: Any) -> Plan:
+        """Validate a decoded document; a malformed one fails with one line."""
+        if isinstance(data, dict) and data.get("schema", PLAN_SCHEMA) != PLAN_SCHEMA:
+            raise HwsearchError(f"unknown plan schema {data.get('schema')!r}; accepted: {PLAN_SCHEMA}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "document"
+            msg = first["msg"].removeprefix("Value error, ")
+            raise HwsearchError(f"bad plan field {where}: {msg}") from None
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        schema = cls.model_json_schema(by_alias=True)
+        schema["$id"] = PLAN_SCHEMA
+        return schema
+
+
+class ChoiceChecker(Protocol):
+    def check_choice(self, layer: str, choice: LayerChoice) -> None: ...
+
+
+def validate_plan(plan: Plan, spec: ModelSpec, space: ChoiceChecker | None = None) -> None:
+    """Raise a one-line HwsearchError for the first problem of `plan` on `spec`.
+
+    Problems: a layer the model does not have, a choice outside the space (shape limits without a
+    space; the space's knobs with one), a broken group constraint, a merge schedule that does
+    not fit the model.
+    """
+    for name, choice in plan.layers.items():
+        layer = spec.layer(name) if name in spec.layer_names else None
+        if layer is None:
+            raise HwsearchError(
+                f"plan names unknown layer {name!r} for model {spec.name!r}; accepted: the model's layer names "
+                f"(e.g. {', '.join(spec.layer_names[:3])})"
+            )
+        if choice.rank is not None and choice.rank >= min(layer.K, layer.N):
+            raise HwsearchError(
+                f"plan layer {name!r}: rank {choice.rank} is not in the space; accepted: below min(K, N) = {min(layer.K, layer.N)}"
+            )
+        if space is not None:
+            space.check_choice(name, choice)
+    for group in spec.groups:
+        picked = {m: plan.choice(m, spec.dtype) for m in group.members}
+        for knob in group.shared:
+            values = {m: getattr(c, knob) for m, c in picked.items()}
+            if len(set(values.values())) > 1:
+                shown = ", ".join(f"{m.rsplit('.', 1)[-1]}={v}" for m, v in values.items())
+                raise HwsearchError(
+                    f"group constraint broken: {group.name} ({', '.join(group.members)}) must {group.reason} "
+                    f"on {knob}; got {shown}"
+                )
+    spec.merge_schedule(plan.merge)

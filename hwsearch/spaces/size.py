@@ -1,0 +1,82 @@
+"""Exact storage bytes of a compressed linear layer: the size objective.
+
+The stored form of a layer (what `hwsearch.kernels.modules.CompressedLinear` keeps in its
+state_dict, and what a checkpoint of the compressed model holds) is, per factor of a low-rank
+layer or for the one weight of a full-rank layer:
+
+- values: the kept weights, row by row, at the format's width (int4 two to a byte per row);
+- N:M indices: the position of every kept weight inside its group of M, ceil(log2 M) bits
+  each, packed per row (this is the metadata a sparse format carries);
+- scales: int8 and fp8 one fp32 scale per output channel; int4 a bf16 scale and a bf16 zero
+  point per group of `group_size` along K (a trailing partial group counts as a group);
+- bias (on the last factor only) in the dtype the kernel adds it in.
+
+Everything is exact integer arithmetic so the figure equals the bytes of the real tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, parse_sparsity
+
+VALUE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "fp8": 8, "int4": 4}
+BIAS_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 4, "fp8": 4, "int4": 2}
+SCALE_BYTES = {"int8": 4, "fp8": 4}  # per output channel
+INT4_SCALE_BYTES = 2  # bf16 scale and bf16 zero point per group
+
+
+@dataclass(frozen=True)
+class SizeBreakdown:
+    values: int = 0
+    indices: int = 0
+    scales: int = 0
+    bias: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.values + self.indices + self.scales + self.bias
+
+    def __add__(self, other: SizeBreakdown) -> SizeBreakdown:
+        return SizeBreakdown(
+            self.values + other.values, self.indices + other.indices, self.scales + other.scales, self.bias + other.bias
+        )
+
+
+def kept_per_row(K: int, sparsity: str) -> int:
+    """Weights kept per row of K under an N:M pattern (a trailing partial group keeps up to N)."""
+    nm = parse_sparsity(sparsity)
+    if nm is None:
+        return K
+    n, m = nm
+    return (K // m) * n + min(n, K % m)
+
+
+def index_bits(sparsity: str) -> int:
+    nm = parse_sparsity(sparsity)
+    return 0 if nm is None else max(1, math.ceil(math.log2(nm[1])))
+
+
+def factor_bytes(K: int, N: int, fmt: str, group_size: int | None, sparsity: str, bias: bool) -> SizeBreakdown:
+    """Storage of one (N, K) weight in `fmt` with an N:M pattern, plus its bias."""
+    kept = kept_per_row(K, sparsity)
+    values = N * math.ceil(kept * VALUE_BITS[fmt] / 8)
+    indices = N * math.ceil(kept * index_bits(sparsity) / 8)
+    if fmt == "int4":
+        scales = N * math.ceil(K / (group_size or DEFAULT_INT4_GROUP)) * 2 * INT4_SCALE_BYTES
+    else:
+        scales = N * SCALE_BYTES.get(fmt, 0)
+    return SizeBreakdown(values, indices, scales, N * BIAS_BYTES[fmt] if bias else 0)
+
+
+def linear_bytes(
+    K: int, N: int, fmt: str = "fp32", group_size: int | None = None, sparsity: str = "dense",
+    rank: int | None = None, bias: bool = True,
+) -> SizeBreakdown:
+    """Exact storage of a linear layer under one choice (a low-rank layer is two factors)."""
+    if fmt == "int4" and group_size is None:
+        group_size = DEFAULT_INT4_GROUP
+    if rank is None:
+        return factor_bytes(K, N, fmt, group_size, sparsity, bias)
+    return factor_bytes(K, rank, fmt, group_size, sparsity, False) + factor_bytes(rank, N, fmt, group_size, sparsity, bias)

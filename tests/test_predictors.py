@@ -1,0 +1,343 @@
+"""Latency predictors: one protocol suite for every kind, features, storage, model latency, CLI.
+
+Devices here are synthetic: measurements written with the profiler's store, latencies from an
+analytic roofline (peak GFLOP/s, bandwidth, a launch cost) times a per-op factor, so the tests
+are fast and independent of this machine's speed. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hwsearch.db.engine import open_db, session_scope
+from hwsearch.db.models import Predictor
+from hwsearch.errors import HwsearchError
+from hwsearch.kernels import registry as kernel_registry
+from hwsearch.kernels.expand import model_kernels
+from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
+from hwsearch.predictors import registry
+from hwsearch.predictors.base import MAGIC, LatencyPredictor
+from hwsearch.predictors.dataset import load_dataset
+from hwsearch.predictors.features import (
+    FEATURE_NAMES,
+    INDEX,
+    N_FEATURES,
+    OFFSET_FEATURE,
+    Roofline,
+    bytes_moved,
+    featurize,
+    roofline_from_measurements,
+    roofline_ms,
+)
+from hwsearch.predictors.meta import MetaPredictor, MetaTask
+from hwsearch.predictors.model_latency import ModelLatency, Overhead, full_choices
+from hwsearch.predictors.xgb import XGBoostPredictor
+from hwsearch.profilers import store
+from hwsearch.profilers.sampling import random_set, reference_set
+from hwsearch.spaces.catalog import get_model
+from hwsearch.spaces.knobs import Capabilities, Knobs, SearchSpace
+from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan
+
+HOST = socket.gethostname()
+OP_FACTOR = {"linear": 1.0, "attention": 1.6, "norm": 1.2, "elementwise": 1.1, "tome_merge": 3.0}
+FORMAT_FACTOR = {"fp32": 1.0, "bf16": 0.6, "fp16": 1.4, "int8": 0.5, "int4": 0.8, "fp8": 2.5}
+
+
+def synthetic_ms(spec: OpSpec, peak: float = 80.0, bw: float = 20.0) -> float:
+    """A smooth, roofline-shaped latency (ms) with per-op and per-format factors."""
+    fmt = getattr(spec, "format", None) or getattr(spec, "dtype", "bf16")
+    compute = spec.flops / (peak * 1e9) * 1e3
+    memory = bytes_moved(spec)["total"] / (bw * 1e9) * 1e3
+    return (max(compute, memory) * OP_FACTOR[spec.op] * FORMAT_FACTOR[fmt] + 0.004) * (1.0 + 0.03 * math.sin(spec.flops))
+
+
+def _fields(spec: OpSpec, ms: float, impl: str | None = None) -> dict:
+    us = ms * 1e3
+    return {"implementation": impl or kernel_registry.select(spec, "cpu").name, "backend": "cpu", "native": True,
+            "median_us": us, "p10_us": 0.95 * us, "p90_us": 1.05 * us, "mean_us": us, "repeats": 20, "cov": 0.03,
+            "threads": 1, "environment": {}}
+
+
+def write_device(engine, name: str, specs: list[OpSpec], slow: float = 1.0, host: str = "elsewhere") -> int:
+    dev = store.ensure_device(engine, name, "cpu", {"backend": "cpu", "host": host, "threads": 1, "cpu_model": name})
+    rows = [(s, _fields(s, slow * synthetic_ms(s))) for s in specs]
+    for i in range(0, len(rows), 200):
+        store.write_chunk(engine, dev, None, rows[i : i + 200])
+    return dev
+
+
+def train_specs(n: int = 260, seed: int = 0) -> list[OpSpec]:
+    ref = reference_set()
+    seen = set(ref)
+    rest = [s for s in random_set(n, seed=seed, max_flops=2e9) if s not in seen]
+    return ref + list(dict.fromkeys(rest))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A database with two fully 'profiled' devices and one with reference set + 10 kernels."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('pred') / 'w.db'}"
+    engine = open_db(url)
+    specs = train_specs()
+    write_device(engine, "syn", specs, host=HOST)
+    write_device(engine, "syn-slow", train_specs(200, seed=1), slow=2.0)
+    few = reference_set() + [s for s in random_set(40, seed=5, max_flops=2e9) if s not in set(reference_set())][:10]
+    write_device(engine, "fresh", few, slow=1.5)
+    store.ensure_device(engine, "empty", "cpu", {"backend": "cpu", "host": "elsewhere", "threads": 1})
+    xgb_row = registry.train_xgboost(engine, "syn", params={"n_estimators": 300, "learning_rate": 0.1})
+    meta_row = registry.train_meta(engine, "syn", params={"steps": 40, "hidden": 32, "n_basis": 8, "batch_tasks": 2,
+                                                          "query": 64})
+    return {"url": url, "engine": engine, "xgb": xgb_row, "meta": meta_row}
+
+
+# -- one protocol suite for every predictor kind ---------------------------------------------------
+def _toy(n: int = 240, seed: int = 0):
+    specs = train_specs(n, seed)
+    roof = Roofline({"bf16": 80.0, "fp32": 40.0, "int8": 120.0}, 20.0)
+    return featurize(specs, roof), np.array([synthetic_ms(s) for s in specs]), roof, specs
+
+
+def _xgb() -> XGBoostPredictor:
+    return XGBoostPredictor(n_estimators=150, learning_rate=0.1, early_stopping_rounds=20)
+
+
+def _xgb_offset() -> XGBoostPredictor:
+    return XGBoostPredictor(n_estimators=150, learning_rate=0.1, early_stopping_rounds=20, offset_feature=OFFSET_FEATURE)
+
+
+def _meta_adapted():
+    X, y, _, specs = _toy(seed=3)
+    ref = np.arange(len(reference_set()))
+    tasks = [MetaTask(f"d{i}", X, y * f, y[ref] * f) for i, f in enumerate((0.5, 1.0, 3.0))]
+    meta = MetaPredictor(hidden=32, n_basis=8, steps=30, batch_tasks=2, query=64, seed=0).meta_fit(tasks)
+    return meta.adapt(y[ref] * 2.0, X[ref], y[ref] * 2.0)
+
+
+PREDICTORS = {"xgboost": _xgb, "xgboost-roofline-offset": _xgb_offset, "meta-adapted": _meta_adapted}
+
+
+@pytest.mark.parametrize("make", PREDICTORS.values(), ids=PREDICTORS.keys())
+def test_every_predictor_obeys_the_protocol(make):
+    X, y, _, _ = _toy()
+    model = make()
+    assert isinstance(model, LatencyPredictor) and isinstance(model.kind, str)
+    assert model.fit(X, y) is model
+    pred = model.predict(X)
+    assert pred.shape == (len(y),) and pred.dtype == np.float64 and (pred > 0).all()
+    # milliseconds, not log-ms or µs: the median ratio to the truth is near 1
+    assert 0.5 < float(np.median(pred / y)) < 2.0
+    assert model.predict(X[:1]).shape == (1,)
+    # deterministic: a second identical fit predicts the same
+    np.testing.assert_allclose(make().fit(X, y).predict(X), pred, rtol=1e-12)
+    blob = model.to_bytes()
+    assert blob[:4] == MAGIC
+    again = type(model).from_bytes(blob)
+    np.testing.assert_array_equal(again.predict(X), pred)
+    with pytest.raises(HwsearchError, match="columns"):
+        model.predict(X[:, :5])
+    with pytest.raises(HwsearchError, match="positive"):
+        make().fit(X, -y)
+
+
+def test_xgboost_learns_and_uses_early_stopping():
+    X, y, _, _ = _toy(400)
+    model = XGBoostPredictor(n_estimators=3000, learning_rate=0.2, early_stopping_rounds=20, offset_feature=OFFSET_FEATURE)
+    model.fit(X[:300], y[:300])
+    assert model.best_iteration_ < 2999 and model.valid_rmse_log_ is not None
+    assert registry.score(model.predict(X[300:]), y[300:])["within_10pct"] > 0.5
+    json_model = XGBoostPredictor(n_estimators=50, raw_format="json").fit(X, y)
+    assert b'"learner"' in json_model.to_bytes()
+    with pytest.raises(HwsearchError, match="not fitted"):
+        XGBoostPredictor().predict(X)
+    with pytest.raises(HwsearchError, match="raw_format"):
+        XGBoostPredictor(raw_format="pickle").fit(X, y)
+
+
+# -- features --------------------------------------------------------------------------------------
+def test_features_cover_every_op_family_with_one_width():
+    _, _, roof, specs = _toy()
+    specs = specs + [TomeMergeSpec(197, 768, 16), ElementwiseSpec("rope", 8, 128), NormSpec("rmsnorm", 4, 64)]
+    X = featurize(specs, roof)
+    assert X.shape == (len(specs), N_FEATURES) == (len(specs), len(FEATURE_NAMES))
+    assert np.isfinite(X).all()
+    ops = [f"op={o}" for o in ("linear", "attention", "tome_merge", "norm", "elementwise")]
+    assert (X[:, [INDEX[o] for o in ops]].sum(1) == 1).all()
+    for spec, row in zip(specs, X, strict=True):
+        c, m = roofline_ms(spec, roof)
+        assert row[OFFSET_FEATURE] == pytest.approx(math.log(max(c, m, 1e-6)))
+
+
+def test_bytes_moved_follow_the_format():
+    dense = LinearSpec(64, 1024, 1024, "bf16")
+    assert bytes_moved(LinearSpec(64, 1024, 1024, "int4"))["weights"] < bytes_moved(LinearSpec(64, 1024, 1024, "int8"))["weights"] \
+        < bytes_moved(dense)["weights"]
+    assert bytes_moved(LinearSpec(64, 1024, 1024, "int4", group_size=32))["scales"] > \
+        bytes_moved(LinearSpec(64, 1024, 1024, "int4", group_size=128))["scales"]
+    assert bytes_moved(LinearSpec(64, 1024, 1024, "bf16", sparsity="2:4"))["indices"] > 0
+    low = LinearSpec(64, 1024, 1024, "bf16", rank=128)
+    a, b = low.factors()
+    assert bytes_moved(low)["activations"] == bytes_moved(a)["activations"] + bytes_moved(b)["activations"]
+    x = featurize([low, AttentionSpec(1, 32, 128, kv_tokens=2048, kv_heads=8)], Roofline({"bf16": 1.0}, 1.0))
+    assert x[0, INDEX["lowrank"]] == 1 and x[0, INDEX["n_gemms"]] == 2 and x[1, INDEX["gqa"]] == 4
+
+
+def test_roofline_comes_from_large_and_decode_gemms():
+    big, decode = LinearSpec(512, 2048, 2048, "bf16"), LinearSpec(1, 4096, 4096, "bf16")
+    roof = roofline_from_measurements([(big, 1.0), (decode, 2.0), (LinearSpec(197, 768, 3072, "int8"), 0.5),
+                                       (NormSpec("layernorm", 197, 768), 1.0)])
+    assert roof.peak("bf16") == pytest.approx(big.flops / 1e-3 / 1e9)
+    assert roof.peak("fp16") == roof.peak("bf16")  # no fp16 reference: best float peak
+    assert roof.bandwidth_gbs == pytest.approx(bytes_moved(decode)["total"] / 2e-3 / 1e9)
+    assert Roofline.from_dict(roof.as_dict()) == roof
+    with pytest.raises(HwsearchError, match="reference set"):
+        roofline_from_measurements([(decode, 1.0)])
+
+
+# -- dataset and storage ---------------------------------------------------------------------------
+def test_dataset_uses_the_implementation_the_registry_selects(tmp_path):
+    engine = open_db(f"sqlite:///{tmp_path / 'd.db'}")
+    spec = LinearSpec(197, 768, 3072, "int8")
+    dev = store.ensure_device(engine, "two-impls", "cpu", {"backend": "cpu", "host": "x"})
+    impls = [k.name for k in kernel_registry.implementations(spec, "cpu")]
+    rows = [(spec, _fields(spec, 1.0 + i, impl)) for i, impl in enumerate(reversed(impls))]
+    rows += [(s, _fields(s, synthetic_ms(s))) for s in reference_set()]
+    store.write_chunk(engine, dev, None, rows)
+    ds = load_dataset(engine, "two-impls")
+    i = ds.specs.index(spec)
+    assert ds.implementations[i] == kernel_registry.select(spec, "cpu").name
+    assert len(ds) == len(set(ds.specs)) and ds.X.shape == (len(ds), N_FEATURES)
+
+
+def test_stored_xgboost_round_trips_through_the_database(world):
+    engine, info = world["engine"], world["xgb"]
+    with session_scope(engine) as s:
+        row = s.get(Predictor, info["id"])
+        assert row.kind == "xgboost" and row.target == "kernel" and row.devices == ["syn"]
+        assert row.artefact_format.startswith("xgboost-ubj") and row.artefact[:4] == MAGIC
+        held = row.metrics["held_out"]
+        assert set(held["all"]) >= {"n", "within_10pct", "within_5pct", "mape", "spearman"} and "linear" in held
+    stored = registry.latest(engine, "xgboost", row.device_id)
+    ds = load_dataset(engine, "syn")
+    answer = registry.best_predictor(engine, "syn")
+    assert answer.kind == "xgboost" and answer.predictor_id == info["id"] and "xgboost" in answer.detail
+    np.testing.assert_array_equal(stored.load().predict(ds.X), answer.predictor.predict(ds.X))
+    assert registry.score(answer.predict_specs(ds.specs), ds.y_ms)["within_10pct"] > 0.8
+
+
+def test_a_device_with_ten_kernels_gets_the_meta_predictor(world):
+    engine = world["engine"]
+    assert world["meta"]["metrics"]["split"].startswith("device left out")
+    answer = registry.best_predictor(engine, "fresh")
+    assert answer.kind == "meta-adapted" and "meta" in answer.detail and "fresh" in answer.detail
+    ds = load_dataset(engine, "fresh")
+    pred = answer.predict_specs(ds.specs)
+    assert pred.shape == (len(ds),) and (pred > 0).all()
+
+
+def test_errors_name_the_problem_and_what_is_accepted(world):
+    engine = world["engine"]
+    with pytest.raises(HwsearchError, match="unknown device 'nope'; accepted: empty, fresh, syn, syn-slow"):
+        registry.best_predictor(engine, "nope")
+    with pytest.raises(HwsearchError, match="no measurements; profile it first: `hwsearch profile"):
+        registry.train(engine, "empty", "xgboost")
+    with pytest.raises(HwsearchError, match="unknown predictor kind"):
+        registry.train(engine, "syn", "forest")
+    with pytest.raises(HwsearchError, match="unknown model 'nomodel'; accepted: vit_tiny"):
+        ModelLatency(get_model("nomodel"), None)
+
+
+# -- whole-model latency ---------------------------------------------------------------------------
+def test_vectorised_model_latency_is_the_sum_of_kernel_predictions(world):
+    answer = registry.best_predictor(world["engine"], "syn")
+    model = get_model("vit_tiny")
+    space = SearchSpace(model, Capabilities(), Knobs(rank_step=64, allow_emulated=True))
+    rng = random.Random(0)
+    plans = [space.sample(rng, 0.7) for _ in range(12)]
+    plans.append(Plan(model="vit_tiny", layers={"blocks.0.mlp.fc1": LayerChoice(format="int4", group_size=64, rank=64)},
+                      merge=MergePlan(r=8, start_block=2)))
+    ml = ModelLatency(model, answer, Overhead(scale=1.1, per_forward_ms=0.3, per_kernel_ms=0.01, per_cast_melem_ms=0.2))
+    merges = list(space.merge_options)
+    table = ml.table({n: s.choices() for n, s in space.layers.items()}, merges)
+    fast = table.predict(plans)
+    for plan, got in zip(plans, fast, strict=True):
+        specs = [s for _, s in model_kernels(model, full_choices(model, plan), plan.merge, dtype=model.dtype)]
+        kernel_sum = answer.predict_specs(specs).sum()
+        assert ml.plan(plan).kernel_ms == pytest.approx(kernel_sum, rel=1e-12)
+        assert got == pytest.approx(ml.plan(plan).total_ms, rel=1e-9)
+    merged = ml.plan(plans[-1])
+    assert merged.by_op.get("tome_merge", 0) > 0  # the merge op itself costs time
+    with pytest.raises(HwsearchError, match="not in this table"):
+        ml.table({}, [None]).predict([plans[-1]])
+
+
+def test_overhead_fit_recovers_its_terms_and_round_trips():
+    rng = np.random.default_rng(0)
+    k, n, c = rng.uniform(10, 100, 30), rng.integers(100, 140, 30).astype(float), rng.uniform(0, 5, 30)
+    true = Overhead(1.2, 3.0, 0.05, 0.7)
+    fit = Overhead.fit(k, n, c, true.apply(k, n, c))
+    assert fit.scale == pytest.approx(1.2, rel=1e-6) and fit.per_cast_melem_ms == pytest.approx(0.7, rel=1e-5)
+    assert Overhead.from_bytes(fit.to_bytes()) == fit
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def _run(args: list[str]):
+    from hwsearch.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_train_predict_and_bench_json(world, tmp_path: Path):
+    url = world["url"]
+    res = _run(["train", "--device", "syn-slow", "--kind", "xgboost", "--json", "--db", url])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["device"] == "syn-slow" and doc["trained"][0]["kind"] == "xgboost"
+    assert {"within_10pct", "mape", "spearman"} <= set(doc["trained"][0]["metrics"]["held_out"]["all"])
+    plan = Plan(model="vit_tiny", layers={"blocks.0.mlp.fc1": LayerChoice(format="int8")}, merge=MergePlan(r=4))
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan.to_json())
+    res = _run(["predict", "--device", "fresh", "--model", "vit_tiny", "--plan", str(plan_file), "--json", "--db", url])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["predictor"]["kind"] == "meta-adapted" and doc["latency_ms"] > 0
+    assert set(doc) >= {"kernel_ms", "overhead_ms", "kernels", "by_op_ms", "predictor"}
+    res = _run(["bench", "predictors", "--device", "syn", "--json", "--db", url])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    for split in ("random", "extrapolation"):
+        fam = doc["splits"][split]["scores"]
+        assert {"within_10pct", "within_5pct", "mape", "spearman"} <= set(fam["all"]) and "linear" in fam
+    assert "median_cov" in doc["noise_floor"] and "nn-Meter" in doc["published"]["source"]
+
+
+def test_cli_bench_model_latency_times_real_plans(world):
+    res = _run(["bench", "model-latency", "--device", "syn", "--model", "digits_vit", "--plans", "3", "--json",
+                "--db", world["url"]])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert {"mape", "within_10pct", "rows"} <= set(doc) and len(doc["rows"]) == 3
+    assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in doc["rows"])
+    stored = registry.latest(world["engine"], "overhead", registry.device_backend(world["engine"], "syn")[0])
+    assert stored is not None and stored.target == "model-overhead"
+
+
+def test_cli_errors_are_one_line(world):
+    res = subprocess.run([sys.executable, "-m", "hwsearch.cli", "predict", "--device", "nope", "--model", "vit_base",
+                          "--db", world["url"]], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: unknown device 'nope'; accepted: empty, fresh, syn, syn-slow"]
+    res = _run(["bench", "model-latency", "--device", "syn-slow", "--model", "digits_vit", "--db", world["url"]])
+    assert isinstance(res.exception, HwsearchError) and "profiled on host" in str(res.exception)
+    res = _run(["predict", "--device", "syn", "--model", "nomodel", "--db", world["url"]])
+    assert isinstance(res.exception, HwsearchError) and "unknown model" in str(res.exception)

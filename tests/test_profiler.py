@@ -1,0 +1,167 @@
+"""The local profiler: timing, sampling plans, resume, SIGKILL half-way, CLI output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from hwsearch.db.engine import open_db, session_scope
+from hwsearch.db.models import Device, KernelConfig, Measurement, ProfileRun
+from hwsearch.errors import HwsearchError
+from hwsearch.profilers import sampling
+from hwsearch.profilers.runner import plan_tasks, profile_local
+from hwsearch.profilers.timing import rotation_copies, summarize, time_calls
+
+HWSEARCH = [sys.executable, "-m", "hwsearch.cli"]
+TINY = 5e7  # FLOP cap that keeps test plans to small kernels
+
+
+def test_summarize_and_time_calls():
+    t = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert t.median_us == 3.0 and t.repeats == 5 and t.p10_us < t.median_us < t.p90_us and t.cov > 0
+    calls = [lambda: sum(range(100)), lambda: sum(range(100))]
+    timing = time_calls(calls, repeats=5, threads=1, min_seconds=0.0)
+    assert timing.repeats >= 20  # never fewer than 20 timed repeats
+    assert timing.median_us > 0
+
+
+def test_rotation_copies_span_the_cache():
+    assert rotation_copies(1 << 20, 32 << 20) == 8  # small weights: as many copies as allowed
+    assert rotation_copies(64 << 20, 32 << 20) == 1  # one copy is already twice the cache
+    assert rotation_copies(20 << 20, 32 << 20) == 4
+
+
+def test_plans_are_deterministic_and_start_with_the_reference_set():
+    quick = sampling.plan_specs("quick")
+    assert quick == sampling.plan_specs("quick")
+    ref = sampling.reference_set()
+    assert quick[: len(ref)] == ref
+    assert set(sampling.bench_set()) <= set(quick)
+    assert len(sampling.plan_specs(25)) == 25
+    assert all(s.flops <= TINY for s in sampling.plan_specs(10, max_flops=TINY))
+    assert len(sampling.plan_specs("standard")) > len(quick)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "huge"])
+def test_bad_budget(bad):
+    with pytest.raises(HwsearchError, match="accepted: quick, standard, full or a positive number"):
+        sampling.parse_budget(bad)
+
+
+def _counts(url: str, name: str) -> tuple[int, int]:
+    engine = open_db(url)
+    with session_scope(engine) as s:
+        dev = s.scalar(select(Device.id).where(Device.name == name))
+        total = s.scalar(select(func.count()).select_from(Measurement).where(Measurement.device_id == dev)) or 0
+        distinct = s.execute(
+            select(func.count()).select_from(
+                select(Measurement.kernel_id, Measurement.implementation).where(Measurement.device_id == dev).distinct().subquery()
+            )
+        ).scalar_one()
+    engine.dispose()
+    return total, distinct
+
+
+def test_profile_twice_measures_nothing_new(db_url):
+    engine = open_db(db_url)
+    first = profile_local(engine, name="dev-a", budget=8, threads=1, show_progress=False, max_flops=TINY)
+    assert first.measured == first.planned == len(plan_tasks(8, max_flops=TINY))
+    second = profile_local(engine, name="dev-a", budget=8, threads=1, show_progress=False, max_flops=TINY)
+    assert second.measured == 0 and second.already_stored == second.planned
+    with session_scope(engine) as s:
+        m = s.scalars(select(Measurement)).first()
+        assert m.repeats >= 20 and m.p10_us <= m.median_us <= m.p90_us and m.threads == 1
+        run = s.scalars(select(ProfileRun)).one()
+        assert run.status == "done" and run.n_done == first.measured
+        configs = len(sampling.plan_specs(8, max_flops=TINY))  # a number budget counts configurations
+        assert s.scalar(select(func.count()).select_from(KernelConfig)) == configs == 8
+    engine.dispose()
+    assert _counts(db_url, "dev-a") == (first.planned, first.planned)
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([*HWSEARCH, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_sigkill_half_way_then_rerun_completes_without_duplicates(db_url, tmp_path: Path):
+    env = {**os.environ, "HWSEARCH_HOME": str(tmp_path)}
+    args = ["profile", "--local", "--name", "killed", "--budget", "24", "--threads", "1", "--max-gflops", "0.05", "--db", db_url]
+    planned = len(plan_tasks(24, max_flops=TINY))
+    proc = subprocess.Popen([*HWSEARCH, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    engine = open_db(db_url)
+    stored = 0
+    while time.time() < deadline and proc.poll() is None:
+        with session_scope(engine) as s:
+            stored = s.scalar(select(func.count()).select_from(Measurement)) or 0
+        if stored >= 4:
+            break
+        time.sleep(0.05)
+    engine.dispose()
+    assert proc.poll() is None, "the profile finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial, _ = _counts(db_url, "killed")
+    assert 0 < partial < planned
+    rerun = _cli(*args, "--json", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    doc = json.loads(rerun.stdout)
+    assert doc["already_stored"] == partial and doc["measured"] == planned - partial
+    assert _counts(db_url, "killed") == (planned, planned)  # none missing, none twice
+    again = json.loads(_cli(*args, "--json", env=env).stdout)
+    assert again["measured"] == 0
+
+
+def test_cli_devices_json_and_errors(sqlite_url, tmp_path: Path):
+    env = {**os.environ, "HWSEARCH_HOME": str(tmp_path)}
+    empty = _cli("devices", "--json", "--db", sqlite_url, env=env)
+    assert json.loads(empty.stdout) == {"devices": []}
+    out = _cli("profile", "--local", "--name", "cli", "--budget", "3", "--max-gflops", "0.05", "--db", sqlite_url, env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(_cli("devices", "--json", "--db", sqlite_url, env=env).stdout)
+    (dev,) = doc["devices"]
+    tasks = len(plan_tasks(3, max_flops=TINY))
+    assert dev["name"] == "cli" and dev["measurements"] == tasks and dev["native"] + dev["emulated"] == tasks
+    assert dev["fingerprint"]["threads"] >= 1 and dev["by_op"]
+    for args, needle in [
+        (["profile", "--local", "--budget", "lots"], "unknown budget 'lots'; accepted: quick, standard, full"),
+        (["profile"], "say where to profile; accepted: --local, or --device NAME"),
+        (["devices", "--db", "postgresql://postgres@127.0.0.1:1/x"], "cannot reach database"),
+        (["devices", "--db", "nonsense://"], "accepted: sqlite:///PATH or postgresql://"),
+        (["bench", "kernels", "--device", "nope", "--db", sqlite_url], "unknown device 'nope'; accepted: cli"),
+    ]:
+        res = _cli(*args, env=env)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], (args, res.stderr)
+
+
+def test_devices_export_import_round_trip(db_url, sqlite_url, tmp_path: Path):
+    from hwsearch.profilers.transfer import export_device, import_device
+
+    source = open_db(sqlite_url)
+    first = profile_local(source, name="box", budget=5, threads=1, show_progress=False, max_flops=TINY)
+    out = export_device(source, "box", tmp_path / "box.json.gz")
+    assert out["measurements"] == first.measured
+    target = open_db(db_url) if db_url != sqlite_url else open_db(f"sqlite:///{tmp_path / 'other.db'}")
+    done = import_device(target, tmp_path / "box.json.gz")
+    assert done["imported"] == first.measured and done["already_stored"] == 0
+    again = import_device(target, tmp_path / "box.json.gz")
+    assert again["imported"] == 0 and again["already_stored"] == first.measured
+    with session_scope(target) as s:
+        dev = s.scalars(select(Device)).one()
+        assert dev.name == "box" and dev.fingerprint["cpu_model"]
+        medians = sorted(m.median_us for m in s.scalars(select(Measurement)))
+    with session_scope(source) as s:
+        assert medians == sorted(m.median_us for m in s.scalars(select(Measurement)))
+    (tmp_path / "bad.json").write_text('{"schema": "other"}')
+    with pytest.raises(HwsearchError, match="accepted: hwsearch.device-profile/v1"):
+        import_device(target, tmp_path / "bad.json")

@@ -1,0 +1,263 @@
+"""Search: specs and one-line errors, additive tables, exact front, the study worker, jobs in-process.
+
+Uses a synthetic device (see `searchworld.py`) with a real trained XGBoost predictor, a real
+SQLite database and Optuna's RDB storage; no Ray here (`test_jobs.py` runs jobs on a real
+cluster with PostgreSQL). No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import optuna
+import pytest
+from searchworld import make_world
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from hwsearch.cli import app
+from hwsearch.db.engine import open_db, session_scope
+from hwsearch.db.models import Job, Verification
+from hwsearch.errors import HwsearchError
+from hwsearch.predictors.model_latency import ModelLatency
+from hwsearch.predictors.registry import best_predictor
+from hwsearch.search import jobs, pareto
+from hwsearch.search.client import Client
+from hwsearch.search.problem import build_problem
+from hwsearch.search.reference import exact_front
+from hwsearch.search.spec import SearchSpec
+from hwsearch.search.study import rdb_storage, run_worker
+from hwsearch.search.trials import count_complete
+from hwsearch.search.warmstart import uniform_plans, warm_start
+from hwsearch.spaces.plan import Plan
+from hwsearch.spaces.size import linear_bytes
+
+TINY = {"formats": ["fp32", "int8"], "low_rank": False, "merge_r": [2], "merge_start": [2]}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('search') / 'w.db'}"
+    make_world(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def engine(world):
+    eng = open_db(world)
+    yield eng
+    eng.dispose()
+
+
+def _n_jobs(engine) -> int:
+    with session_scope(engine) as s:
+        return int(s.scalar(select(func.count(Job.id))))
+
+
+# -- specs and errors ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, words", [
+    ({"model": "vit_huge"}, ["unknown model 'vit_huge'", "accepted:", "vit_base"]),
+    ({"objectives": ["speed"]}, ["unknown objective 'speed'", "latency, size, quality"]),
+    ({"sampler": "cmaes"}, ["unknown sampler 'cmaes'", "nsga2, tpe, gp, random"]),
+    ({"constraints": {"latency": 3}}, ["unknown constraint 'latency'", "latency_ms"]),
+    ({"objectives": ["latency", "quality"]}, ["'vit_base' has no weights", "accepted:"]),
+    ({"knobs": {"formats": ["int3"]}}, ["unknown format 'int3'", "accepted:"]),
+    ({"n_trials": 0}, ["n_trials=0", "accepted:"]),
+])
+def test_bad_specs_fail_with_one_line(kwargs, words):
+    base = {"model": "vit_base", "device": "syn"}
+    with pytest.raises(HwsearchError) as err:
+        SearchSpec(**{**base, **kwargs})
+    text = str(err.value)
+    assert "\n" not in text
+    for w in words:
+        assert w in text, text
+
+
+def test_spec_round_trips_through_its_job_document():
+    spec = SearchSpec(model="vit_tiny", device="syn", constraints={"latency_ms": 9}, knobs=TINY, sampler="tpe")
+    again = SearchSpec.from_doc(json.loads(json.dumps(spec.to_doc())))
+    assert again.to_doc() == spec.to_doc()
+
+
+def test_a_torch_model_is_traced_and_kept_as_its_layers():
+    import torch
+
+    from hwsearch.kernels.models import ViT
+    from hwsearch.spaces.catalog import DIGITS_VIT
+
+    spec = SearchSpec(model=ViT(DIGITS_VIT), example_inputs=torch.zeros(1, 1, 8, 8), device="syn",
+                      objectives=["size", "quality"], evaluate=lambda m: 1.0, name="mine")
+    doc = spec.to_doc()
+    assert doc["model"] is None and len(doc["model_spec"]["layers"]) == 17
+    assert spec.model_description().layer_names[0] == "blocks.0.attn.qkv"
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"device": "nowhere"}, ["nowhere", "accepted:", "syn"]),
+    ({"device": "bare"}, ["no predictor answers for device 'bare'", "hwsearch train --device"]),
+    ({"constraints": {"latency_ms": 0.001}}, ["latency_ms=0.001 cannot be met", "accepted: latency_ms >="]),
+])
+def test_problems_found_before_anything_is_stored(world, engine, kwargs, words):
+    before = _n_jobs(engine)
+    with pytest.raises(HwsearchError) as err:
+        Client(world).submit(SearchSpec(**{"model": "vit_tiny", "device": "syn", **kwargs}))
+    assert "\n" not in str(err.value)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+    assert _n_jobs(engine) == before
+    assert not optuna.get_all_study_names(rdb_storage(world)) or _n_jobs(engine) == len(
+        optuna.get_all_study_names(rdb_storage(world)))
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def test_tables_equal_the_predictor_and_exact_sizes_plan_by_plan(engine):
+    import random
+
+    spec = SearchSpec(model="vit_tiny", device="syn")
+    problem = build_problem(engine, spec)
+    tables, space = problem.tables, problem.space
+    ml = ModelLatency(space.model, best_predictor(engine, "syn"))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = np.array([rng.integers(len(v.choices)) for v in tables.variables])
+        m = int(rng.integers(len(tables.merges)))
+        plan = tables.plan(idx, m)
+        got = tables.score(idx, np.array([m]))
+        assert got["latency"][0] == pytest.approx(ml.plan(plan).total_ms, rel=1e-9)
+        size = sum(linear_bytes(L.K, L.N, *(lambda c: (c.format, c.group_size, c.sparsity, c.rank))(
+            plan.choice(L.name, "fp32")), bias=L.bias).total for L in space.model.layers) / 1e6
+        assert got["size"][0] == pytest.approx(size, rel=1e-12)
+    sampled = space.sample(random.Random(1), 0.5)
+    space.check_plan(sampled)
+    # the extreme values are reached by the knapsack points (they are on the front's hull)
+    ws = warm_start(tables)
+    lat = tables.score(np.stack([w[0] for w in ws]), np.array([w[1] for w in ws]))["latency"]
+    assert lat.min() == pytest.approx(tables.extreme("latency"), rel=1e-9)
+    assert len(uniform_plans(tables)) >= 3
+
+
+def test_exact_front_matches_brute_force_on_a_tiny_space(engine):
+    spec = SearchSpec(model="digits_vit", device="syn", knobs=TINY)
+    tables = build_problem(engine, spec).tables
+    n_var = len(tables.variables)
+    assert all(len(v.choices) == 2 for v in tables.variables)
+    combos = np.array(list(itertools.product([0, 1], repeat=n_var)), dtype=np.int64)
+    values = []
+    for m in range(len(tables.merges)):
+        s = tables.score(combos, np.full(len(combos), m))
+        values.append(np.stack([s["latency"], s["size"]], 1))
+    values = np.vstack(values)
+    brute = values[pareto.pareto_mask(values)]
+    brute = np.unique(brute, axis=0)
+    exact = exact_front(tables, ["latency", "size"])
+    assert exact.shape == brute.shape
+    np.testing.assert_allclose(np.sort(exact, axis=0), np.sort(brute, axis=0), rtol=1e-12)
+
+
+# -- the worker ------------------------------------------------------------------------------------
+def test_worker_fills_the_study_exactly_and_a_rerun_adds_nothing(world, engine):
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=40, constraints={"latency_ms": 10.0})
+    problem = build_problem(engine, spec)
+    storage = rdb_storage(world)
+    optuna.create_study(storage=storage, study_name="w1", directions=spec.directions)
+    study_id = storage.get_study_id_from_name("w1")
+    first = run_worker(world, "w1", problem.tables, spec.objectives, spec.constraints, "nsga2", 0, 40, warm=True)
+    again = run_worker(world, "w1", problem.tables, spec.objectives, spec.constraints, "nsga2", 1, 40, warm=True)
+    assert (first.written, again.written) == (40, 0)
+    assert count_complete(engine, study_id) == 40
+    study = optuna.load_study(study_name="w1", storage=storage)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(40))
+    # warm start first: the uniform plans and knapsack points, as enqueued
+    warm = [problem.tables.params(i, m) for i, m in warm_start(problem.tables)]
+    assert [t.params for t in trials[: len(warm)]] == warm
+    # Optuna sees the constraints: its best trials are feasible and match our front
+    best = {t.number for t in study.best_trials}
+    front = pareto.front_frame(trials, spec.objectives, None, ["latency_ms", "size_mb"])
+    assert set(front.trial) <= best and len(front)
+    assert all(t.constraints["latency_ms"] <= 0 for t in study.best_trials)
+
+
+def test_cancel_and_resume_rules(world, engine):
+    client = Client(world)
+    job = client.create(SearchSpec(model="digits_vit", device="syn", n_trials=20))
+    with pytest.raises(HwsearchError, match="accepted: resume a job whose runner stopped"):
+        jobs.claim_resume(engine, job.id)
+    assert job.cancel().status == "cancelled"
+    assert jobs.claim_resume(engine, job.id) == 2
+    with pytest.raises(HwsearchError, match="unknown job 999"):
+        client.job(999)
+
+
+# -- a whole job, in this process ------------------------------------------------------------------
+def test_job_runs_verifies_and_answers_from_the_database(world, engine):
+    client = Client(world)
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=60, n_workers=2, verify_top_k=2,
+                      constraints={"latency_ms": 10.0})
+    job = client.create(spec)
+    status = jobs.run_job(client.db_url, job.id, 1, launch=jobs.inline_launcher)
+    st = job.status()
+    assert status == "done" == st.status, st.error
+    assert st.n_trials_done == 60 and st.progress["hypervolume"] > 0
+    front = job.pareto()
+    assert len(front) and (front.latency_ms <= 10.0).all()
+    assert list(front.latency_ms) == sorted(front.latency_ms)
+    plan = job.best(max_latency_ms=float(front.latency_ms.median()))
+    assert plan.predicted["latency_ms"].value <= front.latency_ms.median()
+    assert plan.predicted["latency_ms"].provenance.source == "predictor"
+    v = job.verifications()
+    assert len(v) == 2 and (v.measured_ms > 0).all()
+    assert st.result["verification"]["plans"] == 2 and "violations" in st.result["verification"]
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count(Verification.id)).where(Verification.job_id == job.id)) == 2
+    # another "process": a fresh client on the same database sees the same job
+    other = Client(world).job(job.id)
+    assert other.pareto().equals(front)
+    refit = other.refit_predictor()
+    assert refit["plans"] == 2 and refit["overhead_id"] > 0
+
+
+def test_cli_jobs_and_search_errors(world, tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["jobs", "list", "--json", "--db", world])
+    assert out.exit_code == 0, out.output
+    listed = json.loads(out.stdout)["jobs"]
+    assert listed and {"id", "status", "n_trials_done"} <= set(listed[0])
+    done = next(j for j in listed if j["status"] == "done")
+    shown = json.loads(runner.invoke(app, ["jobs", "show", str(done["id"]), "--json", "--db", world]).stdout)
+    assert shown["pareto"] and shown["result"]["front_size"] == len(shown["pareto"])
+    # export straight from the job: a trial's plan, or the best one under a latency bound
+    trial = shown["pareto"][0]["trial"]
+    res = runner.invoke(app, ["export", str(done["id"]), "--trial", str(trial), "--format", "plan",
+                              "--out", str(tmp_path / "p.json"), "--json", "--db", world])
+    assert res.exit_code == 0, res.output
+    assert Plan.from_json((tmp_path / "p.json").read_text()).model == "digits_vit"
+    res = runner.invoke(app, ["export", str(done["id"]), "--max-latency-ms", "10", "--format", "compressed-tensors",
+                              "--out", str(tmp_path / "c.json"), "--db", world])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", "--format", "plan", "--out", str(tmp_path / "x.json"), "--db", world])
+    assert res.exit_code != 0 and "say which plan to export" in str(res.exception)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model", "vit_huge", "--device", "syn"], ["unknown model 'vit_huge'"]),
+    (["--model", "vit_tiny", "--device", "nowhere"], ["nowhere"]),
+    (["--model", "vit_tiny", "--device", "syn", "--objectives", "speed"], ["unknown objective 'speed'"]),
+    (["--model", "vit_tiny", "--device", "syn", "--sampler", "cma"], ["unknown sampler 'cma'"]),
+    (["--model", "vit_tiny", "--device", "bare"], ["hwsearch train --device"]),
+    (["--model", "vit_tiny", "--device", "syn", "--max-latency-ms", "0.001"], ["cannot be met", "accepted"]),
+])
+def test_cli_search_bad_input_is_one_line(world, args, words):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hwsearch.cli", "search", *args, "--db", world],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for w in words:
+        assert w in lines[0]
