@@ -79,6 +79,28 @@ def _is_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or "mode=memory" in str(url.query)
 
 
+def _retry_locked(statement: Any, timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+    """Run ``statement`` again while SQLite says "locked" without waiting, up to ``timeout_s``.
+
+    Switching a fresh file to WAL (and opening one while another process builds its shared-memory
+    index) can fail with SQLITE_BUSY at once: SQLite skips the busy handler there to avoid
+    deadlock, so ``busy_timeout`` alone does not make concurrent first opens safe.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
 def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     if not _is_memory(url):
         path = Path(url.database).expanduser()
@@ -103,7 +125,7 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _retry_locked(lambda: cur.execute("PRAGMA journal_mode = WAL"))
         cur.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, much faster
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
