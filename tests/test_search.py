@@ -30,7 +30,7 @@ from hwsearch.search.reference import exact_front
 from hwsearch.search.spec import SearchSpec
 from hwsearch.search.study import rdb_storage, run_worker
 from hwsearch.search.trials import count_complete
-from hwsearch.search.warmstart import uniform_plans, warm_start
+from hwsearch.search.warmstart import knapsack_plans, uniform_plans, warm_start
 from hwsearch.spaces.plan import Plan
 from hwsearch.spaces.size import linear_bytes
 
@@ -155,6 +155,32 @@ def test_exact_front_matches_brute_force_on_a_tiny_space(engine):
     exact = exact_front(tables, ["latency", "size"])
     assert exact.shape == brute.shape
     np.testing.assert_allclose(np.sort(exact, axis=0), np.sort(brute, axis=0), rtol=1e-12)
+
+
+def test_hull_path_points_lie_on_the_exact_front_and_span_it(engine):
+    """The two-objective warm start is exact: every supported point is on the DP front, ends included."""
+    knobs = {"formats": ["fp32", "bf16", "int8", "int4"], "group_sizes": [128], "merge_start": [2]}
+    tables = build_problem(engine, SearchSpec(model="digits_vit", device="syn", knobs=knobs)).tables
+    exact = exact_front(tables, ["latency", "size"])
+    path = knapsack_plans(tables, n=10_000)
+    got = tables.score(np.stack([i for i, _ in path]), np.array([m for _, m in path]))
+    points = np.stack([got["latency"], got["size"]], 1)
+    assert len(path) >= 3
+    for p in points:  # each one equals some exact-front point
+        assert np.isclose(exact, p, rtol=1e-9, atol=1e-12).all(1).any()
+    assert points[:, 0].min() == pytest.approx(exact[:, 0].min(), rel=1e-9)
+    assert points[:, 1].min() == pytest.approx(exact[:, 1].min(), rel=1e-9)
+    assert len(knapsack_plans(tables, n=4)) == min(4, len(path))
+
+
+def test_nsga2_breeds_from_the_warm_start(engine):
+    """Enqueued warm-start plans join NSGA-II's first generation, so later generations descend from them."""
+    from hwsearch.search.study import optimize_in_memory
+
+    tables = build_problem(engine, SearchSpec(model="digits_vit", device="syn")).tables
+    done = optimize_in_memory(tables, ["latency", "size"], {}, "nsga2", 0, 120, True)
+    warm = [t for t in done if "fixed_params" in t.system_attrs]
+    assert warm and all(t.system_attrs.get("NSGAIISampler:generation") == 0 for t in warm)
 
 
 # -- the worker ------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class _Config:
     device_prior: float = 0.0
     shrink: float = 1.0
     n_ensemble: int = 1
+    n_linear: int = 0
 
 
 def _hw_log(hw: np.ndarray) -> tuple[np.ndarray, float]:
@@ -135,7 +136,7 @@ def _build_net(cfg: _Config):
             if self.film is not None:
                 nn.init.zeros_(self.film.weight)
                 nn.init.zeros_(self.film.bias)
-            nb = k + 1 + (d if cfg.linear else 0)
+            nb = k + 1 + (d if cfg.linear else cfg.n_linear)
             self.prior = nn.Sequential(nn.Linear(e, h), nn.SiLU(), nn.Linear(h, nb))
             self.log_prec = nn.Parameter(torch.zeros(nb))
             # spread of the training devices' heads (filled after meta-training)
@@ -144,7 +145,12 @@ def _build_net(cfg: _Config):
         def basis(self, x, hc):
             """x: (B, n, d), hc: (B, e) -> (B, n, k [+ d] + 1): phi, [scaled x,] constant."""
             z = (x - self.x_mu) / self.x_sd
-            raw = [z / math.sqrt(cfg.n_features)] if cfg.linear else []
+            if cfg.linear:
+                raw = [z / math.sqrt(cfg.n_features)]
+            elif cfg.n_linear:
+                raw = [z[..., -cfg.n_linear :] / math.sqrt(cfg.n_linear)]
+            else:
+                raw = []
             hz = (hc - self.h_mu) / self.h_sd
             film = self.film(hz).unsqueeze(1) if self.film is not None else None
             hdim = cfg.hidden
@@ -217,6 +223,7 @@ class MetaPredictor:
         n_ensemble: int = 1,
         rank_weight: float = 0.0,
         rank_tau: float = 0.1,
+        n_linear: int = 0,
     ) -> None:
         if int(n_ensemble) < 1:
             raise HwsearchError(f"n_ensemble {n_ensemble} out of range; accepted: 1 or more")
@@ -240,6 +247,7 @@ class MetaPredictor:
         self.n_ensemble = int(n_ensemble)
         self.rank_weight = rank_weight
         self.rank_tau = rank_tau
+        self.n_linear = int(n_linear)
         self.nets_: list[Any] = []
         self.net_: Any = None
         self.config_: _Config | None = None
@@ -248,7 +256,7 @@ class MetaPredictor:
     def get_params(self) -> dict[str, Any]:
         keys = ("hidden", "n_basis", "n_layers", "film", "linear", "steps", "batch_tasks", "support_min",
                 "support_max", "query", "lr", "weight_decay", "mix", "mix_range", "device_prior", "shrink", "seed",
-                "n_ensemble", "rank_weight", "rank_tau")
+                "n_ensemble", "rank_weight", "rank_tau", "n_linear")
         return {k: getattr(self, k) for k in keys}
 
     # -- meta-training ---------------------------------------------------------------------
@@ -295,7 +303,7 @@ class MetaPredictor:
             if X.shape[1] != d or hc.size != e:
                 raise HwsearchError("validation tasks must have the same feature and embedding sizes as training tasks")
         cfg = _Config(d, e, self.hidden, self.n_basis, self.n_layers, self.film, self.linear, self.device_prior,
-                      self.shrink, self.n_ensemble)
+                      self.shrink, self.n_ensemble, min(self.n_linear, d))
         allX = np.concatenate([t[0] for t in data])
         allH = np.stack([t[2] for t in data])
 

@@ -78,6 +78,16 @@ def ask_tell(mem: optuna.Study, tables: Tables, dists: Mapping[str, CategoricalD
              constraints: Mapping[str, float], n: int) -> list[optuna.trial.FrozenTrial]:
     """Ask `n` trials, score them as one batch from the tables, tell them; returns them finished."""
     asked = [mem.ask(dict(dists)) for _ in range(n)]
+    if isinstance(mem.sampler, optuna.samplers.NSGAIISampler):
+        # Enqueued (warm-start) trials get no generation from NSGA-II, so it would never select
+        # them as parents: the warm start would be lost on the evolution. They are the initial
+        # population, so they are generation 0.
+        key = f"{type(mem.sampler).__name__}:generation"
+        every = mem.get_trials(deepcopy=False)
+        for trial in asked:
+            attrs = every[trial.number].system_attrs
+            if "fixed_params" in attrs and key not in attrs:
+                mem._storage.set_trial_system_attr(trial._trial_id, key, 0)
     enc = [tables.encode_params(t.params) for t in asked]
     scores = tables.score(np.stack([e[0] for e in enc]), np.array([e[1] for e in enc]))
     cons = constraint_values(constraints, scores)
