@@ -72,7 +72,8 @@ def run(
 
     if plans < 3:
         raise HwsearchError(f"plans={plans} is too few to fit and score the overhead; accepted: 3 or more")
-    spec = get_model(model)
+    models = [m.strip() for m in model.split(",") if m.strip()]
+    specs = {m: get_model(m) for m in models}
     dev_id, _ = device_backend(engine, device)
     with session_scope(engine) as session:
         fp = dict(session.get(Device, dev_id).fingerprint or {})
@@ -84,23 +85,27 @@ def run(
     backend = fp.get("backend", "cpu")
     threads = threads or fp.get("threads") or 1
     answer = best_predictor(engine, device)
-    base, x = torch_model(model.partition(":")[0])
-    space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend), device))
+    caps = Capabilities.from_dict(registry.capabilities(backend), device)
+    built_models = {m: torch_model(m.partition(":")[0]) for m in models}
+    spaces = {m: SearchSpace(specs[m], caps) for m in models}
+    latencies = {m: ModelLatency(specs[m], answer) for m in models}
     rng = random.Random(seed)
-    drawn = [space.sample(rng, aggressiveness, device) for _ in range(plans)]
-    ml = ModelLatency(spec, answer)
+    # round-robin over the models: with two sizes of model the constant and per-kernel terms separate
+    drawn = [(models[i % len(models)], spaces[models[i % len(models)]].sample(rng, aggressiveness, device))
+             for i in range(plans)]
     kernel_ms, launches, casts, measured, rows = [], [], [], [], []
-    for i, plan in enumerate(drawn):
-        est = ml.plan(plan)
+    for i, (name, plan) in enumerate(drawn):
+        est = latencies[name].plan(plan)
+        base, x = built_models[name]
         with torch.inference_mode():
-            built = apply_plan(base, plan, spec, backend=backend).eval()
-            timing = time_calls([lambda m=built: m(x)], threads=threads)
+            built = apply_plan(base, plan, specs[name], backend=backend).eval()
+            timing = time_calls([lambda m=built, x=x: m(x)], threads=threads)
         del built
         kernel_ms.append(est.kernel_ms)
         launches.append(est.kernels)
         casts.append(est.cast_melems)
         measured.append(timing.median_us / 1e3)
-        rows.append({**_plan_doc(plan), "kernel_sum_ms": est.kernel_ms, "kernels": est.kernels,
+        rows.append({"model": name, **_plan_doc(plan), "kernel_sum_ms": est.kernel_ms, "kernels": est.kernels,
                      "cast_melems": est.cast_melems, "measured_ms": timing.median_us / 1e3,
                      "measured_p10_ms": timing.p10_us / 1e3, "measured_p90_ms": timing.p90_us / 1e3,
                      "measured_cov": timing.cov})
@@ -124,6 +129,9 @@ def run(
         "within_10pct": within_pct(loo, y, 10.0),
         "kernel_sum_only": {"mape": mape(k, y), "within_10pct": within_pct(k, y, 10.0)},
         "overhead": full.as_dict(),
+        "per_model": {m: {"plans": int(sum(r["model"] == m for r in rows)),
+                          "mape": mape(loo[[r["model"] == m for r in rows]], y[[r["model"] == m for r in rows]])}
+                      for m in models} if len(models) > 1 else None,
         "scoring": "leave-one-out: each plan predicted with the overhead fitted on the other plans",
         "target": {"mape_max": 10.0, "met": bool(mape(loo, y) <= 10.0)},
         "measurement_noise_median_cov": float(np.median([r["measured_cov"] for r in rows])),

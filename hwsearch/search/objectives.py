@@ -3,7 +3,10 @@
 A plan's latency, size and (proxy) quality are additive over layers once the merge schedule is
 fixed: latency is the device overhead term plus the sum of predicted kernel latencies (the
 overhead is linear in its inputs, so it folds into the per-layer entries), size is the sum of
-exact layer bytes, quality is the base quality plus the sum of per-layer sensitivity entries.
+exact layer bytes, and quality is a monotone function of an additive sum: the per-layer output
+divergences (KL) from the sensitivity table add up, and the table's fitted curve maps their sum
+to quality (its Spearman with measured quality beat the sum of top-1 deltas, which also runs past
+1.0). The tables hold the additive sums; `Tables.outputs` holds the monotone maps.
 So a search builds, once per job, a table per objective of shape (merge, variable, choice) and
 scores any batch of plans with one fancy-indexed sum. The same tables drive the warm start
 (Lagrangian knapsack) and the exact reference front (dynamic programming).
@@ -15,8 +18,9 @@ search only proposes plans where grouped layers agree on every knob, a subset of
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -118,6 +122,14 @@ class Tables:
     terms: dict[str, np.ndarray]  # objective -> (n_merge, n_var, width)
     base: dict[str, np.ndarray]  # objective -> (n_merge,)
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # objective -> increasing map from its additive sum to its value (identity where absent);
+    # increasing, so fronts, extremes and knapsack solutions of the sums are those of the values
+    outputs: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+
+    def finish(self, name: str, sums: np.ndarray) -> np.ndarray:
+        """An objective's values from its additive sums."""
+        out = self.outputs.get(name)
+        return np.asarray(sums, dtype=float) if out is None else np.asarray(out(np.asarray(sums, dtype=float)))
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -132,7 +144,8 @@ class Tables:
         merge = np.asarray(merge, dtype=np.int64).reshape(-1)
         cols = np.arange(len(self.variables))[None, :]
         rows = merge[:, None]
-        return {name: self.base[name][merge] + t[rows, cols, idx].sum(1) for name, t in self.terms.items()}
+        return {name: self.finish(name, self.base[name][merge] + t[rows, cols, idx].sum(1))
+                for name, t in self.terms.items()}
 
     # -- plans <-> encodings ---------------------------------------------------------------------
     def params(self, idx: Sequence[int], merge: int) -> dict[str, str]:
@@ -160,12 +173,14 @@ class Tables:
         return Plan(model=self.model.name, device=self.device, layers=layers, merge=m if m.r else None)
 
     # -- bounds ----------------------------------------------------------------------------------
-    def extreme(self, name: str, best: bool = True) -> float:
-        """The best (or worst) value of an objective over the whole space (exact: additive)."""
+    def extreme(self, name: str, best: bool = True, additive: bool = False) -> float:
+        """The best (or worst) value of an objective over the whole space (exact: additive);
+        `additive` gives its additive sum instead of its value."""
         sign = objective(name).sign * (1 if best else -1)
         t = self.terms[name] * sign
         per_merge = self.base[name] * sign + np.nanmin(t, axis=2).sum(1)
-        return float(per_merge.min() * sign)
+        total = float(per_merge.min() * sign)
+        return total if additive else float(self.finish(name, np.array([total]))[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +234,7 @@ def latency_terms(
 def quality_terms(
     table: Any, model: ModelSpec, variables: Sequence[Variable], merges: Sequence[MergePlan]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sensitivity-proxy quality change per (variable, choice), broadcast over merges, and per merge."""
+    """Minus the output divergence per (variable, choice), broadcast over merges, and per merge."""
     from hwsearch.search.quality import merge_key
 
     dtype = model.dtype
@@ -228,11 +243,16 @@ def quality_terms(
     for var in variables:
         row = []
         for c in var.choices:
-            row.append(0.0 if c.is_identity(dtype) else sum(table.layers[n][c.label()] for n in var.layers))
+            row.append(0.0 if c.is_identity(dtype) else -sum(max(table.divergence[n][c.label()], 0.0) for n in var.layers))
         rows.append(row)
     per_var = _pad(rows, width)
-    base = np.array([table.base_test + (table.merge[merge_key(m)] if m.r else 0.0) for m in merges])
+    base = np.array([-max(table.merge_divergence[merge_key(m)], 0.0) if m.r else 0.0 for m in merges])
     return np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy(), base
+
+
+def quality_from_divergence(neg_divergence: np.ndarray, floor: float, base: float, alpha: float) -> np.ndarray:
+    """Quality from minus the summed divergence: the sensitivity table's curve, increasing."""
+    return floor + (base - floor) * np.exp(-alpha * np.clip(-neg_divergence, 0.0, None))
 
 
 def build_tables(
@@ -251,6 +271,7 @@ def build_tables(
     model = space.model
     terms: dict[str, np.ndarray] = {}
     base: dict[str, np.ndarray] = {}
+    outputs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for name in objectives:
         objective(name)
         if name == "latency":
@@ -265,5 +286,7 @@ def build_tables(
             if sensitivity is None:
                 raise HwsearchError(f"the quality objective needs a sensitivity table for model {model.name!r}")
             terms[name], base[name] = quality_terms(sensitivity, model, variables, merges)
-    return Tables(model, device, variables, merges, terms, base, dict(provenance or {}))
+            outputs[name] = partial(quality_from_divergence, floor=sensitivity.floor, base=sensitivity.base_test,
+                                    alpha=sensitivity.alpha)
+    return Tables(model, device, variables, merges, terms, base, dict(provenance or {}), outputs)
 

@@ -48,4 +48,6 @@ def exact_front(tables: Tables, objectives: Sequence[str], max_points: int = 2_0
                 )
             front = front_2d(cand)
         fronts.append(front)
-    return front_2d(np.vstack(fronts)) * s
+    sums = front_2d(np.vstack(fronts)) * s
+    # the value maps are increasing, so the front of the sums is the front of the values
+    return np.stack([tables.finish(o, sums[:, k]) for k, o in enumerate(objectives)], 1)

@@ -53,7 +53,7 @@ def _normalised_terms(tables: Tables) -> tuple[np.ndarray, np.ndarray, np.ndarra
     names = tables.objectives
     span = []
     for name in names:
-        lo, hi = tables.extreme(name, True), tables.extreme(name, False)
+        lo, hi = tables.extreme(name, True, additive=True), tables.extreme(name, False, additive=True)
         span.append(max(abs(hi - lo), 1e-12))
     terms = np.stack([OBJECTIVES[o].sign * tables.terms[o] / s for o, s in zip(names, span, strict=True)])
     base = np.stack([OBJECTIVES[o].sign * tables.base[o] / s for o, s in zip(names, span, strict=True)])
