@@ -321,11 +321,13 @@ def test_cli_train_predict_and_bench_json(world, tmp_path: Path):
 
 
 def test_cli_bench_model_latency_times_real_plans(world):
-    res = _run(["bench", "model-latency", "--device", "syn", "--model", "digits_vit", "--plans", "3", "--json",
+    res = _run(["bench", "model-latency", "--device", "syn", "--model", "digits_vit,vit_tiny", "--plans", "4", "--json",
                 "--db", world["url"]])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert {"mape", "within_10pct", "rows"} <= set(doc) and len(doc["rows"]) == 3
+    assert {"mape", "within_10pct", "rows"} <= set(doc) and len(doc["rows"]) == 4
+    assert [r["model"] for r in doc["rows"]] == ["digits_vit", "vit_tiny"] * 2  # the overhead spans both
+    assert set(doc["per_model"]) == {"digits_vit", "vit_tiny"}
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in doc["rows"])
     stored = registry.latest(world["engine"], "overhead", registry.device_backend(world["engine"], "syn")[0])
     assert stored is not None and stored.target == "model-overhead"
