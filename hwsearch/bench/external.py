@@ -9,6 +9,9 @@ generic predictors (``hwsearch.predictors``) can run on it:
   output, or whose input is never fed, is dead compute in a pruned cell).
 * FBNet op-index list (22 layers, ops 0..8) -> HELP's factorised one-hot per layer
   (kernel 3/5, expansion e1/e1-g2/e3/e6; op 8 = skip is all zeros), 132 values.
+  ``fbnet_costs`` adds 5 analytic cost estimates from FBNet's macro-architecture (log MACs,
+  pointwise and depthwise MACs, weights, activation memory); :func:`load_help` keeps them apart
+  (``HelpData.costs``) so a predictor can use them as ready-made basis functions.
 * OFA JSON (ks, e, d, r) -> HELP's one-hot of kernel size and expansion per active layer
   (inactive layers beyond a stage's depth are zero) and of the resolution, plus (r/224)^2.
 * Vidur GEMM (M, K, N) -> log sizes, FLOPs, bytes, arithmetic intensity and tile counts.
@@ -74,16 +77,54 @@ def encode_nb201(arch: str) -> np.ndarray:
 
 def encode_fbnet(op_idx: list[int] | str) -> np.ndarray:
     """FBNet op-index list -> 132 values (HELP's encoding, 6 per layer)."""
-    ops = json.loads(op_idx) if isinstance(op_idx, str) else list(op_idx)
-    if len(ops) != 22 or any(not 0 <= int(o) <= 8 for o in ops):
-        raise HwsearchError(f"FBNet architecture {op_idx!r} is not 22 op indices in 0..8")
     out = np.zeros((22, 6))
-    for i, o in enumerate(int(o) for o in ops):
+    for i, o in enumerate(_fbnet_ops(op_idx)):
         if o == 8:  # skip
             continue
         out[i, 0 if o < 4 else 1] = 1.0
         out[i, 2 + o % 4] = 1.0
     return out.reshape(-1)
+
+
+# FBNet macro-architecture of the 22 searchable layers (Wu et al. 2019, Table 1) with the CIFAR
+# stride schedule of HW-NAS-Bench (32x32 input, stem 16 channels at stride 1, first stage at
+# stride 1): output channels and stride per layer. The schedule agrees with the measured data:
+# per-layer costs of the training devices scale with output area as 64:16:4:1 over the stages.
+FBNET_CHANNELS = (16, 24, 24, 24, 24, 32, 32, 32, 32, 64, 64, 64, 64, 112, 112, 112, 112, 184, 184, 184, 184, 352)
+FBNET_STRIDES = (1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1)
+FBNET_INPUT = (32, 16)  # resolution and channels entering the first searchable layer
+FBNET_COSTS = ("log_macs", "log_pw_macs", "log_dw_macs", "log_params", "log_activations")
+
+
+def _fbnet_ops(op_idx: list[int] | str) -> list[int]:
+    ops = json.loads(op_idx) if isinstance(op_idx, str) else list(op_idx)
+    if len(ops) != 22 or any(not 0 <= int(o) <= 8 for o in ops):
+        raise HwsearchError(f"FBNet architecture {op_idx!r} is not 22 op indices in 0..8")
+    return [int(o) for o in ops]
+
+
+def fbnet_costs(op_idx: list[int] | str) -> np.ndarray:
+    """FBNet op-index list -> 5 device-independent cost estimates (``FBNET_COSTS``), log(1 + x).
+
+    Each searchable layer is an inverted-residual block 1x1 (groups g) -> kxk depthwise (stride)
+    -> 1x1 (groups g) with expansion e: pointwise MACs ``h²·c·ec/g + h'²·ec·c'/g``, depthwise MACs
+    ``h'²·ec·k²``, weights, and the activations read and written; skip costs nothing.
+    Latency on most devices is close to additive in per-layer costs, and these sums are the
+    roofline terms (compute, weight traffic, activation traffic) that weigh them.
+    """
+    h, cin = FBNET_INPUT
+    pw = dw = par = act = 0.0
+    for cout, stride, o in zip(FBNET_CHANNELS, FBNET_STRIDES, _fbnet_ops(op_idx), strict=True):
+        ho = h // stride
+        if o != 8:
+            k, e, g = (3 if o < 4 else 5), (1, 1, 3, 6)[o % 4], (2 if o % 4 == 1 else 1)
+            m = cin * e
+            pw += (h * h * cin * m + ho * ho * m * cout) / g
+            dw += ho * ho * m * k * k
+            par += (cin * m + m * cout) / g + m * k * k
+            act += h * h * (cin + m) + ho * ho * (m + cout)
+        h, cin = ho, cout
+    return np.log1p(np.array([pw + dw, pw, dw, par, act]))
 
 
 def encode_ofa(arch: dict | str) -> np.ndarray:
@@ -109,6 +150,8 @@ def encode_ofa(arch: dict | str) -> np.ndarray:
 
 
 ENCODERS = {"nasbench201": encode_nb201, "fbnet": encode_fbnet, "ofa": encode_ofa}
+# analytic cost estimates per architecture, where the space's macro-architecture is known
+COST_ENCODERS = {"fbnet": fbnet_costs}
 
 
 # -- HELP --------------------------------------------------------------------------------------
@@ -119,6 +162,16 @@ class HelpData:
     space: str
     X: np.ndarray
     latency: pd.DataFrame  # rows = architecture index, columns = device names, milliseconds
+    costs: np.ndarray | None = None  # rows = architecture index, analytic cost estimates (or None)
+
+    @property
+    def features(self) -> np.ndarray:
+        """``X`` followed by the cost estimates (its last ``n_costs`` columns)."""
+        return self.X if self.costs is None else np.hstack([self.X, self.costs])
+
+    @property
+    def n_costs(self) -> int:
+        return 0 if self.costs is None else self.costs.shape[1]
 
     @property
     def devices(self) -> list[str]:
@@ -147,8 +200,9 @@ def load_help(data_dir: Path | str, space: str) -> HelpData:
     df = df.sort_values("idx").reset_index(drop=True)
     encode = ENCODERS[space]
     X = np.stack([encode(a) for a in df[column]])
+    costs = np.stack([COST_ENCODERS[space](a) for a in df[column]]) if space in COST_ENCODERS else None
     lat = df.drop(columns=["idx", column]).astype(np.float64)
-    return HelpData(space, X, lat)
+    return HelpData(space, X, lat, costs)
 
 
 # -- Vidur ------------------------------------------------------------------------------------

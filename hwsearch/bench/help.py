@@ -118,9 +118,9 @@ def _parse_devices(names: Sequence[str] | None, default: Sequence[str], data: He
     return out
 
 
-def _task(data: HelpData, device: str, rows: np.ndarray, ref: np.ndarray) -> MetaTask:
+def _task(data: HelpData, X: np.ndarray, device: str, rows: np.ndarray, ref: np.ndarray) -> MetaTask:
     y = data.latency[device].to_numpy()
-    return MetaTask(device, data.X[rows], y[rows], y[ref])
+    return MetaTask(device, X[rows], y[rows], y[ref])
 
 
 def run_help(
@@ -154,9 +154,12 @@ def run_help(
 
     ref = np.asarray(proto.reference)
     pool = np.setdiff1d(np.arange(proto.pool), ref)
-    tasks = [_task(data, d, pool, ref) for d in train]
-    vtasks = [_task(data, d, pool, ref) for d in valid]
-    model = MetaPredictor(**{**DEFAULT_PARAMS, **(params or {})})
+    # encoding plus the space's analytic cost estimates (last columns), which also go straight
+    # into the predictor's basis (n_linear) so a few shots can weigh them per device
+    X = data.features
+    tasks = [_task(data, X, d, pool, ref) for d in train]
+    vtasks = [_task(data, X, d, pool, ref) for d in valid]
+    model = MetaPredictor(**{"n_linear": data.n_costs, **DEFAULT_PARAMS, **(params or {})})
     model.meta_fit(tasks, vtasks, valid_shots=shots + ref.size,
                    progress=(lambda i, n: progress("meta-train", i, n)) if progress else None)
 
@@ -169,8 +172,8 @@ def run_help(
             rng = np.random.default_rng(seed)
             s = rng.choice(pool, size=min(shots, pool.size), replace=False)
             rows = np.concatenate([s, ref])
-            adapted = model.adapt(y[ref], data.X[rows], y[rows])
-            pred = adapted.predict(data.X[q])
+            adapted = model.adapt(y[ref], X[rows], y[rows])
+            pred = adapted.predict(X[q])
             rho.append(spearman(pred, y[q]))
             w10.append(within_pct(pred, y[q], 10.0))
         devices[dev] = {"spearman": float(np.mean(rho)), "within_10pct": float(np.mean(w10))}
