@@ -20,6 +20,7 @@ from hwsearch.bench.external import (
     encode_fbnet,
     encode_nb201,
     encode_ofa,
+    fbnet_costs,
     gemm_features,
     load_help,
     load_vidur,
@@ -67,6 +68,15 @@ def test_fbnet_encoder_matches_help_encoding():
     assert encode_fbnet("[" + ", ".join(["2"] * 22) + "]").shape == (132,)
     with pytest.raises(HwsearchError):
         encode_fbnet([9] * 22)
+
+
+def test_fbnet_costs_order_architectures_by_work():
+    """Cost estimates: 5 finite logs; all-skip is cheapest, k5/e6 everywhere the most expensive."""
+    skip, light, heavy = fbnet_costs([8] * 22), fbnet_costs([0] * 22), fbnet_costs([7] * 22)
+    assert skip.shape == (5,) and np.isfinite(heavy).all()
+    assert (skip <= light).all() and (light < heavy).all()
+    assert fbnet_costs([1] * 22)[1] < fbnet_costs([0] * 22)[1]  # grouped 1x1: fewer pointwise MACs
+    np.testing.assert_array_equal(fbnet_costs(str([3] * 22)), fbnet_costs([3] * 22))
 
 
 def test_ofa_encoder_zeroes_inactive_layers():

@@ -146,6 +146,19 @@ def test_device_prior_adaptation_round_trips():
     np.testing.assert_array_equal(again.predict(X), adapted.predict(X))
 
 
+def test_linear_cost_columns_join_the_basis_and_round_trip():
+    """n_linear=m feeds the last m columns straight into the head; storage keeps the setting."""
+    X, ref, devices = _world()
+    model = MetaPredictor(**FAST, n_linear=2, seed=3).meta_fit(_tasks(X, ref, devices[:-1]))
+    y = devices[-1][1]
+    adapted = model.adapt(y[ref], X[8:18], y[8:18])
+    assert spearman(adapted.predict(X[100:]), y[100:]) > 0.8
+    again = AdaptedMetaPredictor.from_bytes(adapted.to_bytes())
+    assert again.config.n_linear == 2
+    np.testing.assert_array_equal(again.predict(X), adapted.predict(X))
+    assert MetaPredictor.from_bytes(model.to_bytes()).n_linear == 2
+
+
 def test_ensemble_round_trips_and_averages_members():
     """n_ensemble=K meta-trains K seeded networks; storage keeps all K and predictions are identical."""
     X, ref, devices = _world()
