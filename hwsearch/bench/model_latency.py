@@ -7,8 +7,8 @@ profiler's harness (`time_calls`: warm-up, >= 20 repeats, median) at the device'
 Predictions are the sum of predicted kernel latencies plus the device's overhead term. The
 overhead is fitted on the timed plans themselves, so the scores use leave-one-out: each plan is
 predicted with the overhead fitted on the other plans. The raw kernel sum (no overhead) is
-scored too, and the overhead fitted on all plans is stored for the device (target
-"model-overhead"). Timing needs the machine itself: only a device profiled on this host can be
+scored too; the overhead fitted on all plans is stored for the device (target "model-overhead")
+only when its leave-one-out error beats the kernel sum's, otherwise the identity term is stored. Timing needs the machine itself: only a device profiled on this host can be
 benchmarked here.
 """
 
@@ -116,9 +116,14 @@ def run(
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
         loo[i] = Overhead.fit(k[keep], n[keep], c[keep], y[keep]).apply(k[i : i + 1], n[i : i + 1], c[i : i + 1])[0]
+    # A few timed plans can overfit the four overhead terms: keep the fitted term only when it
+    # predicts left-out plans better than the kernel sum alone (8 plans on vm-cpu-1t: 12.9 % vs 9.6 %).
+    fitted = mape(loo, y) < mape(k, y)
+    if not fitted:
+        loo = k.copy()
     for row, p in zip(rows, loo, strict=True):
         row["predicted_ms"] = float(p)
-    full = Overhead.fit(k, n, c, y)
+    full = Overhead.fit(k, n, c, y) if fitted else Overhead(fitted_on=len(y))
     doc: dict[str, Any] = {
         "device": device,
         "model": model,
@@ -128,11 +133,13 @@ def run(
         "mape": mape(loo, y),
         "within_10pct": within_pct(loo, y, 10.0),
         "kernel_sum_only": {"mape": mape(k, y), "within_10pct": within_pct(k, y, 10.0)},
+        "overhead_kept": bool(fitted),
         "overhead": full.as_dict(),
         "per_model": {m: {"plans": int(sum(r["model"] == m for r in rows)),
                           "mape": mape(loo[[r["model"] == m for r in rows]], y[[r["model"] == m for r in rows]])}
                       for m in models} if len(models) > 1 else None,
-        "scoring": "leave-one-out: each plan predicted with the overhead fitted on the other plans",
+        "scoring": ("leave-one-out: each plan predicted with the overhead fitted on the other plans; the "
+                    "overhead is kept only if that beats the kernel sum alone (else the kernel sum is scored)"),
         "target": {"mape_max": 10.0, "met": bool(mape(loo, y) <= 10.0)},
         "measurement_noise_median_cov": float(np.median([r["measured_cov"] for r in rows])),
         "rows": rows,
