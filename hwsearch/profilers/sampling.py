@@ -80,7 +80,9 @@ class CatalogueSweep:
 
 
 SWEEPS = {
-    "quick": CatalogueSweep(("vit_base", "llama3_8b:tokens=1"), ("bf16", "int8", "int4"), ("dense",), (4,)),
+    # quick covers what `hwsearch demo` searches: vit_base and digits_vit in their own fp32 too
+    "quick": CatalogueSweep(("vit_base", "digits_vit", "llama3_8b:tokens=1"), ("fp32", "bf16", "int8", "int4"),
+                            ("dense",), (4,)),
     "standard": CatalogueSweep(
         ("vit_tiny", "vit_small", "vit_base", "llama3_8b:tokens=1", "llama3_8b:tokens=8", "llama3_8b:tokens=128"),
         ("fp32", "bf16", "fp16", "int8", "int4", "fp8"),

@@ -17,6 +17,28 @@ from rich.console import Console
 DEMO_TRIALS = {"vit_base": 300, "digits_vit": 200}
 
 
+def measured_knobs(model: str) -> dict[str, object]:
+    """Search knobs limited to what the quick profile measured for `model`.
+
+    A predictor trained on a quick profile is only trusted near what it saw: the quick sweep's
+    formats (and the model's own fp32), its int4 group, dense weights, its one rank per layer
+    (min(K, N) / 4 rounded to 32) and no token merging. A standard profile lifts these limits.
+    """
+    from hwsearch.profilers.sampling import SWEEPS
+    from hwsearch.spaces.catalog import get_model
+
+    sweep = SWEEPS["quick"]
+    dim = min(min(layer.K, layer.N) for layer in get_model(model).layers)
+    rank = (dim // sweep.rank_fractions[0]) // 32 * 32
+    knobs: dict[str, object] = {"formats": sorted({"fp32", *sweep.formats}), "group_sizes": [sweep.group_sizes[-1]],
+                                "sparsities": list(sweep.sparsities), "merge_r": [0]}
+    if rank >= 32:
+        knobs.update(rank_step=rank, rank_fraction=rank / dim)
+    else:
+        knobs["low_rank"] = False
+    return knobs
+
+
 def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, object]:
     from hwsearch.bench.model_latency import run as calibrate
     from hwsearch.config import data_dir
@@ -48,11 +70,12 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
     out = Path(out_dir) if out_dir else data_dir() / "demo"
     out.mkdir(parents=True, exist_ok=True)
     searches = [("vit_base", ["latency", "size"]), ("digits_vit", ["latency", "quality"])]
+    console.print("    (searches use the knobs the quick profile measured: fp32/bf16/int8/int4 g128, one rank, no merging)")
     done: dict[str, object] = {"device": device, "files": []}
     for step, (model, objectives) in enumerate(searches, start=4):
         console.print(f"[bold]{step}/6[/bold] searching {model} ({' x '.join(objectives)}, "
                       f"{DEMO_TRIALS[model]} trials, 2 workers on local Ray), verifying the top 3 on {device}")
-        job = client.submit(SearchSpec(model=model, device=device, objectives=objectives,
+        job = client.submit(SearchSpec(model=model, device=device, objectives=objectives, knobs=measured_knobs(model),
                                        n_trials=DEMO_TRIALS[model], n_workers=2, verify_top_k=3))
         with JobProgress(True) as on_poll:
             st = job.wait(on_poll=on_poll)
