@@ -8,8 +8,8 @@ Predictions are the sum of predicted kernel latencies plus the device's overhead
 overhead is fitted on the timed plans themselves, so the scores use leave-one-out: each plan is
 predicted with the overhead fitted on the other plans. The raw kernel sum (no overhead) is
 scored too; the overhead fitted on all plans is stored for the device (target "model-overhead")
-only when its leave-one-out error beats the kernel sum's, otherwise the identity term is stored. Timing needs the machine itself: only a device profiled on this host can be
-benchmarked here.
+only when its leave-one-out error beats the kernel sum's, otherwise the identity term is stored.
+Timing needs the machine itself: only a device profiled on this host can be benchmarked here.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def run(
         if progress:
             progress("timing plans", i + 1, plans)
     k, n, c, y = (np.array(v, dtype=float) for v in (kernel_ms, launches, casts, measured))
+    names = np.array([name for name, _ in drawn])
     loo = np.empty_like(y)
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
@@ -135,8 +136,7 @@ def run(
         "kernel_sum_only": {"mape": mape(k, y), "within_10pct": within_pct(k, y, 10.0)},
         "overhead_kept": bool(fitted),
         "overhead": full.as_dict(),
-        "per_model": {m: {"plans": int(sum(r["model"] == m for r in rows)),
-                          "mape": mape(loo[[r["model"] == m for r in rows]], y[[r["model"] == m for r in rows]])}
+        "per_model": {m: {"plans": int((names == m).sum()), "mape": mape(loo[names == m], y[names == m])}
                       for m in models} if len(models) > 1 else None,
         "scoring": ("leave-one-out: each plan predicted with the overhead fitted on the other plans; the "
                     "overhead is kept only if that beats the kernel sum alone (else the kernel sum is scored)"),

@@ -250,9 +250,14 @@ def quality_terms(
     return np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy(), base
 
 
-def quality_from_divergence(neg_divergence: np.ndarray, floor: float, base: float, alpha: float) -> np.ndarray:
-    """Quality from minus the summed divergence: the sensitivity table's curve, increasing."""
-    return floor + (base - floor) * np.exp(-alpha * np.clip(-neg_divergence, 0.0, None))
+def divergence_curve(divergence: float | np.ndarray, floor: float, base: float, alpha: float) -> float | np.ndarray:
+    """Quality from a summed output divergence D: floor + (base - floor)·exp(-alpha·D), decreasing."""
+    return floor + (base - floor) * np.exp(-alpha * np.clip(divergence, 0.0, None))
+
+
+def quality_from_sum(neg_divergence: np.ndarray, floor: float, base: float, alpha: float) -> np.ndarray:
+    """The quality objective's output map: its additive sum is minus the summed divergence."""
+    return np.asarray(divergence_curve(-np.asarray(neg_divergence), floor, base, alpha))
 
 
 def build_tables(
@@ -286,7 +291,7 @@ def build_tables(
             if sensitivity is None:
                 raise HwsearchError(f"the quality objective needs a sensitivity table for model {model.name!r}")
             terms[name], base[name] = quality_terms(sensitivity, model, variables, merges)
-            outputs[name] = partial(quality_from_divergence, floor=sensitivity.floor, base=sensitivity.base_test,
+            outputs[name] = partial(quality_from_sum, floor=sensitivity.floor, base=sensitivity.base_test,
                                     alpha=sensitivity.alpha)
     return Tables(model, device, variables, merges, terms, base, dict(provenance or {}), outputs)
 

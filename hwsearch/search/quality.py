@@ -37,6 +37,7 @@ from hwsearch.errors import HwsearchError
 from hwsearch.kernels.apply import apply_plan
 from hwsearch.kernels.models import ViT
 from hwsearch.kernels.modules import CompressedLinear
+from hwsearch.search.objectives import divergence_curve
 from hwsearch.spaces.catalog import DIGITS_VIT, MINILM_PACKAGE, get_model, parse_model_ref
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.model import ModelSpec
@@ -366,8 +367,7 @@ class SensitivityTable:
 
     def curve(self, divergence: float | np.ndarray, base: float | None = None) -> float | np.ndarray:
         """Quality predicted from a summed divergence (monotone decreasing)."""
-        base = self.base_test if base is None else base
-        return self.floor + (base - self.floor) * np.exp(-self.alpha * np.asarray(divergence))
+        return divergence_curve(divergence, self.floor, self.base_test if base is None else base, self.alpha)
 
     def predict(self, plan: Plan, dtype: str = "fp32", kind: str = "divergence") -> float:
         """Predicted held-out quality of `plan`."""
@@ -391,7 +391,7 @@ class SensitivityTable:
         dq, div = pairs[:, 0], np.clip(pairs[:, 1], 0.0, None)
 
         def loss(log_alpha: float) -> float:
-            curve = (self.base_calib - self.floor) * (np.exp(-np.exp(log_alpha) * div) - 1.0)
+            curve = divergence_curve(div, self.floor, self.base_calib, float(np.exp(log_alpha))) - self.base_calib
             return float(np.mean((curve - dq) ** 2))
 
         self.alpha = float(np.exp(minimize_scalar(loss, bounds=(-8, 8), method="bounded").x))
