@@ -27,10 +27,10 @@ def measured_knobs(model: str) -> dict[str, object]:
     from hwsearch.profilers.sampling import SWEEPS
     from hwsearch.spaces.catalog import get_model
 
-    sweep = SWEEPS["quick"]
-    dim = min(min(layer.K, layer.N) for layer in get_model(model).layers)
+    sweep, spec = SWEEPS["quick"], get_model(model)
+    dim = min(min(layer.K, layer.N) for layer in spec.layers)
     rank = (dim // sweep.rank_fractions[0]) // 32 * 32
-    knobs: dict[str, object] = {"formats": sorted({"fp32", *sweep.formats}), "group_sizes": [sweep.group_sizes[-1]],
+    knobs: dict[str, object] = {"formats": sorted({spec.dtype, *sweep.formats}), "group_sizes": [sweep.group_sizes[-1]],
                                 "sparsities": list(sweep.sparsities), "merge_r": [0]}
     if rank >= 32:
         knobs.update(rank_step=rank, rank_fraction=rank / dim)

@@ -243,10 +243,10 @@ def quality_terms(
     for var in variables:
         row = []
         for c in var.choices:
-            row.append(0.0 if c.is_identity(dtype) else -sum(max(table.divergence[n][c.label()], 0.0) for n in var.layers))
+            row.append(0.0 if c.is_identity(dtype) else -sum(table.divergence[n][c.label()] for n in var.layers))
         rows.append(row)
     per_var = _pad(rows, width)
-    base = np.array([-max(table.merge_divergence[merge_key(m)], 0.0) if m.r else 0.0 for m in merges])
+    base = np.array([-table.merge_divergence[merge_key(m)] if m.r else 0.0 for m in merges])
     return np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy(), base
 
 

@@ -9,7 +9,7 @@ samplers, runs and the exact reference front.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -108,7 +108,7 @@ def front_frame(trials: Sequence[Any], objectives: Sequence[str], job_id: int | 
     return frame
 
 
-def spread(frame: pd.DataFrame, k: int) -> list[int]:
+def spread(frame: Sized, k: int) -> list[int]:
     """Row positions of `k` points spread along a front sorted by its first objective (ends included)."""
     n = len(frame)
     if n <= k:

@@ -82,10 +82,9 @@ def ask_tell(mem: optuna.Study, tables: Tables, dists: Mapping[str, CategoricalD
         # Enqueued (warm-start) trials get no generation from NSGA-II, so it would never select
         # them as parents: the warm start would be lost on the evolution. They are the initial
         # population, so they are generation 0.
-        key = f"{type(mem.sampler).__name__}:generation"
-        every = mem.get_trials(deepcopy=False)
+        key = mem.sampler._get_generation_key()
         for trial in asked:
-            attrs = every[trial.number].system_attrs
+            attrs = mem._storage.get_trial_system_attrs(trial._trial_id)
             if "fixed_params" in attrs and key not in attrs:
                 mem._storage.set_trial_system_attr(trial._trial_id, key, 0)
     enc = [tables.encode_params(t.params) for t in asked]

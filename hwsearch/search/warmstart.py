@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwsearch.search.objectives import OBJECTIVES, Tables
-from hwsearch.search.pareto import pareto_mask
+from hwsearch.search.pareto import pareto_mask, signs, spread
 
 N_WEIGHTS = 64
 
@@ -124,11 +124,10 @@ def knapsack_plans(tables: Tables, n: int = N_WEIGHTS) -> list[tuple[np.ndarray,
     if len(tables.objectives) == 2:
         path = hull_path(tables)
         scores = tables.score(np.stack([i for i, _ in path]), np.array([m for _, m in path]))
-        signed = np.stack([OBJECTIVES[o].sign * scores[o] for o in tables.objectives], 1)
+        signed = np.stack([scores[o] for o in tables.objectives], 1) * signs(tables.objectives)
         keep = np.flatnonzero(pareto_mask(signed))
         keep = keep[np.argsort(signed[keep, 0], kind="stable")]
-        if len(keep) > n:
-            keep = keep[np.unique(np.round(np.linspace(0, len(keep) - 1, n)).astype(int))]
+        keep = keep[spread(keep, n)]
         return [path[keep[i]] for i in coarse_to_fine(len(keep))]
     names = tables.objectives
     terms, base, padding = _normalised_terms(tables)
