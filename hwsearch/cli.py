@@ -132,7 +132,8 @@ def profile(
     else:
         typer.echo(
             f"{summary.device}: measured {summary.measured} kernels in {summary.seconds:.0f} s "
-            f"({summary.already_stored} of {summary.planned} were already stored)"
+            f"({summary.already_stored} of {summary.planned} were already stored; "
+            f"{summary.unstable} unstable after re-measuring, stored with the flag)"
         )
 
 
@@ -187,6 +188,33 @@ def devices_import(
     typer.echo(f"imported {done['imported']} measurements into {done['device']} ({done['already_stored']} already stored)")
 
 
+def device_caption(dev: dict[str, Any]) -> str:
+    """Limits and the machine's state during its last profile, in a line or two."""
+    parts = []
+    limits = (dev.get("fingerprint") or {}).get("limits")
+    if limits:
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in limits.get("peak_gflops", {}).items())
+        parts.append(f"memory {limits['memory_gbs']:.0f} GB/s, cache {limits['cache_gbs']:.0f} GB/s, peak GFLOP/s: {peaks}")
+    state = dev.get("last_profile") or {}
+    if state:
+        before = (state.get("before") or {})
+        load = before.get("loadavg") or []
+        other = before.get("other_share")
+        peak = state.get("during_peak_other_share")
+        text = f"last profile: load {'/'.join(str(x) for x in load) or '?'}"
+        if other is not None:
+            text += f", others used {other:.0%} of the CPU before"
+        if peak is not None:
+            text += f" and at most {peak:.0%} during"
+        if before.get("governor"):
+            text += f", governor {before['governor']}"
+        parts.append(text)
+        parts += [f"[red]warning: {w}" for w in state.get("warnings") or []]
+    if dev.get("unstable"):
+        parts.append(f"{dev['unstable']} measurements flagged unstable")
+    return "\n".join(parts)
+
+
 def print_device_table(table: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -196,7 +224,8 @@ def print_device_table(table: list[dict[str, Any]]) -> None:
         console.print("No devices yet. Profile this machine with [bold]hwsearch profile --local[/bold].")
         return
     for dev in table:
-        grid = Table(title=f"{dev['name']} ({dev['kind']}: {dev['hardware']}, {dev['threads']} threads)", title_justify="left")
+        grid = Table(title=f"{dev['name']} ({dev['kind']}: {dev['hardware']}, {dev['threads']} threads)", title_justify="left",
+                     caption=device_caption(dev))
         grid.add_column("op/format")
         grid.add_column("measured", justify="right")
         grid.add_column("native", justify="right")
@@ -224,12 +253,19 @@ def bench_kernels(
     from rich.console import Console
     from rich.table import Table
 
-    grid = Table(title=f"Kernel speed-ups on {device} (median of >= 20 repeats; emulated kernels are not real speed-ups)")
-    for col in ("shape M×K×N", "format", "sparsity", "rank", "native", "median µs", "× bf16"):
+    limits = doc.get("limits")
+    caption = (f"memory {limits['memory_gbs']:.0f} GB/s, cache {limits['cache_gbs']:.0f} GB/s (this device's probe)"
+               if limits else "no limits probed for this device (profile it again to measure them)")
+    grid = Table(title=f"Kernel speed-ups on {device} (floor of interleaved rounds; emulated kernels are not real speed-ups)",
+                 caption=caption)
+    for col in ("shape M×K×N", "format", "sparsity", "rank", "native", "implementation", "µs", "× bf16", "GB/s", "TFLOP/s",
+                "rounds"):
         grid.add_column(col)
     for r in doc["rows"]:
+        note = "legacy" if r["rounds"] is None else f"{r['rounds']} ±{100 * r['spread']:.0f}%" + (" [red]unstable" if r["unstable"] else "")
         grid.add_row("×".join(map(str, r["shape"])), r["format"], r["sparsity"], str(r["rank"] or "full"),
-                     "yes" if r["native"] else "[red]emulated", f"{r['median_us']:.1f}", f"{r['speedup_vs_bf16']:.2f}")
+                     "yes" if r["native"] else "[red]emulated", r["implementation"], f"{r['median_us']:.1f}",
+                     f"{r['speedup_vs_bf16']:.2f}", f"{r['achieved_gbs']:.1f}", f"{r['achieved_tflops']:.3f}", note)
     Console().print(grid)
 
 
@@ -354,6 +390,42 @@ def predict(
     typer.echo(f"answered by: {doc['predictor']['detail']}")
 
 
+@bench_app.command("repeat")
+def bench_repeat(
+    device: str = typer.Option(..., "--device", help="A stored device profiled on this machine."),
+    sample: int = typer.Option(100, "--sample", min=1, help="Stored kernels to re-time."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Re-time a sample of stored kernels now: how well the device's measurements repeat."""
+    from hwsearch.bench.repeat import run as run_repeat
+    from hwsearch.profilers.progress import progress_bar
+
+    with progress_bar(not as_json) as bar:
+        task = bar.add_task(f"re-timing {device}", total=sample)
+        doc = run_repeat(open_engine(db), device, sample=sample, seed=seed,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        emit_json(doc)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = Table(title=f"{device}: {doc['n']} stored kernels re-timed now ({doc['unstable']} stored unstable, "
+                       f"{doc['legacy']} from before rounds)", caption=doc["statistic"], title_justify="left")
+    for col in ("kernels", "n", "within ±5 %", "within ±10 %", "median |log ratio|", "ratio p10–p90"):
+        grid.add_column(col, justify="left" if col == "kernels" else "right")
+    for label, m in (("all", doc), ("stable only", doc["stable_only"]), *doc["per_op"].items()):
+        if m["n"]:
+            grid.add_row(label, str(m["n"]), f"{m['within_5pct']:.1%}", f"{m['within_10pct']:.1%}",
+                         f"{m['median_abs_log_ratio']:.3f}", f"{m['ratio_p10']:.2f}–{m['ratio_p90']:.2f}")
+    console = Console()
+    console.print(grid)
+    for ref in doc["references"]:
+        console.print(f"  reference: {ref}")
+
+
 @bench_app.command("predictors")
 def bench_predictors(
     device: str = typer.Option(..., "--device", help="A stored device name."),
@@ -371,8 +443,13 @@ def bench_predictors(
     from rich.console import Console
     from rich.table import Table
 
-    grid = Table(title=f"Kernel latency predictor on {device} ({doc['rows']} kernels); noise floor: median CoV "
-                       f"{doc['noise_floor']['median_cov']:.3f}", caption=f"published: {doc['published']['source']}",
+    rounds = doc["noise_floor"].get("rounds") or {}
+    floor = (f"; noise floor: two fastest rounds within ±10 % for {rounds['rounds_within_10pct']:.0%} of kernels"
+             if rounds.get("rounds_within_10pct") is not None else "")
+    grid = Table(title=f"Kernel latency predictor on {device} ({doc['rows']} kernels, "
+                       f"{doc['noise_floor']['dropped_unstable']} unstable left out); median CoV "
+                       f"{doc['noise_floor']['median_cov']:.3f}{floor}",
+                 caption=f"published: {doc['published']['source']}; re-time kernels with `hwsearch bench repeat`",
                  title_justify="left")
     for col in ("split", "family", "n", "within ±10 %", "within ±5 %", "MAPE %", "Spearman"):
         grid.add_column(col, justify="left" if col in ("split", "family") else "right", no_wrap=True)

@@ -58,6 +58,14 @@ def _measurement(device_id: int, kernel_id: int, implementation: str = "torch", 
     return row
 
 
+def _insert_old_measurements(session, rows: list[dict]) -> None:
+    """Rows as an older schema stores them: plain SQL naming only the columns it had."""
+    cols = [c for c in rows[0] if c != "environment"] + ["environment", "created_at"]
+    sql = text(f"INSERT INTO measurements ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})")
+    for row in rows:
+        session.execute(sql, {**row, "environment": "{}", "created_at": datetime.now(UTC).replace(tzinfo=None)})
+
+
 def _device_and_kernels(session, n: int = 3) -> tuple[Device, list[KernelConfig]]:
     device = Device(name="cpu-test", kind="cpu", fingerprint={"cores": 2})
     kernels = [KernelConfig.build("linear", {"m": 1, "k": 64 * (i + 1), "n": 64}) for i in range(n)]
@@ -291,7 +299,7 @@ def test_get_or_create(engine):
 
 
 def test_fresh_database_is_at_head_and_matches_models(engine):
-    assert current_revision(engine) == head_revision() == "0002"
+    assert current_revision(engine) == head_revision() == "0003"
     assert schema_differences(engine) == []
     tables = set(inspect(engine).get_table_names())
     assert {
@@ -322,12 +330,12 @@ def test_database_from_older_revision_opens_with_its_data(db_url):
     assert "jobs" not in inspect(old).get_table_names()
     with session_scope(old) as s:
         device, kernels = _device_and_kernels(s)
-        assert insert_ignore(s, Measurement, [_measurement(device.id, k.id) for k in kernels]) == 3
+        _insert_old_measurements(s, [_measurement(device.id, k.id) for k in kernels])
     old.dispose()
 
     eng = open_db(db_url)
     try:
-        assert current_revision(eng) == "0002"
+        assert current_revision(eng) == "0003"
         assert schema_differences(eng) == []
         with session_scope(eng) as s:
             device = s.scalars(select(Device)).one()
@@ -456,7 +464,7 @@ def test_concurrent_open_db_on_fresh_database(db_url):
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     for out, err, rc in results:
         assert rc == 0, err
-        assert out.strip() == "0002"
+        assert out.strip() == "0003"
     eng = make_engine(db_url)
     try:
         assert schema_differences(eng) == []

@@ -21,6 +21,7 @@ from hwsearch.kernels import registry
 from hwsearch.kernels.specs import LinearSpec
 from hwsearch.profilers import store
 from hwsearch.profilers.coverage import device_id as find_device
+from hwsearch.profilers.limits import Limits, achieved
 from hwsearch.profilers.measure import measure
 from hwsearch.profilers.sampling import bench_set
 
@@ -51,13 +52,16 @@ def run(engine: Engine, device: str, threads: int | None = None) -> dict[str, An
                     f"device {device!r} has no measurement of {spec.describe()}; accepted: a device profiled with "
                     f"`hwsearch profile --device {device}` (any budget), or run this on the machine itself"
                 )
-            fields = measure(spec.op, spec.params(), impl, threads=threads or fp.get("threads") or 1, backend=backend)
+            fields = measure(spec.op, spec.params(), impl, threads=threads or fp.get("threads") or 1, backend=backend,
+                             limits=Limits.from_dict(fp.get("limits")))
             store.write_chunk(engine, dev, None, [(spec, fields)])
             found = _stored(engine, dev, spec, impl)
         rows.append((spec, found))
     base = {(s.M, s.K, s.N): m.median_us for s, m in rows if s.format == "bf16" and s.sparsity == "dense" and s.rank is None}
+    limits = Limits.from_dict(fp.get("limits"))
     return {
         "device": device,
+        "limits": limits.as_dict() if limits else None,
         "rows": [
             {
                 "op": spec.op,
@@ -71,6 +75,12 @@ def run(engine: Engine, device: str, threads: int | None = None) -> dict[str, An
                 "p10_us": round(m.p10_us, 2),
                 "p90_us": round(m.p90_us, 2),
                 "speedup_vs_bf16": round(base[(spec.M, spec.K, spec.N)] / m.median_us, 3),
+                "achieved_gbs": round(achieved(spec, m.median_us)["gbs"], 2),
+                "achieved_tflops": round(achieved(spec, m.median_us)["gflops"] / 1e3, 4),
+                "rounds": m.rounds,
+                "spread": None if m.spread is None else round(m.spread, 4),
+                "unstable": bool(m.unstable),
+                "flags": (m.environment or {}).get("flags", []),
             }
             for spec, m in rows
         ],

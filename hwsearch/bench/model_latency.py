@@ -67,7 +67,7 @@ def run(
 
     from hwsearch.kernels import registry
     from hwsearch.kernels.apply import apply_plan
-    from hwsearch.profilers.timing import time_calls
+    from hwsearch.profilers.timing import MODEL_PROTOCOL, time_calls
     from hwsearch.spaces.knobs import Capabilities, SearchSpace
 
     if plans < 3:
@@ -99,7 +99,7 @@ def run(
         base, x = built_models[name]
         with torch.inference_mode():
             built = apply_plan(base, plan, specs[name], backend=backend).eval()
-            timing = time_calls([lambda m=built, x=x: m(x)], threads=threads)
+            timing = time_calls([lambda m=built, x=x: m(x)], threads=threads, protocol=MODEL_PROTOCOL)
         del built
         kernel_ms.append(est.kernel_ms)
         launches.append(est.kernels)
@@ -108,7 +108,7 @@ def run(
         rows.append({"model": name, **_plan_doc(plan), "kernel_sum_ms": est.kernel_ms, "kernels": est.kernels,
                      "cast_melems": est.cast_melems, "measured_ms": timing.median_us / 1e3,
                      "measured_p10_ms": timing.p10_us / 1e3, "measured_p90_ms": timing.p90_us / 1e3,
-                     "measured_cov": timing.cov})
+                     "measured_cov": timing.cov, "measured_spread": timing.spread})
         if progress:
             progress("timing plans", i + 1, plans)
     k, n, c, y = (np.array(v, dtype=float) for v in (kernel_ms, launches, casts, measured))

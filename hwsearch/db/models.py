@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -155,6 +156,7 @@ class ProfileRun(Base):
     n_skipped: Mapped[int] = mapped_column(Integer, default=0)
     host: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
+    machine: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # load, frequency policy, limits
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
 
@@ -183,6 +185,9 @@ class Measurement(Base):
     mean_us: Mapped[float] = mapped_column(Float)
     repeats: Mapped[int] = mapped_column(Integer)
     cov: Mapped[float] = mapped_column(Float)
+    rounds: Mapped[int | None] = mapped_column(Integer)  # NULL: measured before rounds existed
+    spread: Mapped[float | None] = mapped_column(Float)  # (max - min) / median of the central rounds
+    unstable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     threads: Mapped[int | None] = mapped_column(Integer)
     environment: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     profile_run_id: Mapped[int | None] = mapped_column(ForeignKey("profile_runs.id", ondelete="SET NULL"))

@@ -34,6 +34,7 @@ class Row:
     native: bool
     ms: float
     cov: float
+    unstable: bool = False  # rounds disagreed, or the kernel beat the machine's limits even colder
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Dataset:
     native: np.ndarray
     implementations: list[str]
     roofline: Roofline
+    dropped_unstable: int = 0
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -60,14 +62,16 @@ class Dataset:
     def subset(self, idx: np.ndarray) -> Dataset:
         idx = np.asarray(idx, dtype=int)
         return Dataset(self.device, self.backend, [self.specs[i] for i in idx], self.X[idx], self.y_ms[idx],
-                       self.cov[idx], self.native[idx], [self.implementations[i] for i in idx], self.roofline)
+                       self.cov[idx], self.native[idx], [self.implementations[i] for i in idx], self.roofline,
+                       self.dropped_unstable)
 
     def summary(self) -> dict[str, Any]:
         ops: dict[str, int] = {}
         for s in self.specs:
             ops[s.op] = ops.get(s.op, 0) + 1
         return {"rows": len(self), "by_op": ops, "native": int(self.native.sum()),
-                "median_cov": float(np.median(self.cov)) if len(self) else None}
+                "median_cov": float(np.median(self.cov)) if len(self) else None,
+                "dropped_unstable": self.dropped_unstable}
 
 
 def no_measurements(name: str) -> HwsearchError:
@@ -100,7 +104,8 @@ def load_rows(engine: Engine, name: str) -> tuple[str, list[Row]]:
     with session_scope(engine) as session:
         found = session.execute(
             select(KernelConfig.op, KernelConfig.params, KernelConfig.id, Measurement.implementation,
-                   Measurement.native, Measurement.median_us, Measurement.cov)
+                   Measurement.native, Measurement.median_us, Measurement.cov, Measurement.unstable,
+                   Measurement.environment)
             .join(Measurement, Measurement.kernel_id == KernelConfig.id)
             .where(Measurement.device_id == dev)
             .order_by(KernelConfig.id, Measurement.implementation)
@@ -116,7 +121,9 @@ def load_rows(engine: Engine, name: str) -> tuple[str, list[Row]]:
         pick = next((impls[n] for n in _order(spec, backend) if n in impls), None)
         if pick is None:
             pick = min(measured, key=lambda m: (not m.native, m.median_us))
-        rows.append(Row(spec, pick.implementation, bool(pick.native), pick.median_us / 1e3, float(pick.cov)))
+        flags = (pick.environment or {}).get("flags", [])
+        suspect = bool(pick.unstable) or any(str(f).startswith("beyond_") for f in flags)
+        rows.append(Row(spec, pick.implementation, bool(pick.native), pick.median_us / 1e3, float(pick.cov), suspect))
     return backend, rows
 
 
@@ -138,11 +145,21 @@ def hardware_embedding(rows: list[Row], name: str) -> np.ndarray:
     return np.array([ms for _, ms in pairs])
 
 
-def load_dataset(engine: Engine, name: str, roofline: Roofline | None = None) -> Dataset:
-    """The device's featurised measurements; the roofline comes from its reference kernels."""
+def load_dataset(engine: Engine, name: str, roofline: Roofline | None = None, keep_unstable: bool = False) -> Dataset:
+    """The device's featurised measurements; the roofline comes from its reference kernels.
+
+    Measurements flagged unstable (their rounds never agreed, or they beat the machine's
+    memory bandwidth even when re-measured colder) are left out of training unless
+    `keep_unstable`; how many is in `dropped_unstable`. The reference kernels stay either way:
+    they are the device's embedding and roofline.
+    """
     backend, rows = load_rows(engine, name)
     if not rows:
         raise no_measurements(name)
+    reference = set(reference_set())
+    dropped = 0 if keep_unstable else sum(1 for r in rows if r.unstable and r.spec not in reference)
+    if not keep_unstable:
+        rows = [r for r in rows if not r.unstable or r.spec in reference]
     if roofline is None:
         pairs, missing = reference_pairs(rows)
         roofline = roofline_from_measurements(pairs if not missing else [(r.spec, r.ms) for r in rows])
@@ -151,5 +168,5 @@ def load_dataset(engine: Engine, name: str, roofline: Roofline | None = None) ->
         device=name, backend=backend, specs=specs, X=featurize(specs, roofline),
         y_ms=np.array([r.ms for r in rows]), cov=np.array([r.cov for r in rows]),
         native=np.array([r.native for r in rows], dtype=bool), implementations=[r.implementation for r in rows],
-        roofline=roofline,
+        roofline=roofline, dropped_unstable=dropped,
     )

@@ -38,8 +38,8 @@ from hwsearch.kernels.specs import (
     OpSpec,
     TomeMergeSpec,
 )
+from hwsearch.kernels.traffic import bytes_moved
 from hwsearch.spaces.formats import ACT_DTYPE, DTYPE_BYTES, FLOAT_DTYPES, FORMATS, WEIGHT_BITS, density
-from hwsearch.spaces.size import linear_bytes
 
 FEATURE_VERSION = 1
 OPS: tuple[str, ...] = ("linear", "attention", "tome_merge", "norm", "elementwise")
@@ -50,8 +50,6 @@ PEAK_MIN_ROWS = 64
 BANDWIDTH_MAX_ROWS = 8
 # Bandwidth is read from kernels moving at least this much (out of cache); smaller ones only if none does.
 BANDWIDTH_MIN_BYTES = 16 << 20
-# Per-element element-wise reads/writes: (inputs of full width, outputs).
-ELEMENTWISE_IO = {"gelu": (1.0, 1.0), "silu_mul": (2.0, 1.0), "add": (2.0, 1.0), "rope": (2.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -112,35 +110,6 @@ def roofline_from_measurements(pairs: Iterable[tuple[OpSpec, float]]) -> Rooflin
 
 def _lg(x: float) -> float:
     return math.log2(1.0 + max(float(x), 0.0))
-
-
-def bytes_moved(spec: OpSpec) -> dict[str, float]:
-    """Bytes a kernel must read and write once: weights (values, N:M indices, scales, bias) and
-    activations (inputs, outputs, and a low-rank layer's intermediate, written then read)."""
-    weights = scales = indices = 0.0
-    if isinstance(spec, LinearSpec):
-        size = linear_bytes(spec.K, spec.N, spec.format, spec.group_size, spec.sparsity, spec.rank, bias=True)
-        weights, scales, indices = float(size.total), float(size.scales), float(size.indices)
-        a = DTYPE_BYTES[ACT_DTYPE[spec.format]]
-        acts = float(sum(a * f.M * (f.K + f.N) for f in spec.factors()))
-    elif isinstance(spec, AttentionSpec):
-        a = DTYPE_BYTES[spec.dtype]
-        kvh = spec.kv_heads or spec.heads
-        acts = float(a * spec.head_dim * (2 * spec.heads * spec.tokens + 2 * kvh * spec.kv_len))
-    elif isinstance(spec, TomeMergeSpec):
-        a = DTYPE_BYTES[spec.dtype]
-        acts = float(a * spec.dim * (2 * spec.tokens + spec.tokens - spec.r))
-    elif isinstance(spec, NormSpec):
-        a = DTYPE_BYTES[spec.dtype]
-        acts = float(2 * a * spec.tokens * spec.dim)
-        weights = float(4 * spec.dim * (2 if spec.kind == "layernorm" else 1))
-    elif isinstance(spec, ElementwiseSpec):
-        a = DTYPE_BYTES[spec.dtype]
-        n_in, n_out = ELEMENTWISE_IO[spec.kind]
-        acts = float(a * spec.tokens * spec.dim * (n_in + n_out))
-    else:
-        raise HwsearchError(f"no features for op {spec.op!r}; accepted: {', '.join(OPS)}")
-    return {"weights": weights, "scales": scales, "indices": indices, "activations": acts, "total": weights + acts}
 
 
 def _fmt(spec: OpSpec) -> str:

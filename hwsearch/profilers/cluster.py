@@ -156,6 +156,7 @@ class NodeProfiler:
         self.backend = backend or os.environ.get("HWSEARCH_BACKEND") or "cpu"
         self.threads = node_threads(threads)
         self.seed = seed
+        self.limits: Any = None
 
     def pid(self) -> int:
         """The worker process's id; call it through `worker_pid` to get an answer mid-chunk."""
@@ -165,13 +166,18 @@ class NodeProfiler:
         """Who and what this node is; the fingerprint is read here, on the device."""
         import ray
 
+        from hwsearch.profilers import machine
         from hwsearch.profilers.fingerprint import device_kind, fingerprint
+        from hwsearch.profilers.limits import probe
 
         ctx = ray.get_runtime_context()
         doc = fingerprint(self.backend, self.threads)
         doc["ray_node_id"] = ctx.get_node_id()
+        state = {"before": {**machine.snapshot(), "other_share": machine.LoadMonitor().idle_share()}}
+        self.limits = probe(self.threads, self.backend)  # on the node: its memory, its peaks
         return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "host": socket.gethostname(),
-                "backend": self.backend, "kind": device_kind(self.backend), "threads": self.threads, "fingerprint": doc}
+                "backend": self.backend, "kind": device_kind(self.backend), "threads": self.threads, "fingerprint": doc,
+                "limits": self.limits.as_dict(), "machine": state}
 
     def plan(self, budget: str | int, max_flops: float | None) -> list[tuple[str, dict[str, Any], str]]:
         """(op, params, implementation) the budget measures here: implementations are the device's own."""
@@ -180,19 +186,19 @@ class NodeProfiler:
         return [(spec.op, spec.params(), impl) for spec, impl in plan_tasks(budget, self.backend, self.seed, max_flops)]
 
     def measure_chunk(self, chunk: list[tuple[str, dict[str, Any], str]]) -> list[dict[str, Any]]:
-        """Time each kernel; `measure` sets the thread count every time (Ray reuses processes)."""
+        """Time the chunk's kernels together in interleaved rounds; the thread count is set for every
+        chunk (Ray reuses processes)."""
         import ray
-        import torch
 
-        from hwsearch.profilers.measure import measure
+        from hwsearch.profilers.limits import probe
+        from hwsearch.profilers.measure import measure_many
 
+        if self.limits is None:  # a restarted actor probes again
+            self.limits = probe(self.threads, self.backend)
         node = ray.get_runtime_context().get_node_id()
-        results = []
-        for op, params, impl in chunk:
-            torch.set_num_threads(self.threads)
-            fields = measure(op, params, impl, threads=self.threads, backend=self.backend, seed=self.seed)
+        results = measure_many(chunk, threads=self.threads, backend=self.backend, seed=self.seed, limits=self.limits)
+        for fields in results:
             fields["environment"] = {**fields["environment"], "ray_node_id": node, "host": socket.gethostname()}
-            results.append(fields)
         return results
 
 
@@ -317,6 +323,7 @@ def _profile(engine: Engine, device: str, budget: str | int, threads: int | None
 
     from hwsearch.kernels.specs import spec_from_params
     from hwsearch.profilers import sampling, store
+    from hwsearch.profilers.limits import Limits
     from hwsearch.profilers.progress import progress_bar
     from hwsearch.profilers.runner import CHUNK, ProfileSummary
 
@@ -334,6 +341,8 @@ def _profile(engine: Engine, device: str, budget: str | int, threads: int | None
             first = _first_info(probes, device, bar, bar_id)
             info = first.info or {}
             device_id = store.ensure_device(engine, device, info["kind"], info["fingerprint"])
+            machine_state: dict[str, Any] = dict(info.get("machine") or {})
+            limits = Limits.from_dict(info.get("limits"))
             plan = ray.get(first.handle.plan.remote(budget, max_flops))
             tasks = [(spec_from_params(op, params), impl) for op, params, impl in plan]
             done = store.measured(engine, device_id)
@@ -345,8 +354,10 @@ def _profile(engine: Engine, device: str, budget: str | int, threads: int | None
                 {"budget": budget, "seed": seed, "threads": info["threads"], "backend": info["backend"],
                  "max_flops": max_flops, "mode": "cluster", "address": head,
                  "nodes": [n["NodeManagerAddress"] for n in nodes]},
-                n_planned=len(tasks), n_skipped=len(tasks) - len(todo),
+                n_planned=len(tasks), n_skipped=len(tasks) - len(todo), machine=machine_state,
             )
+            if limits is not None:
+                store.save_limits(engine, device_id, run_id, limits, machine_state)
             queue = deque(_Chunk(todo[i : i + CHUNK]) for i in range(0, len(todo), CHUNK))
             bar.update(bar_id, total=len(todo), completed=0, description=f"profiling {device}")
             inserted = _dispatch(engine, device, device_id, run_id, first, probes, queue, bar, bar_id)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from hwsearch.db.engine import session_scope
-from hwsearch.db.models import Device, KernelConfig, Measurement
+from hwsearch.db.models import Device, KernelConfig, Measurement, ProfileRun
 from hwsearch.errors import unknown
 
 
@@ -22,14 +22,18 @@ def device_table(engine: Engine) -> list[dict[str, Any]]:
     with session_scope(engine) as session:
         devices = session.scalars(select(Device).order_by(Device.name)).all()
         rows = session.execute(
-            select(Measurement.device_id, KernelConfig.op, KernelConfig.params, Measurement.native)
+            select(Measurement.device_id, KernelConfig.op, KernelConfig.params, Measurement.native, Measurement.unstable)
             .join(KernelConfig, KernelConfig.id == Measurement.kernel_id)
         ).all()
+        runs = session.execute(
+            select(ProfileRun.device_id, ProfileRun.machine).where(ProfileRun.machine.is_not(None)).order_by(ProfileRun.id)
+        ).all()
+        last_profile = {device: state for device, state in runs}  # the latest run with a record wins
         last = dict(session.execute(select(Measurement.device_id, func.max(Measurement.created_at)).group_by(Measurement.device_id)).all())
     per: dict[int, dict[str, Any]] = {
-        d.id: {"by_op": {}, "measurements": 0, "native": 0} for d in devices
+        d.id: {"by_op": {}, "measurements": 0, "native": 0, "unstable": 0} for d in devices
     }
-    for device_id, op, params, native in rows:
+    for device_id, op, params, native, unstable in rows:
         entry = per[device_id]
         family = _family(op, params or {})
         counts = entry["by_op"].setdefault(family, {"total": 0, "native": 0})
@@ -37,6 +41,7 @@ def device_table(engine: Engine) -> list[dict[str, Any]]:
         counts["native"] += int(bool(native))
         entry["measurements"] += 1
         entry["native"] += int(bool(native))
+        entry["unstable"] += int(bool(unstable))
     out = []
     for d in devices:
         fp = d.fingerprint or {}
@@ -49,6 +54,8 @@ def device_table(engine: Engine) -> list[dict[str, Any]]:
             "measurements": per[d.id]["measurements"],
             "native": per[d.id]["native"],
             "emulated": per[d.id]["measurements"] - per[d.id]["native"],
+            "unstable": per[d.id]["unstable"],
+            "last_profile": last_profile.get(d.id),
             "by_op": dict(sorted(per[d.id]["by_op"].items())),
             "last_measured": last.get(d.id),
             "created_at": d.created_at,

@@ -11,20 +11,26 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import torch
 from sqlalchemy.engine import Engine
 
 from hwsearch.kernels import registry
 from hwsearch.kernels.specs import OpSpec
-from hwsearch.profilers import sampling, store
+from hwsearch.profilers import machine, sampling, store
 from hwsearch.profilers.fingerprint import device_kind, fingerprint
-from hwsearch.profilers.measure import measure
+from hwsearch.profilers.limits import probe
+from hwsearch.profilers.measure import measure_many
 from hwsearch.profilers.progress import progress_bar
 
-CHUNK = 4
+# Kernels timed together in interleaved rounds and stored in one transaction: large enough that
+# a round of the chunk takes a noticeable time (rounds are that far apart), small enough that a
+# killed run loses little and the chunk's weight copies fit in memory.
+CHUNK = 32
 
 
 @dataclass
@@ -37,6 +43,8 @@ class ProfileSummary:
     already_stored: int
     measured: int
     seconds: float
+    unstable: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -74,8 +82,13 @@ def profile_local(
     seed: int = 0,
     show_progress: bool = True,
     max_flops: float | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> ProfileSummary:
-    """Measure this machine's missing kernels for `budget` into the database."""
+    """Measure this machine's missing kernels for `budget` into the database.
+
+    Before measuring: how busy the machine is, and its limits (bandwidth, peaks), stored in the
+    device's fingerprint; during: the load from other processes after every chunk.
+    """
     budget = sampling.parse_budget(budget)
     threads = threads or default_threads()
     name = name or default_device_name(backend)
@@ -86,25 +99,46 @@ def profile_local(
     started = time.perf_counter()
     if not todo:
         return ProfileSummary(name, device_id, None, str(budget), len(tasks), len(tasks), 0, 0.0)
+    warn = warn or _stderr
+    said: list[str] = []
+
+    def note(message: str | None) -> None:
+        if message and message not in said:
+            said.append(message)
+            warn(message)
+
+    monitor = machine.LoadMonitor()
+    before = monitor.idle_share()
+    note(machine.busy_warning(before, "before the profile"))
+    state: dict[str, object] = {"before": {**machine.snapshot(), "other_share": before}}
     run_id = store.start_run(
         engine, device_id, str(budget), {"budget": budget, "seed": seed, "threads": threads, "backend": backend, "max_flops": max_flops},
-        n_planned=len(tasks), n_skipped=len(tasks) - len(todo),
+        n_planned=len(tasks), n_skipped=len(tasks) - len(todo), machine=state,
     )
-    inserted = 0
+    inserted = unstable = 0
     try:
+        limits = probe(threads, backend)
+        store.save_limits(engine, device_id, run_id, limits, state)
+        monitor.start()
         with progress_bar(show_progress) as bar:
             task = bar.add_task(f"profiling {name}", total=len(todo))
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start : start + CHUNK]
-                results = [
-                    (spec, measure(spec.op, spec.params(), impl, threads=threads, backend=backend, seed=seed))
-                    for spec, impl in chunk
-                ]
-                inserted += store.write_chunk(engine, device_id, run_id, results)
+                fields = measure_many([(spec.op, spec.params(), impl) for spec, impl in chunk], threads=threads,
+                                      backend=backend, seed=seed, limits=limits)
+                note(machine.busy_warning(monitor.sample(), "during the profile"))
+                unstable += sum(bool(f["unstable"]) for f in fields)
+                inserted += store.write_chunk(engine, device_id, run_id, list(zip((s for s, _ in chunk), fields, strict=True)))
                 bar.advance(task, len(chunk))
     except BaseException as err:
-        store.finish_run(engine, run_id, "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", repr(err)[:2000])
+        store.finish_run(engine, run_id, "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", repr(err)[:2000],
+                         machine={**state, "during_peak_other_share": monitor.peak})
         raise
-    store.finish_run(engine, run_id, "done")
+    store.finish_run(engine, run_id, "done", machine={**state, "during_peak_other_share": monitor.peak,
+                                                      "after": machine.snapshot(), "warnings": said})
     return ProfileSummary(name, device_id, run_id, str(budget), len(tasks), len(tasks) - len(todo), inserted,
-                          round(time.perf_counter() - started, 2))
+                          round(time.perf_counter() - started, 2), unstable, said)
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")

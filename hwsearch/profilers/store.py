@@ -21,6 +21,7 @@ from hwsearch.db.models import Device, KernelConfig, Measurement, ProfileRun, ut
 from hwsearch.db.ops import get_or_create, insert_ignore
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.specs import OpSpec
+from hwsearch.profilers.limits import Limits
 
 HARDWARE_KEYS = ("cpu_model", "cpu_count", "gpu_name", "backend")
 
@@ -56,7 +57,8 @@ def measured(engine: Engine, device_id: int) -> set[tuple[str, str]]:
     return {(key, impl) for key, impl in rows}
 
 
-def start_run(engine: Engine, device_id: int, budget: str, requested: dict[str, Any], n_planned: int, n_skipped: int) -> int:
+def start_run(engine: Engine, device_id: int, budget: str, requested: dict[str, Any], n_planned: int, n_skipped: int,
+              machine: dict[str, Any] | None = None) -> int:
     """A ProfileRun row; earlier runs of this host whose process is gone are marked interrupted."""
     host = socket.gethostname()
     with session_scope(engine, immediate=True) as session:  # read-then-write: take the write lock first
@@ -68,7 +70,7 @@ def start_run(engine: Engine, device_id: int, budget: str, requested: dict[str, 
                 run.status, run.finished_at = "interrupted", utcnow()
         run = ProfileRun(
             device_id=device_id, budget=budget, requested={**requested, "pid": os.getpid()},
-            status="running", n_planned=n_planned, n_skipped=n_skipped, host=host,
+            status="running", n_planned=n_planned, n_skipped=n_skipped, host=host, machine=machine,
         )
         session.add(run)
         session.flush()
@@ -111,11 +113,24 @@ def write_chunk(engine: Engine, device_id: int, run_id: int | None, results: Seq
     return inserted
 
 
-def finish_run(engine: Engine, run_id: int, status: str, error: str | None = None) -> None:
+def finish_run(engine: Engine, run_id: int, status: str, error: str | None = None,
+               machine: dict[str, Any] | None = None) -> None:
+    values: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow()}
+    if machine is not None:
+        values["machine"] = machine
     with session_scope(engine) as session:
-        session.execute(
-            update(ProfileRun).where(ProfileRun.id == run_id).values(status=status, error=error, finished_at=utcnow())
-        )
+        session.execute(update(ProfileRun).where(ProfileRun.id == run_id).values(**values))
+
+
+def save_limits(engine: Engine, device_id: int, run_id: int | None, limits: Limits, machine: dict[str, Any]) -> None:
+    """The device's measured limits go into its fingerprint (the latest profile's) and the run's record."""
+    machine["limits"] = limits.as_dict()
+    with session_scope(engine) as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device.fingerprint = {**(device.fingerprint or {}), "limits": limits.as_dict()}
+        if run_id is not None:
+            session.execute(update(ProfileRun).where(ProfileRun.id == run_id).values(machine=machine))
 
 
 def count_measurements(engine: Engine, device_id: int) -> int:

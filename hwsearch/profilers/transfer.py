@@ -26,6 +26,7 @@ from hwsearch.profilers.coverage import device_id
 SCHEMA = "hwsearch.device-profile/v1"
 FIELDS = ("implementation", "backend", "native", "median_us", "p10_us", "p90_us", "mean_us", "repeats", "cov",
           "threads", "environment")
+ROUND_FIELDS = ("rounds", "spread", "unstable")  # absent in files written before rounds existed
 CHUNK = 500
 
 
@@ -48,7 +49,8 @@ def export_device(engine: Engine, name: str, path: str | Path) -> dict[str, Any]
             "schema": SCHEMA,
             "device": {"name": device.name, "kind": device.kind, "fingerprint": device.fingerprint},
             "measurements": [
-                {"op": op, "params": params, **{f: getattr(m, f) for f in FIELDS}, "created_at": m.created_at.isoformat()}
+                {"op": op, "params": params, **{f: getattr(m, f) for f in FIELDS + ROUND_FIELDS},
+                 "created_at": m.created_at.isoformat()}
                 for op, params, m in rows
             ],
         }
@@ -79,7 +81,7 @@ def import_device(engine: Engine, path: str | Path, name: str | None = None) -> 
     results = []
     for row in rows:
         spec = spec_from_params(row["op"], row["params"])
-        results.append((spec, {f: row[f] for f in FIELDS}))
+        results.append((spec, {**{f: row[f] for f in FIELDS}, **{f: row[f] for f in ROUND_FIELDS if f in row}}))
     inserted = 0
     for start in range(0, len(results), CHUNK):
         inserted += store.write_chunk(engine, dev, None, results[start : start + CHUNK])

@@ -84,7 +84,7 @@ def self_check(backend: str = "cpu", threads: int | None = None) -> SelfCheck:
     if missing:
         raise HwsearchError(f"self-check reached no shape for {', '.join(missing)}; accepted: kernels the check covers")
     timed = measure("linear", LinearSpec(8, 256, 256, "bf16").params(), registry.select(LinearSpec(8, 256, 256, "bf16"), backend).name,
-                    threads=threads or 1, backend=backend, repeats=20)
+                    threads=threads or 1, backend=backend)
     return SelfCheck(backend, sorted(checked), cases, timed["median_us"])
 
 

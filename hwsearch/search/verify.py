@@ -1,8 +1,8 @@
 """Verification: the chosen plans built with `apply_plan` and timed end to end on the device.
 
 A plan's predicted latency came from kernel predictions plus the device's overhead term; here
-the real compressed module is timed with the profiler's harness (warm-up, >= 20 repeats,
-median, p10/p90) at the device's thread count, on the device's own machine: in the runner when
+the real compressed module is timed with the profiler's harness (blocks, interleaved rounds,
+median of the round medians) at the device's thread count, on the device's own machine: in the runner when
 that is the device's host, else as a Ray task on the node offering the resource `device:NAME`.
 Quality, where the job has it, is measured for real on the held-out split. Predicted and
 measured figures are stored side by side (`verifications`), and the measurements can refit
@@ -48,22 +48,22 @@ def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None
 
 def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: str = "cpu",
                module: Any = None, example_inputs: Any = None) -> list[dict[str, float]]:
-    """Median/p10/p90 end-to-end latency (ms) of each plan built on the real module."""
+    """End-to-end latency (ms) of each plan built on the real module: the profiler's protocol
+    (blocks, rounds interleaved across the plans, stability gate), median of the round medians."""
     import torch
 
     from hwsearch.kernels.apply import apply_plan
-    from hwsearch.profilers.timing import time_calls
+    from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
 
     base, x = torch_model(model, module, example_inputs)
     args = x if isinstance(x, tuple) else (x,)
-    out = []
-    for plan in plans:
-        with torch.inference_mode():
-            built = apply_plan(base, plan, model, backend=backend).eval()
-            t = time_calls([lambda m=built: m(*args)], threads=threads)
-        del built
-        out.append({"measured_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "cov": t.cov})
-    return out
+    with torch.inference_mode():
+        built = [apply_plan(base, plan, model, backend=backend).eval() for plan in plans]
+        timings = time_items([[lambda m=m: m(*args)] for m in built], threads=threads,
+                             device="cuda" if backend == "cuda" else "cpu", protocol=MODEL_PROTOCOL)
+    del built
+    return [{"measured_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "cov": t.cov,
+             "spread": t.spread, "unstable": t.unstable} for t in timings]
 
 
 def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, plans: Sequence[Plan],
