@@ -67,6 +67,7 @@ def run(
 
     from hwsearch.kernels import registry
     from hwsearch.kernels.apply import apply_plan
+    from hwsearch.profilers.noise import stored_noise
     from hwsearch.profilers.timing import MODEL_PROTOCOL, time_calls
     from hwsearch.spaces.knobs import Capabilities, SearchSpace
 
@@ -142,6 +143,12 @@ def run(
                     "overhead is kept only if that beats the kernel sum alone (else the kernel sum is scored)"),
         "target": {"mape_max": 10.0, "met": bool(mape(loo, y) <= 10.0)},
         "measurement_noise_median_cov": float(np.median([r["measured_cov"] for r in rows])),
+        "noise_floor": {
+            "plans_median_round_spread": float(np.median([r["measured_spread"] for r in rows])),
+            "kernels": stored_noise(engine, device),
+            "note": "the plans' spread between timing rounds, and the stored kernels' round agreement; "
+                    "`hwsearch bench repeat` re-times kernels for the full figure",
+        },
         "rows": rows,
     }
     if store:

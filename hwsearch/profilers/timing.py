@@ -51,9 +51,9 @@ class Protocol:
 
     rounds: int = 3
     block_seconds: float = 1e-3
-    min_blocks: int = 10
+    min_blocks: int = 5
     max_blocks: int = 100
-    round_seconds: float = 0.1  # cap on one item's round (a block in flight is finished)
+    round_seconds: float = 0.06  # cap on one item's round (a block in flight is finished)
     threshold: float = 0.02  # IQR/median of a round's blocks that ends the round early
     gate: float = 0.05  # how far above the fastest round the second may be (else re-measure, then flag)
     extra_rounds: int = 2
@@ -168,10 +168,11 @@ class Harness:
         return n, at
 
     def round(self, item: Item) -> float:
-        """One round: get the copies, warm every copy once, time blocks; the round's floor per call."""
+        """One round: get the copies (warmed in the first round), time blocks; the round's floor per call."""
         calls = item.make()
-        _, at = self._block(calls, len(calls), 0)
-        if item.number <= 0:
+        at = 0
+        if item.number <= 0:  # first round: every copy once (first touch), then size the block
+            _, at = self._block(calls, len(calls), 0)
             item.number, at = self.size(calls, at)
         samples: list[float] = []
         start = self.clock()
