@@ -36,6 +36,9 @@ NAMESPACE = "hwsearch"
 ACTOR_PREFIX = "profiler"
 MAX_RESTARTS = 3  # a killed worker process comes back this often per node
 MAX_ATTEMPTS = 3  # a chunk whose worker dies this often is reported, not retried forever
+# Kernels per chunk handed to a node: several nodes of one device share the work chunk by chunk, so
+# chunks stay small here; a chunk's kernels are still timed together in interleaved rounds.
+NODE_CHUNK = 4
 CONNECT_TIMEOUT_S = 3.0
 START_GRACE_S = 15.0  # how long nodes that start together wait for each other
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -325,7 +328,7 @@ def _profile(engine: Engine, device: str, budget: str | int, threads: int | None
     from hwsearch.profilers import sampling, store
     from hwsearch.profilers.limits import Limits
     from hwsearch.profilers.progress import progress_bar
-    from hwsearch.profilers.runner import CHUNK, ProfileSummary
+    from hwsearch.profilers.runner import ProfileSummary
 
     budget = sampling.parse_budget(budget)
     check_device_name(device)
@@ -358,7 +361,7 @@ def _profile(engine: Engine, device: str, budget: str | int, threads: int | None
             )
             if limits is not None:
                 store.save_limits(engine, device_id, run_id, limits, machine_state)
-            queue = deque(_Chunk(todo[i : i + CHUNK]) for i in range(0, len(todo), CHUNK))
+            queue = deque(_Chunk(todo[i : i + NODE_CHUNK]) for i in range(0, len(todo), NODE_CHUNK))
             bar.update(bar_id, total=len(todo), completed=0, description=f"profiling {device}")
             inserted = _dispatch(engine, device, device_id, run_id, first, probes, queue, bar, bar_id)
     except BaseException as err:
