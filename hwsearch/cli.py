@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from hwsearch.errors import HwsearchError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     help="Hardware-aware compression search.",
@@ -22,6 +25,14 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: each prints numbers (use --json for one JSON document).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+def wide_console() -> Console:
+    """Rich console for tables: the terminal's width, or 200 columns when output goes to a file or
+    pipe (rich's 80-column default there squeezes wide tables into unreadable columns)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def emit_json(doc: Any) -> None:
@@ -216,10 +227,9 @@ def device_caption(dev: dict[str, Any]) -> str:
 
 
 def print_device_table(table: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = wide_console()
     if not table:
         console.print("No devices yet. Profile this machine with [bold]hwsearch profile --local[/bold].")
         return
@@ -250,7 +260,7 @@ def bench_kernels(
     if as_json:
         emit_json(doc)
         return
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     limits = doc.get("limits")
@@ -264,9 +274,9 @@ def bench_kernels(
     for r in doc["rows"]:
         note = "legacy" if r["rounds"] is None else f"{r['rounds']} ±{100 * r['spread']:.0f}%" + (" [red]unstable" if r["unstable"] else "")
         grid.add_row("×".join(map(str, r["shape"])), r["format"], r["sparsity"], str(r["rank"] or "full"),
-                     "yes" if r["native"] else "[red]emulated", r["implementation"], f"{r['median_us']:.1f}",
+                     "yes" if r["native"] else "[red]emulated", escape(r["implementation"]), f"{r['median_us']:.1f}",
                      f"{r['speedup_vs_bf16']:.2f}", f"{r['achieved_gbs']:.1f}", f"{r['achieved_tflops']:.3f}", note)
-    Console().print(grid)
+    wide_console().print(grid)
 
 
 @bench_app.command("help")
@@ -293,7 +303,6 @@ def bench_help(
     if as_json:
         emit_json(doc)
         return
-    from rich.console import Console
     from rich.table import Table
 
     pub = doc["published"]
@@ -309,7 +318,7 @@ def bench_help(
                  "-" if mean_ref is None else f"[bold]{mean_ref:.3f}")
     for name, val in pub["baselines"].items():
         grid.add_row(f"[dim]{name}", "", "", f"[dim]{val:.3f}")
-    Console().print(grid)
+    wide_console().print(grid)
 
 
 @bench_app.command("gemm-transfer")
@@ -332,7 +341,6 @@ def bench_gemm_transfer(
     if as_json:
         emit_json(doc)
         return
-    from rich.console import Console
     from rich.table import Table
 
     grid = Table(title=f"GEMM transfer {source} -> {target}: {shots} shots ({min(REFERENCE, shots)} fixed reference "
@@ -342,7 +350,7 @@ def bench_gemm_transfer(
     for col in ("Spearman", "within ±10 %", "MAPE %"):
         grid.add_column(col, justify="right")
     grid.add_row(f"{doc['spearman']:.3f}", f"{doc['within_10pct']:.3f}", f"{doc['mape']:.1f}")
-    Console().print(grid)
+    wide_console().print(grid)
 
 
 @app.command("train")
@@ -409,7 +417,6 @@ def bench_repeat(
     if as_json:
         emit_json(doc)
         return
-    from rich.console import Console
     from rich.table import Table
 
     grid = Table(title=f"{device}: {doc['n']} stored kernels re-timed now ({doc['unstable']} stored unstable, "
@@ -420,7 +427,7 @@ def bench_repeat(
         if m["n"]:
             grid.add_row(label, str(m["n"]), f"{m['within_5pct']:.1%}", f"{m['within_10pct']:.1%}",
                          f"{m['median_abs_log_ratio']:.3f}", f"{m['ratio_p10']:.2f}–{m['ratio_p90']:.2f}")
-    console = Console()
+    console = wide_console()
     console.print(grid)
     for ref in doc["references"]:
         console.print(f"  reference: {ref}")
@@ -440,7 +447,6 @@ def bench_predictors(
     if as_json:
         emit_json(doc)
         return
-    from rich.console import Console
     from rich.table import Table
 
     rounds = doc["noise_floor"].get("rounds") or {}
@@ -459,7 +465,7 @@ def bench_predictors(
                 rho = "-" if m["spearman"] is None else f"{m['spearman']:.3f}"
                 grid.add_row(split, fam, str(m["n"]), f"{m['within_10pct']:.1%}", f"{m['within_5pct']:.1%}",
                              f"{m['mape']:.1f}", rho)
-    Console().print(grid)
+    wide_console().print(grid)
 
 
 @bench_app.command("quality")
@@ -897,7 +903,6 @@ def cluster_status(
     if as_json:
         emit_json(doc)
         return
-    from rich.console import Console
     from rich.table import Table
 
     grid = Table(title=f"Ray cluster at {doc['address']}", title_justify="left")
@@ -906,7 +911,7 @@ def cluster_status(
     for node in doc["nodes"]:
         grid.add_row(node["node_id"][:12], node["address"], "yes" if node["alive"] else "[red]no",
                      ", ".join(node["devices"]) or "-", f"{node['cpus']:g}")
-    Console().print(grid)
+    wide_console().print(grid)
     if not doc["devices"]:
         typer.echo("no node offers a device yet; on the device run: "
                    f"hwsearch worker --device NAME --address {doc['address']}")

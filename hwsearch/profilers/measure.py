@@ -5,10 +5,10 @@ in this process or in a Ray worker on another machine, and returns plain dicts r
 The kernels of one call are built once (prepared weights, rotated copies) and timed together in
 interleaved rounds (see `timing`). They are not rebuilt per round: on a VM, freeing hundreds of
 MB wakes kernel work (free-page reporting, zeroing) that takes a vCPU for up to a second and
-halves a 2-thread kernel's speed in that time (seen on this project's 2-core VM: 3–6 of 40 half-
-second windows at half speed while buffers were allocated and freed, none without). Each result is checked
-against the machine's limits, and one that beats memory bandwidth is re-measured colder (four
-times the copies) and flagged when that does not help.
+halves a 2-thread kernel's speed in that time (seen on this project's 2-core VM: 3–6 of 40
+half-second windows at half speed while buffers were allocated and freed, 0–1 of 60 without).
+Each result is checked against the machine's limits, and one that beats memory bandwidth is
+re-measured colder (four times the copies) and flagged when that does not help.
 """
 
 from __future__ import annotations
@@ -40,9 +40,14 @@ def state_bytes(state: dict[str, Any]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
 
 
+def _opaque(state: dict[str, Any]) -> bool:
+    """Whether the state holds objects that are not tensors (fbgemm's packed weights)."""
+    return any(not isinstance(v, torch.Tensor) and v is not None for v in state.values())
+
+
 def _clone(state: dict[str, Any]) -> dict[str, Any] | None:
-    """A copy in new memory, or None when the state holds opaque objects (prepare again)."""
-    if not all(isinstance(v, torch.Tensor) or v is None for v in state.values()):
+    """A copy in new memory, or None when the state is opaque (prepare again)."""
+    if _opaque(state):
         return None
     return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
 
@@ -64,8 +69,7 @@ def build(spec: OpSpec, kernel: Kernel, copies: int | None, cold_bytes: int, dev
     """
     params, acts = make_inputs(spec, seed=seed, device=device)
     state = kernel.prepare(spec, params)
-    opaque = any(not isinstance(v, torch.Tensor) and v is not None for v in state.values())
-    weights = int(bytes_moved(spec)["weights"]) if opaque else state_bytes(state)
+    weights = int(bytes_moved(spec)["weights"]) if _opaque(state) else state_bytes(state)
     size = weights + sum(a.numel() * a.element_size() for a in acts)
     n = copies or copies_for(size, cold_bytes)
     calls: list[Callable[[], object]] = [lambda s=state, a=acts: kernel.run(spec, s, *a)]
