@@ -2,7 +2,7 @@
 
 Each plan is drawn from the model's search space on the device (native choices only, a random
 merge schedule half the time), built into the torch model with `apply_plan`, and timed with the
-profiler's harness (`time_calls`: warm-up, >= 20 repeats, median) at the device's thread count.
+profiler's harness (`time_calls` with `MODEL_PROTOCOL`: blocks, rounds, the floor) at the device's thread count.
 
 Predictions are the sum of predicted kernel latencies plus the device's overhead term. The
 overhead is fitted on the timed plans themselves, so the scores use leave-one-out: each plan is

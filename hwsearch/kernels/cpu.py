@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,9 @@ class Int8Fbgemm(CpuLinear):
     def prepare(self, spec: LinearSpec, params: State) -> State:
         w = apply_nm(params["weight"], spec.nm).float()
         scale = (w.abs().amax(dim=1).clamp_min(1e-12) / 127.0).double()
-        wq = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        with warnings.catch_warnings():  # torch 2.13 marks quantised tensor creation deprecated; fbgemm needs it
+            warnings.simplefilter("ignore", UserWarning)
+            wq = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
         bias = params.get("bias")
         packed = torch.ops.quantized.linear_prepack(wq, None if bias is None else bias.float())
         return {"packed": packed}  # type: ignore[dict-item]

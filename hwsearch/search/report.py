@@ -87,7 +87,7 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
     if not rows:
         console.print("No plans verified (verify_top_k = 0, or no feasible Pareto point).")
         return
-    grid = Table(title="Predicted vs measured on the device (end-to-end, median of >= 20 runs)", title_justify="left")
+    grid = Table(title="Predicted vs measured on the device (end-to-end: floor of 3 interleaved rounds; p10/p90 over all timed blocks)", title_justify="left")
     cols = ["trial", "predicted_ms", "measured_ms", "p10_ms", "p90_ms"]
     if any("measured_quality" in r for r in rows):
         cols += ["predicted_quality", "measured_quality"]
