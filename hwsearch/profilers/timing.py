@@ -12,8 +12,9 @@ pyperf, Google Benchmark):
 - **rounds, interleaved**: every item is timed in `rounds` rounds, each round visiting all items
   in a new shuffled order (Google Benchmark's random interleaving), so a burst of background load
   lands in one round of many items rather than in every sample of one.
-- **rebuilt each round**: an item may build its copies anew every round (new memory, new
-  placement), so a round is as independent of the others as a later re-measurement would be.
+- **built once**: an item's copies may be built anew each round (`Item.make`), but the profiler
+  builds a group's kernels once: rebuilding churns memory, and on a VM that slows a 2-thread
+  kernel for up to a second (see `measure`).
 - **statistic**: the floor, the fastest block of all rounds, confirmed by a second round.
   Interference (another tenant's memory traffic, which on these VMs switches the read rate
   between two levels for seconds at a time; kernel work on a vCPU, which halves a 2-thread
@@ -21,8 +22,8 @@ pyperf, Google Benchmark):
   is what a later measurement reproduces, where a median follows whichever state most samples
   happened to hit and a mean carries every disturbance. Measured on this project's 2-core VM
   (32 kernels of the quick plan, built and timed three times): the floor agreed between
-  repetitions within ±10 % for 77 % of pairs at 2 threads (90 % at 1 thread), the median of
-  the round medians for 55 % (66 %).
+  repetitions within ±10 % for 77–79 % of pairs at 2 threads (90 % at 1 thread), the median of
+  three round medians for 55 % (66 %).
 - **stability gate**: the floor must be confirmed: the second-fastest round's floor within
   `gate` of it. An unconfirmed item is re-measured in `extra_rounds` more rounds (interleaved
   among such items); still unconfirmed, it is flagged `unstable` and stored with its spread
@@ -37,7 +38,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -84,9 +85,6 @@ class Timing:
     round_floors_us: tuple[float, ...] = ()
     block_calls: int = 1
     blocks: int = 0
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
     def fields(self) -> dict[str, object]:
         """The measurement columns (the rest goes into the measurement's environment)."""
