@@ -15,20 +15,17 @@ Timing needs the machine itself: only a device profiled on this host can be benc
 from __future__ import annotations
 
 import random
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from hwsearch.db.engine import session_scope
-from hwsearch.db.models import Device
 from hwsearch.errors import HwsearchError
-from hwsearch.predictors.dataset import device_backend
 from hwsearch.predictors.metrics import mape, within_pct
 from hwsearch.predictors.model_latency import ModelLatency, Overhead, store_overhead
 from hwsearch.predictors.registry import best_predictor
+from hwsearch.profilers.coverage import local_fingerprint
 from hwsearch.spaces.catalog import get_model
 
 TIMED_MODELS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "digits_vit")
@@ -75,14 +72,7 @@ def run(
         raise HwsearchError(f"plans={plans} is too few to fit and score the overhead; accepted: 3 or more")
     models = [m.strip() for m in model.split(",") if m.strip()]
     specs = {m: get_model(m) for m in models}
-    dev_id, _ = device_backend(engine, device)
-    with session_scope(engine) as session:
-        fp = dict(session.get(Device, dev_id).fingerprint or {})
-    if fp.get("host") != socket.gethostname():
-        raise HwsearchError(
-            f"device {device!r} was profiled on host {fp.get('host')!r}, not this one ({socket.gethostname()!r}); "
-            "accepted: run the benchmark on the device's own machine"
-        )
+    fp = local_fingerprint(engine, device, "hwsearch bench model-latency")
     backend = fp.get("backend", "cpu")
     threads = threads or fp.get("threads") or 1
     answer = best_predictor(engine, device)

@@ -9,7 +9,6 @@ the noise floor: no predictor can be expected to land closer to a measurement th
 from __future__ import annotations
 
 import random
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from hwsearch.db.engine import session_scope
-from hwsearch.db.models import Device, KernelConfig, Measurement
+from hwsearch.db.models import KernelConfig, Measurement
 from hwsearch.errors import HwsearchError
 from hwsearch.profilers import machine
-from hwsearch.profilers.coverage import device_id
+from hwsearch.profilers.coverage import device_id, local_fingerprint
 from hwsearch.profilers.limits import Limits
 from hwsearch.profilers.measure import measure_many
 from hwsearch.profilers.noise import agreement
@@ -38,9 +37,9 @@ def run(engine: Engine, device: str, sample: int = 100, seed: int = 0,
     """Re-time `sample` stored kernels of `device` now and compare with the stored values."""
     if sample < 1:
         raise HwsearchError(f"--sample {sample} is out of range; accepted: 1 or more")
+    fp = local_fingerprint(engine, device, "hwsearch bench repeat")
     dev = device_id(engine, device)
     with session_scope(engine) as session:
-        fp = dict(session.get(Device, dev).fingerprint or {})
         rows = session.execute(
             select(KernelConfig.op, KernelConfig.params, Measurement.implementation, Measurement.threads,
                    Measurement.median_us, Measurement.unstable, Measurement.rounds)
@@ -48,11 +47,6 @@ def run(engine: Engine, device: str, sample: int = 100, seed: int = 0,
             .where(Measurement.device_id == dev)
             .order_by(Measurement.id)
         ).all()
-    if fp.get("host") != socket.gethostname():
-        raise HwsearchError(
-            f"device {device!r} was profiled on host {fp.get('host')!r}, not this one ({socket.gethostname()!r}); "
-            "accepted: run `hwsearch bench repeat` on the device's own machine"
-        )
     if not rows:
         raise HwsearchError(f"device {device!r} has no measurements; profile it first: `hwsearch profile --local --name {device}`")
     picked = random.Random(seed).sample(list(rows), min(sample, len(rows)))
@@ -61,12 +55,10 @@ def run(engine: Engine, device: str, sample: int = 100, seed: int = 0,
     monitor = machine.LoadMonitor()
     before = monitor.idle_share()
     monitor.start()
-    now: list[dict[str, Any]] = []
     by_threads: dict[int, list[int]] = {}
     for i, r in enumerate(picked):
         by_threads.setdefault(int(r.threads or fp.get("threads") or 1), []).append(i)
     results: dict[int, dict[str, Any]] = {}
-    done = 0
     for threads, idx in by_threads.items():
         for start in range(0, len(idx), CHUNK):
             group = idx[start : start + CHUNK]
@@ -74,9 +66,9 @@ def run(engine: Engine, device: str, sample: int = 100, seed: int = 0,
                                   threads=threads, backend=backend, seed=seed + 1, limits=limits)
             results.update(zip(group, fields, strict=True))
             monitor.sample()
-            done += len(group)
             if progress:
-                progress(done, len(picked))
+                progress(len(results), len(picked))
+    now: list[dict[str, Any]] = []
     for i, r in enumerate(picked):
         f = results[i]
         now.append({"op": r.op, "params": dict(r.params), "implementation": r.implementation,

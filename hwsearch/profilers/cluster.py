@@ -344,7 +344,7 @@ def _profile(engine: Engine, device: str, budget: str | int, threads: int | None
             first = _first_info(probes, device, bar, bar_id)
             info = first.info or {}
             device_id = store.ensure_device(engine, device, info["kind"], info["fingerprint"])
-            machine_state: dict[str, Any] = dict(info.get("machine") or {})
+            machine_state: dict[str, Any] = {**(info.get("machine") or {}), "limits": info.get("limits")}
             limits = Limits.from_dict(info.get("limits"))
             plan = ray.get(first.handle.plan.remote(budget, max_flops))
             tasks = [(spec_from_params(op, params), impl) for op, params, impl in plan]
@@ -360,7 +360,7 @@ def _profile(engine: Engine, device: str, budget: str | int, threads: int | None
                 n_planned=len(tasks), n_skipped=len(tasks) - len(todo), machine=machine_state,
             )
             if limits is not None:
-                store.save_limits(engine, device_id, run_id, limits, machine_state)
+                store.save_limits(engine, device_id, limits)
             queue = deque(_Chunk(todo[i : i + NODE_CHUNK]) for i in range(0, len(todo), NODE_CHUNK))
             bar.update(bar_id, total=len(todo), completed=0, description=f"profiling {device}")
             inserted = _dispatch(engine, device, device_id, run_id, first, probes, queue, bar, bar_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from sqlalchemy import func, select
@@ -9,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Device, KernelConfig, Measurement, ProfileRun
-from hwsearch.errors import unknown
+from hwsearch.errors import HwsearchError, unknown
 
 
 def _family(op: str, params: dict[str, Any]) -> str:
@@ -71,3 +72,16 @@ def device_id(engine: Engine, name: str) -> int:
             names = session.scalars(select(Device.name).order_by(Device.name)).all()
             raise unknown("device", name, names or ["(none yet: run `hwsearch profile --local`)"])
         return found
+
+
+def local_fingerprint(engine: Engine, name: str, command: str) -> dict[str, Any]:
+    """The fingerprint of a device profiled on this machine; `command` needs its host to time anything."""
+    dev = device_id(engine, name)
+    with session_scope(engine) as session:
+        fp = dict(session.get(Device, dev).fingerprint or {})
+    if fp.get("host") != socket.gethostname():
+        raise HwsearchError(
+            f"device {name!r} was profiled on host {fp.get('host')!r}, not this one ({socket.gethostname()!r}); "
+            f"accepted: run `{command}` on the device's own machine"
+        )
+    return fp

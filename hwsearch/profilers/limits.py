@@ -117,10 +117,6 @@ def achieved(spec: OpSpec, median_us: float) -> dict[str, float]:
     return {"gbs": bytes_moved(spec)["total"] / seconds / 1e9, "gflops": spec.flops / seconds / 1e9}
 
 
-def fmt_of(spec: OpSpec) -> str:
-    return spec.format if isinstance(spec, LinearSpec) else getattr(spec, "dtype", "bf16")
-
-
 def beyond(spec: OpSpec, median_us: float, limits: Limits, span_bytes: int) -> str | None:
     """Which limit the measurement breaks ("bandwidth" or "compute"), if any.
 
@@ -131,7 +127,7 @@ def beyond(spec: OpSpec, median_us: float, limits: Limits, span_bytes: int) -> s
     ceiling = limits.memory_gbs if span_bytes >= limits.cold_bytes else limits.cache_gbs
     if got["gbs"] > BANDWIDTH_TOLERANCE * ceiling:
         return "bandwidth"
-    peak = limits.peak(fmt_of(spec)) if isinstance(spec, LinearSpec) else None
+    peak = limits.peak(spec.format) if isinstance(spec, LinearSpec) else None
     if peak and spec.flops >= 1e8 and got["gflops"] > COMPUTE_TOLERANCE * peak:
         return "compute"
     return None

@@ -118,7 +118,8 @@ def profile_local(
     inserted = unstable = 0
     try:
         limits = probe(threads, backend)
-        store.save_limits(engine, device_id, run_id, limits, state)
+        state["limits"] = limits.as_dict()  # stored with the run when it finishes
+        store.save_limits(engine, device_id, limits)
         monitor.start()
         with progress_bar(show_progress) as bar:
             task = bar.add_task(f"profiling {name}", total=len(todo))

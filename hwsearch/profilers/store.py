@@ -122,15 +122,12 @@ def finish_run(engine: Engine, run_id: int, status: str, error: str | None = Non
         session.execute(update(ProfileRun).where(ProfileRun.id == run_id).values(**values))
 
 
-def save_limits(engine: Engine, device_id: int, run_id: int | None, limits: Limits, machine: dict[str, Any]) -> None:
-    """The device's measured limits go into its fingerprint (the latest profile's) and the run's record."""
-    machine["limits"] = limits.as_dict()
+def save_limits(engine: Engine, device_id: int, limits: Limits) -> None:
+    """The device's measured limits go into its fingerprint (the latest profile's)."""
     with session_scope(engine) as session:
         device = session.get(Device, device_id)
         assert device is not None
         device.fingerprint = {**(device.fingerprint or {}), "limits": limits.as_dict()}
-        if run_id is not None:
-            session.execute(update(ProfileRun).where(ProfileRun.id == run_id).values(machine=machine))
 
 
 def count_measurements(engine: Engine, device_id: int) -> int:
