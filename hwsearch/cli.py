@@ -509,7 +509,12 @@ def bench_model_latency(
         emit_json(doc)
         return
     typer.echo(f"{model} on {device}, {plans} random plans ({doc['predictor']['detail']}): MAPE {doc['mape']:.1f} %, "
-               f"within ±10 % {doc['within_10pct']:.0%} (kernel sum alone: MAPE {doc['kernel_sum_only']['mape']:.1f} %)")
+               f"within ±10 % {doc['within_10pct']:.0%} (kernel sum alone: MAPE {doc['kernel_sum_only']['mape']:.1f} %); "
+               f"noise floor (the same plans timed twice): MAPE {doc['noise_floor_mape']:.1f} %")
+    for name, m in doc["per_model"].items():
+        rho = "-" if m["spearman"] is None else f"{m['spearman']:.2f}"
+        typer.echo(f"  {name}: {m['plans']} plans, MAPE {m['mape']:.1f} %, Spearman {rho}, worst under-prediction "
+                   f"{m['worst_under_prediction_pct']:.1f} %; timed twice: MAPE {m['noise_floor_mape']:.1f} %")
 
 
 class _BenchProgress:

@@ -153,3 +153,17 @@ def test_devices_export_import_round_trip(db_url, sqlite_url, tmp_path: Path):
     (tmp_path / "bad.json").write_text('{"schema": "other"}')
     with pytest.raises(HwsearchError, match="accepted: hwsearch.device-profile/v1"):
         import_device(target, tmp_path / "bad.json")
+
+
+def test_bench_repeat_retimes_stored_kernels(sqlite_url):
+    from hwsearch.bench.repeat import run as run_repeat
+
+    engine = open_db(sqlite_url)
+    profile_local(engine, name="again", budget=6, threads=1, show_progress=False, max_flops=TINY)
+    doc = run_repeat(engine, "again", sample=4, seed=1)
+    assert doc["n"] == 4 and len(doc["rows"]) == 4 and 0.0 <= doc["within_10pct"] <= 1.0
+    assert doc["within_5pct"] <= doc["within_10pct"] and doc["median_abs_log_ratio"] >= 0
+    assert {r["implementation"] for r in doc["rows"]} and all(r["now_us"] > 0 for r in doc["rows"])
+    with pytest.raises(HwsearchError, match="accepted: 1 or more"):
+        run_repeat(engine, "again", sample=0)
+    engine.dispose()
