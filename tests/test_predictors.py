@@ -27,7 +27,7 @@ from hwsearch.kernels.expand import model_kernels
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
 from hwsearch.predictors import registry
 from hwsearch.predictors.base import MAGIC, LatencyPredictor
-from hwsearch.predictors.dataset import load_dataset
+from hwsearch.predictors.dataset import device_dispatch, load_dataset
 from hwsearch.predictors.features import (
     FEATURE_NAMES,
     INDEX,
@@ -204,17 +204,20 @@ def test_roofline_comes_from_large_and_decode_gemms():
 
 
 # -- dataset and storage ---------------------------------------------------------------------------
-def test_dataset_uses_the_implementation_the_registry_selects(tmp_path):
+@pytest.mark.parametrize("fastest", [0, 1])
+def test_dataset_uses_the_implementation_the_device_measured_fastest(tmp_path, fastest):
+    """What a model runs on a device is its dispatch's pick, so that is what predictors learn."""
     engine = open_db(f"sqlite:///{tmp_path / 'd.db'}")
     spec = LinearSpec(197, 768, 3072, "int8")
     dev = store.ensure_device(engine, "two-impls", "cpu", {"backend": "cpu", "host": "x"})
     impls = [k.name for k in kernel_registry.implementations(spec, "cpu")]
-    rows = [(spec, _fields(spec, 1.0 + i, impl)) for i, impl in enumerate(reversed(impls))]
-    rows += [(s, _fields(s, synthetic_ms(s))) for s in reference_set()]
+    rows = [(spec, _fields(spec, 1.0 if i == fastest else 2.0, impl)) for i, impl in enumerate(impls)]
+    rows += [(s, _fields(s, synthetic_ms(s))) for s in reference_set() if s != spec]
     store.write_chunk(engine, dev, None, rows)
     ds = load_dataset(engine, "two-impls")
     i = ds.specs.index(spec)
-    assert ds.implementations[i] == kernel_registry.select(spec, "cpu").name
+    assert ds.implementations[i] == impls[fastest] and ds.y_ms[i] == pytest.approx(1.0)
+    assert device_dispatch(engine, "two-impls").choose(LinearSpec(64, 768, 768, "int8")).name == impls[fastest]
     assert len(ds) == len(set(ds.specs)) and ds.X.shape == (len(ds), N_FEATURES)
 
 
@@ -328,11 +331,15 @@ def test_cli_bench_model_latency_times_real_plans(world):
     assert {"mape", "within_10pct", "rows"} <= set(doc) and len(doc["rows"]) == 4
     assert [r["model"] for r in doc["rows"]] == ["digits_vit", "vit_tiny"] * 2  # the overhead spans both
     assert set(doc["per_model"]) == {"digits_vit", "vit_tiny"}
-    if not doc["overhead_kept"]:  # the fitted term lost to the kernel sum: the kernel sum is scored and stored
-        assert doc["mape"] == pytest.approx(doc["kernel_sum_only"]["mape"]) and doc["overhead"]["scale"] == 1.0
-    assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in doc["rows"])
+    # the composition scored and stored is the one with the lowest held-out error
+    assert doc["mape"] == pytest.approx(min(v["mape"] for v in doc["compositions"].values()))
+    assert doc["mape"] == pytest.approx(doc["compositions"][doc["composition"]]["mape"])
+    if doc["composition"] == "kernel_sum":
+        assert doc["overhead"]["scale"] == 1.0
+    assert doc["band_pct"] >= 0 and doc["within_band"] >= 0.5 and set(doc["leave_one_model_out"]) == set(doc["per_model"])
+    assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["layers_in_model_ms"] > 0 for r in doc["rows"])
     stored = registry.latest(world["engine"], "overhead", registry.device_backend(world["engine"], "syn")[0])
-    assert stored is not None and stored.target == "model-overhead"
+    assert stored is not None and stored.target == "model-overhead" and stored.load().band_pct == doc["band_pct"]
 
 
 def test_cli_errors_are_one_line(world):

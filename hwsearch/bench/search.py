@@ -155,7 +155,7 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
     picked = ok[:k]
     plans = [plan_of(t, problem.space, spec) for t in picked]
     timings = time_plans(problem.space.model, plans, int(problem.fingerprint.get("threads") or 1),
-                         problem.fingerprint.get("backend", "cpu"))
+                         problem.fingerprint.get("backend", "cpu"), dispatch=problem.dispatch)
     measured = [t["measured_ms"] for t in timings]
     return {"measured": True, "max_latency_ms": bound, "plans": len(plans),
             "predicted_ms": [t.values[li] for t in picked], "measured_ms": measured,

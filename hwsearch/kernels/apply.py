@@ -1,7 +1,8 @@
 """`apply_plan(model, plan)`: a torch module that really runs a compression plan.
 
 Every layer the plan compresses becomes a `CompressedLinear` running its registered kernel
-(real int8/int4 CPU kernels where torch has them, exact emulation elsewhere); blocks from the
+(real int8/int4 CPU kernels where torch has them, exact emulation elsewhere), the one the
+device's `Dispatch` measured fastest when one is given; blocks from the
 first merging block on become `TomeBlock`s. Layers the plan leaves uncompressed are the original
 modules, so the identity plan gives back a copy of the model that computes exactly the same.
 """
@@ -13,6 +14,7 @@ import copy
 from torch import nn
 
 from hwsearch.errors import HwsearchError
+from hwsearch.kernels.dispatch import Dispatch
 from hwsearch.kernels.modules import CompressedLinear, TomeBlock, TomeState
 from hwsearch.spaces.catalog import CATALOG, get_model
 from hwsearch.spaces.model import Block, ModelSpec
@@ -53,7 +55,7 @@ def merge_schedule(model: nn.Module, plan: Plan, spec: ModelSpec | None) -> tupl
 
 def apply_plan(
     model: nn.Module, plan: Plan, spec: ModelSpec | None = None, backend: str = "cpu", inplace: bool = False,
-    validate: bool = True,
+    validate: bool = True, dispatch: Dispatch | None = None,
 ) -> nn.Module:
     """The model compressed as `plan` says (a copy unless `inplace`).
 
@@ -77,7 +79,7 @@ def apply_plan(
         if choice.is_identity(dtype) and choice.format == "fp32":
             continue
         rows = spec.layer(name).tokens if spec is not None else 1
-        _set_module(out, name, CompressedLinear(target, choice, rows=rows, backend=backend))
+        _set_module(out, name, CompressedLinear(target, choice, rows=rows, backend=backend, dispatch=dispatch))
     schedule = merge_schedule(out, plan, spec)
     if any(schedule):
         blocks = _vit_blocks(out)

@@ -88,3 +88,27 @@ def model_kernels(
         out += [(lay.name, _linear(lay.tokens, lay, _choice(choices, lay.name))) for lay in mlp]
         out += [(_owner(tag, s), s) for s in post[1:]]
     return out
+
+
+def layer_kernel(layer: Any, tokens: int, choice: Any) -> LinearSpec:
+    """The kernel one layer runs at `tokens` rows under a choice (a `LayerChoice` or a dict)."""
+    return _linear(tokens, layer, _choice({layer.name: choice}, layer.name))
+
+
+def space_kernels(
+    model: ModelSpec, layer_choices: Mapping[str, Any], merges: Any = (None,), dtype: str = "bf16"
+) -> list[OpSpec]:
+    """Every distinct kernel a search over `layer_choices` x `merges` scores: each merge schedule's
+    untouched kernels, and each layer under each of its choices at that schedule's token counts."""
+    names = set(model.layer_names)
+    seen: dict[OpSpec, None] = {}
+    for merge in merges:
+        schedule = list(model.merge_schedule(merge)) if model.blocks else None
+        merged = model.with_merge(schedule) if schedule is not None else model
+        for owner, spec in model_kernels(model, None, schedule, dtype=dtype):
+            if owner not in names:
+                seen.setdefault(spec)
+        for layer in merged.layers:
+            for choice in layer_choices.get(layer.name, ()):
+                seen.setdefault(layer_kernel(layer, layer.tokens, choice))
+    return list(seen)

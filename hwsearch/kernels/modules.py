@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwsearch.kernels import registry
+from hwsearch.kernels.dispatch import Dispatch
 from hwsearch.kernels.inputs import TORCH_DTYPES
 from hwsearch.kernels.quant import (
     nm_mask,
@@ -91,14 +92,15 @@ def low_rank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, tor
 class CompressedLinear(nn.Module):
     """`nn.Linear` replacement that runs one `LinearSpec` on the backend's selected kernel."""
 
-    def __init__(self, linear: nn.Linear, choice: LayerChoice, rows: int = 1, backend: str = "cpu"):
+    def __init__(self, linear: nn.Linear, choice: LayerChoice, rows: int = 1, backend: str = "cpu",
+                 dispatch: Dispatch | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.choice = choice
         self.spec = LinearSpec(
             max(1, rows), linear.in_features, linear.out_features, choice.format, choice.group_size, choice.sparsity, choice.rank
         )
-        self.kernel = registry.select(self.spec, backend)
+        self.kernel = dispatch.choose(self.spec) if dispatch is not None else registry.select(self.spec, backend)
         self.act_dtype = TORCH_DTYPES[ACT_DTYPE[choice.format]]
         weight = linear.weight.detach().float()
         bias = None if linear.bias is None else linear.bias.detach().float()

@@ -1,11 +1,11 @@
 """A device's measurements as a training set: (specs, X, y_ms, cov, native).
 
-One row per kernel: the measurement of the implementation the kernel registry selects for that
-spec on the device's backend, because that is what compressed modules run (an int8 GEMM measured
-with fbgemm and with `_int_mm` is one kernel to a model: the selected one). When the selected
-implementation cannot be determined in this process (a CUDA device's data read on a CPU-only
-machine) or was not measured, the registry's order is followed among what was measured, then
-the fastest native measurement.
+One row per kernel: the measurement of the implementation the device's dispatch table picks for
+that spec (`hwsearch.kernels.dispatch`: the one measured fastest there), because that is what
+compressed modules run (an int8 GEMM measured with fbgemm and with `_int_mm` is one kernel to a
+model: the dispatched one). When the dispatch cannot be determined in this process (a CUDA
+device's data read on a CPU-only machine) or its pick was not measured, the fastest native
+measurement.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Device, KernelConfig, Measurement
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels import registry
+from hwsearch.kernels.dispatch import Dispatch, Measured
 from hwsearch.kernels.specs import OpSpec, spec_from_params
 from hwsearch.predictors.features import Roofline, featurize, roofline_from_measurements
 from hwsearch.profilers.coverage import device_id as find_device
@@ -91,25 +92,38 @@ def device_backend(engine: Engine, name: str) -> tuple[int, str]:
     return dev, backend if backend in registry.BACKENDS else "cpu"
 
 
-def _order(spec: OpSpec, backend: str) -> list[str]:
-    try:
-        return [k.name for k in registry.implementations(spec, backend)]
-    except HwsearchError:
-        return []
-
-
-def load_rows(engine: Engine, name: str) -> tuple[str, list[Row]]:
-    """(backend, one Row per measured kernel of the device, with the selected implementation)."""
-    dev, backend = device_backend(engine, name)
+def _measured(engine: Engine, dev: int) -> list[Any]:
     with session_scope(engine) as session:
-        found = session.execute(
+        return list(session.execute(
             select(KernelConfig.op, KernelConfig.params, KernelConfig.id, Measurement.implementation,
                    Measurement.native, Measurement.median_us, Measurement.cov, Measurement.unstable,
                    Measurement.environment)
             .join(Measurement, Measurement.kernel_id == KernelConfig.id)
             .where(Measurement.device_id == dev)
             .order_by(KernelConfig.id, Measurement.implementation)
-        ).all()
+        ).all())
+
+
+def _dispatch(found: list[Any], backend: str) -> Dispatch:
+    specs: dict[int, OpSpec] = {}
+    rows = []
+    for r in found:
+        spec = specs.get(r.id) or specs.setdefault(r.id, spec_from_params(r.op, dict(r.params)))
+        rows.append(Measured(spec, r.implementation, bool(r.native), r.median_us / 1e3))
+    return Dispatch.learn(rows, backend)
+
+
+def device_dispatch(engine: Engine, name: str) -> Dispatch:
+    """The device's dispatch table, learned from its stored measurements."""
+    dev, backend = device_backend(engine, name)
+    return _dispatch(_measured(engine, dev), backend)
+
+
+def load_rows(engine: Engine, name: str, dispatch: Dispatch | None = None) -> tuple[str, list[Row]]:
+    """(backend, one Row per measured kernel of the device, with the dispatched implementation)."""
+    dev, backend = device_backend(engine, name)
+    found = _measured(engine, dev)
+    dispatch = dispatch or _dispatch(found, backend)
     by_kernel: dict[int, list[Any]] = {}
     for r in found:
         by_kernel.setdefault(r.id, []).append(r)
@@ -118,7 +132,7 @@ def load_rows(engine: Engine, name: str) -> tuple[str, list[Row]]:
         first = measured[0]
         spec = spec_from_params(first.op, dict(first.params))
         impls = {m.implementation: m for m in measured}
-        pick = next((impls[n] for n in _order(spec, backend) if n in impls), None)
+        pick = next((impls[n] for n in dispatch.order(spec) if n in impls), None)
         if pick is None:
             pick = min(measured, key=lambda m: (not m.native, m.median_us))
         flags = (pick.environment or {}).get("flags", [])

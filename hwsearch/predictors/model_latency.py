@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from scipy.optimize import nnls
 
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels.expand import model_kernels
+from hwsearch.kernels.expand import layer_kernel, model_kernels
 from hwsearch.kernels.specs import LinearSpec, OpSpec
 from hwsearch.predictors.base import pack, unpack
 from hwsearch.spaces.formats import ACT_DTYPE
@@ -44,32 +44,69 @@ class KernelPredictor(Protocol):
     def predict_specs(self, specs: Sequence[OpSpec]) -> np.ndarray: ...
 
 
+def measured_mask(predictor: KernelPredictor, specs: Sequence[OpSpec]) -> np.ndarray:
+    """Which specs the predictor answers from a stored measurement (none, for a bare predictor)."""
+    mask = getattr(predictor, "measured_mask", None)
+    return np.zeros(len(specs), dtype=bool) if mask is None else np.asarray(mask(specs), dtype=bool)
+
+
+def layer_family(spec: LinearSpec) -> str:
+    """The calibration family of a layer's kernel: format, N:M pattern, low rank or not."""
+    sparse = "" if spec.sparsity in (None, "dense") else f"/{spec.sparsity}"
+    return f"linear/{spec.format}{sparse}" + ("/lowrank" if spec.rank is not None else "")
+
+
 @dataclass
 class Overhead:
-    """End-to-end = scale·Σkernels + per_forward + per_kernel·launches + per_melem·cast elements (ms)."""
+    """How isolated kernel latencies compose into a model's end-to-end latency (ms):
+
+        Σ_layers family_scale[f]·t + scale·Σ_other kernels + per_forward + per_kernel·launches
+        + per_cast_melem·cast elements
+
+    `family_scale` is the in-model / isolated ratio of each layer family, timed in place
+    (`hwsearch.predictors.calibration`); a family without one is scaled by `scale` like the
+    other kernels. `band_pct` is the calibrated upper bound: measured latency stays at most that
+    many per cent above the estimate (conformal, on held-out timed plans); None: uncalibrated.
+    """
 
     scale: float = 1.0
     per_forward_ms: float = 0.0
     per_kernel_ms: float = 0.0
     per_cast_melem_ms: float = 0.0
     fitted_on: int = 0
+    family_scale: dict[str, float] = field(default_factory=dict)
+    band_pct: float | None = None
 
-    def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray) -> np.ndarray:
-        return (self.scale * np.asarray(kernel_ms) + self.per_forward_ms + self.per_kernel_ms * np.asarray(kernels)
-                + self.per_cast_melem_ms * np.asarray(cast_melems))
+    def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
+        """A layer kernel's own family scale, or None where `scale` applies."""
+        return self.family_scale.get(layer_family(spec)) if layer and isinstance(spec, LinearSpec) else None
+
+    def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray,
+              fixed_ms: np.ndarray | float = 0.0) -> np.ndarray:
+        """End-to-end ms from the kernel ms scaled by `scale` and the already-scaled `fixed_ms`."""
+        return (np.asarray(fixed_ms) + self.scale * np.asarray(kernel_ms) + self.per_forward_ms
+                + self.per_kernel_ms * np.asarray(kernels) + self.per_cast_melem_ms * np.asarray(cast_melems))
+
+    def upper(self, total_ms: np.ndarray | float) -> np.ndarray | float:
+        """The calibrated upper bound of an estimate (the estimate itself when uncalibrated)."""
+        return np.asarray(total_ms) * (1.0 + (self.band_pct or 0.0) / 100.0)
 
     @classmethod
-    def fit(cls, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray, measured_ms: np.ndarray) -> Overhead:
-        """Non-negative least squares on relative error (each plan weighs the same)."""
+    def fit(cls, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray, measured_ms: np.ndarray,
+            fixed_ms: np.ndarray | float = 0.0, family_scale: dict[str, float] | None = None) -> Overhead:
+        """Non-negative least squares on relative error (each plan weighs the same) of what the
+        fixed, family-scaled part leaves of the measured latency."""
         kernel_ms, measured_ms = np.asarray(kernel_ms, float), np.asarray(measured_ms, float)
         if len(measured_ms) < 2:
             raise HwsearchError(f"fitting the overhead needs at least 2 timed plans; got {len(measured_ms)}")
+        target = measured_ms - np.broadcast_to(np.asarray(fixed_ms, float), measured_ms.shape)
         A = np.stack([kernel_ms, np.ones_like(kernel_ms), np.asarray(kernels, float), np.asarray(cast_melems, float)], 1)
         w = 1.0 / measured_ms
-        coef, _ = nnls(A * w[:, None], measured_ms * w)
+        coef, _ = nnls(A * w[:, None], target * w)
         if coef[0] <= 0:
             coef[0] = 1.0
-        return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)))
+        return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)),
+                   dict(family_scale or {}))
 
     def to_bytes(self) -> bytes:
         return pack({"kind": OVERHEAD_KIND}, json.dumps(self.as_dict(), sort_keys=True).encode())
@@ -79,9 +116,10 @@ class Overhead:
         _, payload = unpack(data, OVERHEAD_KIND)
         return cls(**json.loads(payload.decode()))
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "per_forward_ms": self.per_forward_ms, "per_kernel_ms": self.per_kernel_ms,
-                "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on}
+                "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on,
+                "family_scale": dict(self.family_scale), "band_pct": self.band_pct}
 
 
 def full_choices(model: ModelSpec, plan: Plan | None) -> dict[str, LayerChoice]:
@@ -94,8 +132,7 @@ def full_choices(model: ModelSpec, plan: Plan | None) -> dict[str, LayerChoice]:
 
 def layer_spec(layer: Layer, tokens: int, choice: LayerChoice) -> LinearSpec:
     """The kernel one layer runs under a choice (as `model_kernels` builds it)."""
-    group = choice.group_size if choice.format == "int4" else None
-    return LinearSpec(tokens, layer.K, layer.N, choice.format, group, choice.sparsity, choice.rank)
+    return layer_kernel(layer, tokens, choice)
 
 
 def _launches(spec: OpSpec) -> int:
@@ -115,6 +152,14 @@ class PlanLatency:
     kernels: int
     cast_melems: float
     by_op: dict[str, float]
+    measured_ms: float = 0.0  # the part of kernel_ms that came from stored measurements
+    fixed_ms: float = 0.0  # layers with a family scale of their own, scaled
+    free_ms: float = 0.0  # the other kernels, before `Overhead.scale`
+
+    @property
+    def measured_share(self) -> float:
+        """Share of the kernel sum answered by measurements rather than predictions."""
+        return self.measured_ms / self.kernel_ms if self.kernel_ms > 0 else 0.0
 
 
 class ModelLatency:
@@ -133,15 +178,21 @@ class ModelLatency:
         """One plan, kernel by kernel (with a per-op breakdown)."""
         ks = self.kernels(plan)
         specs = [s for _, s in ks]
+        layers = set(self.model.layer_names)
         ms = self.predictor.predict_specs(specs)
         by_op: dict[str, float] = {}
         for s, t in zip(specs, ms, strict=True):
             by_op[s.op] = by_op.get(s.op, 0.0) + float(t)
         launches = sum(_launches(s) for s in specs)
         casts = sum(_cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
+        own = np.array([self.overhead.scale_of(s, owner in layers) or np.nan for (owner, s) in ks])
+        fixed = float(np.nansum(own * ms))
+        free = float(ms[np.isnan(own)].sum())
         kernel_ms = float(ms.sum())
-        total = float(self.overhead.apply(np.array([kernel_ms]), np.array([launches]), np.array([casts]))[0])
-        return PlanLatency(total, kernel_ms, total - kernel_ms, launches, casts, by_op)
+        total = float(self.overhead.apply(np.array([free]), np.array([launches]), np.array([casts]), fixed)[0])
+        from_measurements = float(ms[measured_mask(self.predictor, specs)].sum())
+        return PlanLatency(total, kernel_ms, total - kernel_ms, launches, casts, by_op, from_measurements,
+                           fixed, free)
 
     def plans(self, plans: Sequence[Plan | None]) -> np.ndarray:
         """Total latency (ms) of each plan, kernel by kernel (see `table` for many plans)."""
@@ -181,7 +232,9 @@ class PlanTable:
         self.ms = np.zeros((n_m, width))
         self.launches = np.zeros((n_m, width))
         self.casts = np.zeros((n_m, width))
+        self.measured = np.zeros((n_m, width), dtype=bool)
         self.base_ms = np.zeros(n_m)
+        self.base_measured_ms = np.zeros(n_m)
         self.base_launches = np.zeros(n_m)
         names = set(self.layers)
         for mi, sched in enumerate(self.schedules):
@@ -196,6 +249,13 @@ class PlanTable:
             self.ms[mi] = ml.predictor.predict_specs(specs)
             self.launches[mi] = [_launches(s) for s in specs]
             self.casts[mi] = [_cast_melems(s, model.dtype) for s in specs]
+            self.measured[mi] = measured_mask(ml.predictor, specs)
+            self.base_measured_ms[mi] = float(ml.predictor.predict_specs(rest)[measured_mask(ml.predictor, rest)].sum()) \
+                if rest else 0.0
+        oh = ml.overhead
+        own = np.array([[oh.scale_of(layer_spec(layer, layer.tokens, c)) or np.nan
+                         for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
+        self.own = np.broadcast_to(own, self.ms.shape)  # a layer family's own scale, NaN where `scale` applies
 
     def encode(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray]:
         """(merge index per plan, global column per plan and layer) for `predict_encoded`."""
@@ -216,23 +276,30 @@ class PlanTable:
                 cols[p, j] = self.offsets[j] + k
         return m_idx, cols
 
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(per (merge, column) end-to-end ms, per merge ms of the rest): the overhead folded in,
+        so a plan's estimate is its merge's base plus one entry per layer."""
+        oh = self.ml.overhead
+        scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms)
+        entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
+        base = oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
+        return entry, base
+
     def predict_encoded(self, m_idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Total ms per encoded plan: base + Σ layer-choice latencies, then the overhead term."""
-        rows = m_idx[:, None]
-        kernel_ms = self.base_ms[m_idx] + self.ms[rows, cols].sum(1)
-        launches = self.base_launches[m_idx] + self.launches[rows, cols].sum(1)
-        casts = self.casts[rows, cols].sum(1)
-        return self.ml.overhead.apply(kernel_ms, launches, casts)
+        """Total ms per encoded plan: base + Σ layer-choice latencies, overhead folded in."""
+        entry, base = self.entries()
+        return base[m_idx] + entry[m_idx[:, None], cols].sum(1)
 
     def predict(self, plans: Sequence[Plan]) -> np.ndarray:
         return self.predict_encoded(*self.encode(plans))
 
-    def terms(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(kernel ms, launches, cast Melems) per plan: the inputs of `Overhead.fit`."""
+    def measured_share(self, plans: Sequence[Plan]) -> np.ndarray:
+        """Per plan, the share of its kernel sum answered by measurements (not predictions)."""
         m_idx, cols = self.encode(plans)
         rows = m_idx[:, None]
-        return (self.base_ms[m_idx] + self.ms[rows, cols].sum(1),
-                self.base_launches[m_idx] + self.launches[rows, cols].sum(1), self.casts[rows, cols].sum(1))
+        total = self.base_ms[m_idx] + self.ms[rows, cols].sum(1)
+        measured = self.base_measured_ms[m_idx] + (self.ms * self.measured)[rows, cols].sum(1)
+        return measured / np.maximum(total, 1e-12)
 
 
 def store_overhead(engine: Any, device: str, overhead: Overhead, metrics: dict[str, Any], summary: dict[str, Any]) -> int:
@@ -283,6 +350,7 @@ def predict_model(engine: Any, device: str, model: str, plan_file: str | None = 
         "kernel_ms": est.kernel_ms,
         "overhead_ms": est.overhead_ms,
         "kernels": est.kernels,
+        "measured_share": est.measured_share,
         "by_op_ms": est.by_op,
         "predictor": answer.describe(),
         "overhead": {"id": overhead_id, **overhead.as_dict()},

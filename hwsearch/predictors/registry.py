@@ -27,17 +27,20 @@ from sqlalchemy.engine import Engine
 from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Device, Predictor
 from hwsearch.errors import HwsearchError
+from hwsearch.kernels.dispatch import Dispatch
 from hwsearch.kernels.specs import OpSpec
 from hwsearch.predictors.base import LatencyPredictor
 from hwsearch.predictors.dataset import (
     Dataset,
     device_backend,
+    device_dispatch,
     hardware_embedding,
     load_dataset,
     load_rows,
     no_measurements,
 )
 from hwsearch.predictors.features import FEATURE_VERSION, OFFSET_FEATURE, Roofline, featurize
+from hwsearch.predictors.measured import MeasuredTable
 from hwsearch.predictors.meta import ADAPTED_KIND, META_KIND, AdaptedMetaPredictor, MetaPredictor, MetaTask
 from hwsearch.predictors.metrics import mape, spearman, within_pct
 from hwsearch.predictors.xgb import XGB_KIND, XGBoostPredictor
@@ -319,7 +322,13 @@ def train(engine: Engine, device: str, kind: str = "xgboost", progress: Callable
 # -- answering -----------------------------------------------------------------------------------
 @dataclass
 class Answer:
-    """A device's predictor and how it came to answer."""
+    """A device's latency source: its stored measurements first, its predictor for the rest.
+
+    A kernel measured on the device answers with its measurement (of the implementation the
+    device's dispatch runs), or between measured neighbours (`MeasuredTable`); only kernels the
+    device's measurements do not cover are predicted. `measured_mask` says which answers were
+    measurements.
+    """
 
     device: str
     kind: str
@@ -328,33 +337,50 @@ class Answer:
     predictor_id: int | None
     detail: str
     device_id: int = 0
+    measured: MeasuredTable = field(default_factory=lambda: MeasuredTable({}), repr=False)
+    dispatch: Dispatch | None = field(default=None, repr=False)
     _cache: dict[OpSpec, float] = field(default_factory=dict, repr=False)
 
     def predict_specs(self, specs: Sequence[OpSpec]) -> np.ndarray:
-        """Latency (ms) of each spec; each distinct spec is predicted once and cached."""
+        """Latency (ms) of each spec: measured where stored, else predicted (each once, cached)."""
         missing = list(dict.fromkeys(s for s in specs if s not in self._cache))
-        if missing:
-            for s, ms in zip(missing, self.predictor.predict(featurize(missing, self.roofline)), strict=True):
+        need = []
+        for s in missing:
+            ms = self.measured.lookup(s)
+            if ms is None:
+                need.append(s)
+            else:
+                self._cache[s] = ms
+        if need:
+            for s, ms in zip(need, self.predictor.predict(featurize(need, self.roofline)), strict=True):
                 self._cache[s] = float(ms)
         return np.array([self._cache[s] for s in specs], dtype=np.float64)
 
+    def measured_mask(self, specs: Sequence[OpSpec]) -> np.ndarray:
+        """Which specs answer with a stored measurement."""
+        return np.array([s in self.measured for s in specs], dtype=bool)
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id": self.predictor_id, "detail": self.detail}
+        return {"kind": self.kind, "id": self.predictor_id, "detail": self.detail, "measured_kernels": len(self.measured)}
 
 
 def best_predictor(engine: Engine, device: str) -> Answer:
-    """The device's XGBoost predictor if trained on enough kernels, else the adapted meta-predictor."""
+    """The device's measurements, and for the rest its XGBoost predictor if trained on enough
+    kernels, else the adapted meta-predictor."""
     dev_id, _ = device_backend(engine, device)
-    _, rows = load_rows(engine, device)
+    dispatch = device_dispatch(engine, device)
+    _, rows = load_rows(engine, device, dispatch)
     if not rows:
         raise no_measurements(device)
+    measured = MeasuredTable({r.spec: r.ms for r in rows})
     xgb_row = latest(engine, XGB_KIND, dev_id)
     if xgb_row is not None and xgb_row.train_summary.get("rows", 0) >= MIN_XGB_ROWS \
             and xgb_row.train_summary.get("feature_version") == FEATURE_VERSION:
         roof = Roofline.from_dict(xgb_row.train_summary["roofline"])
         n = xgb_row.train_summary["rows"]
         return Answer(device, XGB_KIND, xgb_row.load(), roof, xgb_row.id,
-                      f"xgboost #{xgb_row.id} trained on {n} kernels of {device}", dev_id)
+                      f"{len(measured)} measured kernels of {device}, xgboost #{xgb_row.id} (trained on {n}) for the rest",
+                      dev_id, measured, dispatch)
     meta_row = latest(engine, META_KIND)
     if meta_row is None or meta_row.train_summary.get("feature_version") != FEATURE_VERSION:
         raise HwsearchError(
@@ -366,5 +392,6 @@ def best_predictor(engine: Engine, device: str) -> Answer:
     ds = load_dataset(engine, device)
     adapted = meta_row.load().adapt(emb, ds.X, ds.y_ms)
     return Answer(device, ADAPTED_KIND, adapted, ds.roofline, meta_row.id,
-                  f"meta #{meta_row.id} (trained on {', '.join(meta_row.devices)}) adapted from {len(ds)} measured "
-                  f"kernels of {device} ({len(emb)} reference + {len(ds) - len(emb)} others)", dev_id)
+                  f"{len(measured)} measured kernels of {device}, meta #{meta_row.id} (trained on "
+                  f"{', '.join(meta_row.devices)}) adapted from {len(ds)} of them ({len(emb)} reference + "
+                  f"{len(ds) - len(emb)} others) for the rest", dev_id, measured, dispatch)

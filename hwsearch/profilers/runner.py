@@ -13,7 +13,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,6 +26,7 @@ from hwsearch.profilers.fingerprint import device_kind, fingerprint
 from hwsearch.profilers.limits import probe
 from hwsearch.profilers.measure import measure_many
 from hwsearch.profilers.progress import progress_bar
+from hwsearch.spaces.model import ModelSpec
 
 # Kernels timed together in interleaved rounds and stored in one transaction: large enough that
 # a round of the chunk takes a noticeable time (rounds are that far apart), small enough that a
@@ -61,16 +62,21 @@ def default_threads() -> int:
 
 
 def plan_tasks(
-    budget: str | int, backend: str = "cpu", seed: int = 0, max_flops: float | None = None
+    budget: str | int, backend: str = "cpu", seed: int = 0, max_flops: float | None = None,
+    models: Sequence[str | ModelSpec] = (),
 ) -> list[tuple[OpSpec, str]]:
-    """(spec, implementation name) pairs a budget measures on `backend`."""
-    which = sampling.implementations_for(budget)
-    tasks = []
-    for spec in sampling.plan_specs(budget, seed, max_flops):
-        impls = registry.implementations(spec, backend)
-        for kernel in impls[:1] if which == "best" else impls:
-            tasks.append((spec, kernel.name))
-    return tasks
+    """(spec, implementation name) pairs a budget measures on `backend`: every implementation, so
+    the device's dispatch (`hwsearch.kernels.dispatch`) can pick the one measured fastest; then
+    what `models`' searches need (`sampling.model_plan`), native implementations only."""
+    tasks = [(spec, kernel.name) for spec in sampling.plan_specs(budget, seed, max_flops)
+             for kernel in registry.implementations(spec, backend)]
+    caps = registry.capabilities(backend)
+    for model in models:
+        for spec in sampling.model_plan(model, backend):
+            impls = registry.implementations(spec, backend)
+            native = [k for k in impls if k.native(spec, caps)]
+            tasks += [(spec, k.name) for k in native or impls[:1]]
+    return list(dict.fromkeys(tasks))
 
 
 def profile_local(
@@ -83,6 +89,7 @@ def profile_local(
     show_progress: bool = True,
     max_flops: float | None = None,
     warn: Callable[[str], None] | None = None,
+    models: Sequence[str | ModelSpec] = (),
 ) -> ProfileSummary:
     """Measure this machine's missing kernels for `budget` into the database.
 
@@ -93,7 +100,7 @@ def profile_local(
     threads = threads or default_threads()
     name = name or default_device_name(backend)
     device_id = store.ensure_device(engine, name, device_kind(backend), fingerprint(backend, threads))
-    tasks = plan_tasks(budget, backend, seed, max_flops)
+    tasks = plan_tasks(budget, backend, seed, max_flops, models)
     done = store.measured(engine, device_id)
     todo = [(spec, impl) for spec, impl in tasks if (store.kernel_key(spec), impl) not in done]
     started = time.perf_counter()
@@ -112,7 +119,8 @@ def profile_local(
     note(machine.busy_warning(before, "before the profile"))
     state: dict[str, object] = {"before": {**machine.snapshot(), "other_share": before}}
     run_id = store.start_run(
-        engine, device_id, str(budget), {"budget": budget, "seed": seed, "threads": threads, "backend": backend, "max_flops": max_flops},
+        engine, device_id, str(budget), {"budget": budget, "seed": seed, "threads": threads, "backend": backend, "max_flops": max_flops,
+                                         "for": [m if isinstance(m, str) else m.name for m in models]},
         n_planned=len(tasks), n_skipped=len(tasks) - len(todo), machine=state,
     )
     inserted = unstable = 0

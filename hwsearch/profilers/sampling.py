@@ -21,6 +21,8 @@ from hwsearch.errors import HwsearchError
 from hwsearch.kernels.expand import model_kernels
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
 from hwsearch.spaces.catalog import get_model
+from hwsearch.spaces.knobs import Knobs
+from hwsearch.spaces.model import ModelSpec
 
 BUDGETS = ("quick", "standard", "full")
 # The shapes the kernel benchmark reports: a ViT-B MLP and an LLM decode GEMM.
@@ -211,13 +213,50 @@ def plan_specs(budget: str | int, seed: int = 0, max_flops: float | None = None)
     return specs[:budget] if isinstance(budget, int) else specs
 
 
-def implementations_for(budget: str | int) -> str:
-    """'best' (the implementation modules use) for quick; 'all' otherwise."""
-    return "best" if budget == "quick" else "all"
-
-
 def describe(specs: Sequence[OpSpec]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for spec in specs:
         counts[spec.op] = counts.get(spec.op, 0) + 1
     return counts
+
+
+def _anchors(values: Iterable[int], max_ratio: float) -> set[int]:
+    """A subset of `values` (smallest and largest kept) in which every value lies between two
+    kept neighbours at most `max_ratio` apart (where `values` allow it)."""
+    vals = sorted(set(values))
+    kept = [vals[0]]
+    for i, v in enumerate(vals[1:], 1):
+        nxt = vals[i + 1] if i + 1 < len(vals) else None
+        if (nxt is None or nxt > kept[-1] * max_ratio) and v != kept[-1]:
+            kept.append(v)
+    return set(kept)
+
+
+def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None = None) -> list[OpSpec]:
+    """What a model's search needs measured on this machine (`hwsearch profile --for MODEL`).
+
+    Every kernel family the model's search space scores (each layer under each native choice, the
+    attention, norms, activations and merges of every merge schedule), on a grid of anchor token
+    counts and ranks close enough that `MeasuredTable` interpolates every other kernel of the
+    space between measured neighbours.
+    """
+    from hwsearch.kernels import registry
+    from hwsearch.kernels.expand import space_kernels
+    from hwsearch.predictors.measured import MAX_RANK_RATIO, MAX_TOKEN_RATIO, family_key, token_axis
+    from hwsearch.spaces.knobs import Capabilities, SearchSpace
+
+    spec = get_model(model) if isinstance(model, str) else model
+    space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend)), knobs)
+    choices = {name: [c for c in ls.choices() if ls.native.get(c, True)] for name, ls in space.layers.items()}
+    kernels = space_kernels(spec, choices, space.merge_options, dtype=spec.dtype)
+    groups: dict[object, list[OpSpec]] = {}
+    for k in kernels:
+        groups.setdefault(family_key(k), []).append(k)
+    keep: list[OpSpec] = []
+    for members in groups.values():
+        tokens = _anchors((getattr(k, token_axis(k)) for k in members), MAX_TOKEN_RATIO)
+        ranks = [k.rank for k in members if isinstance(k, LinearSpec) and k.rank is not None]
+        rank_anchors = _anchors(ranks, MAX_RANK_RATIO) if ranks else set()
+        keep += [k for k in members if getattr(k, token_axis(k)) in tokens
+                 and (not isinstance(k, LinearSpec) or k.rank is None or k.rank in rank_anchors)]
+    return keep

@@ -218,9 +218,7 @@ def latency_terms(
 
     layer_choices = {layer: var.choices for var in variables for layer in var.layers}
     table = ModelLatency(model, predictor, overhead).table(layer_choices, list(merges))
-    oh = table.ml.overhead
-    entry = oh.scale * table.ms + oh.per_kernel_ms * table.launches + oh.per_cast_melem_ms * table.casts
-    base = oh.scale * table.base_ms + oh.per_forward_ms + oh.per_kernel_ms * table.base_launches
+    entry, base = table.entries()
     width = max(len(v.choices) for v in variables)
     terms = np.full((len(merges), len(variables), width), np.nan)
     for j, var in enumerate(variables):

@@ -32,6 +32,7 @@ class Problem:
     predictor: dict[str, Any] | None = None
     overhead_id: int | None = None
     quality_task: Any = field(default=None, repr=False)
+    dispatch: Any = field(default=None, repr=False)  # the device's `Dispatch`: what plans are built with
 
     @property
     def local(self) -> bool:
@@ -108,7 +109,8 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
     provenance["size"] = {"source": "analytic", "detail": "exact bytes of the compressed linear layers"}
     tables = build_tables(space, needed, spec.device, predictor, overhead, sensitivity, provenance)
     check_reachable(tables, spec)
-    return Problem(spec, space, tables, dev_id, fp, answer_doc, overhead_id, task)
+    dispatch = predictor.dispatch if predictor is not None else None
+    return Problem(spec, space, tables, dev_id, fp, answer_doc, overhead_id, task, dispatch)
 
 
 def check_reachable(tables: Tables, spec: SearchSpec) -> None:

@@ -103,7 +103,8 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
         elif problem.quality_task is not None:
             module = problem.quality_task.model
             _, inputs = verify.torch_model(problem.space.model)
-        timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, plans, module, inputs)
+        timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, plans, module, inputs,
+                                         problem.dispatch)
         for i, plan, t in zip(chosen, plans, timings, strict=True):
             row = {"trial": int(table.trial.iloc[i]), "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True),
                    "predicted_ms": float(table.latency_ms.iloc[i]) if "latency_ms" in table else None,

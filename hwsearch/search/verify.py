@@ -47,9 +47,9 @@ def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None
 
 
 def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: str = "cpu",
-               module: Any = None, example_inputs: Any = None) -> list[dict[str, float]]:
-    """End-to-end latency (ms) of each plan built on the real module: the profiler's protocol
-    (blocks, rounds interleaved across the plans, stability gate), median of the round medians."""
+               module: Any = None, example_inputs: Any = None, dispatch: Any = None) -> list[dict[str, float]]:
+    """End-to-end latency (ms) of each plan built on the real module with the device's dispatch:
+    the profiler's protocol (blocks, rounds interleaved across the plans, stability gate)."""
     import torch
 
     from hwsearch.kernels.apply import apply_plan
@@ -58,7 +58,7 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
     base, x = torch_model(model, module, example_inputs)
     args = x if isinstance(x, tuple) else (x,)
     with torch.inference_mode():
-        built = [apply_plan(base, plan, model, backend=backend).eval() for plan in plans]
+        built = [apply_plan(base, plan, model, backend=backend, dispatch=dispatch).eval() for plan in plans]
         timings = time_items([[lambda m=m: m(*args)] for m in built], threads=threads,
                              device="cuda" if backend == "cuda" else "cpu", protocol=MODEL_PROTOCOL)
     del built
@@ -67,12 +67,12 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
 
 
 def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, plans: Sequence[Plan],
-                   module: Any = None, example_inputs: Any = None) -> list[dict[str, float]]:
+                   module: Any = None, example_inputs: Any = None, dispatch: Any = None) -> list[dict[str, float]]:
     """Time here when this is the device's host, else on the Ray node offering `device:NAME`."""
     threads = int(fingerprint.get("threads") or 1)
     backend = fingerprint.get("backend", "cpu")
     if fingerprint.get("host") == socket.gethostname():
-        return time_plans(model, plans, threads, backend, module, example_inputs)
+        return time_plans(model, plans, threads, backend, module, example_inputs, dispatch)
     import ray
 
     resource = f"device:{device}"
@@ -82,7 +82,7 @@ def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, p
             f"accepted: run on the device's host, or start a Ray node there with --resources '{{\"{resource}\": 1}}'"
         )
     task = ray.remote(time_plans).options(resources={resource: 1}, num_cpus=0)
-    return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs))
+    return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs, dispatch))
 
 
 def store_verifications(engine: Engine, job_id: int, device_id: int, rows: Sequence[dict[str, Any]]) -> None:

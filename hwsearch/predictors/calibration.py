@@ -1,0 +1,145 @@
+"""From isolated kernels to a model's latency: in-model family scales, the overhead, a safe band.
+
+Three things are learned per device from a few compressed models timed end to end:
+
+* **family scales**: each layer is also timed in place (`hwsearch.profilers.inmodel`); the
+  median ratio of in-model to isolated latency per layer family (`layer_family`: format, N:M,
+  low rank) is how much that family's kernels cost more (casts, reshapes, cold activations) or
+  less (warm caches) inside a model. Many layers per plan make this well determined even from
+  a handful of plans, where an end-to-end fit of one scale per family would not be.
+* **the overhead** (`Overhead.fit`): what the scaled layers leave of the measured latency,
+  as a scale on the other kernels plus per-forward and per-kernel terms.
+* **the band** (`conformal_band`): how far measured latency lands above the estimate on
+  plans held out of the fit, as a split-conformal quantile. Conformal because it needs no
+  assumption on the shape of the error and gives finite-sample coverage whatever the model
+  got wrong; a quantile regression would need far more timed plans than a calibration has.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwsearch.errors import HwsearchError
+from hwsearch.kernels.specs import LinearSpec
+from hwsearch.predictors.model_latency import ModelLatency, Overhead, PlanLatency, layer_family
+from hwsearch.spaces.plan import Plan
+
+COVERAGE = 0.9
+MIN_LAYERS = 3  # a family needs this many in-place timings for a scale of its own
+
+
+def family_scales(records: Iterable[tuple[str, float, float]], min_layers: int = MIN_LAYERS) -> dict[str, float]:
+    """Median in-model / isolated ratio per family from (family, in-model ms, isolated ms) records."""
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for fam, inside, alone in records:
+        if alone > 0 and math.isfinite(inside) and inside > 0:
+            ratios[fam].append(inside / alone)
+    return {f: float(np.median(r)) for f, r in sorted(ratios.items()) if len(r) >= min_layers}
+
+
+def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
+                    scales: Mapping[str, float]) -> tuple[float, float]:
+    """(Σ scaled ms of layers whose family has a scale, Σ ms of the others)."""
+    fixed = free = 0.0
+    for name, ms in per_layer.items():
+        s = scales.get(families[name])
+        if s is None:
+            free += ms
+        else:
+            fixed += s * ms
+    return fixed, free
+
+
+def conformal_band(predicted: np.ndarray, measured: np.ndarray, coverage: float = COVERAGE) -> float:
+    """Per cent above the estimate that measured latency stays under with probability `coverage`
+    (split conformal on held-out relative errors; the largest error when too few plans)."""
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(predicted) == 0:
+        raise HwsearchError("a latency band needs at least one held-out timed plan")
+    if not 0 < coverage < 1:
+        raise HwsearchError(f"coverage {coverage} is out of range; accepted: between 0 and 1")
+    over = np.sort(measured / predicted - 1.0)
+    n = len(over)
+    k = min(n, math.ceil((n + 1) * coverage))
+    return float(max(0.0, 100.0 * over[k - 1]))
+
+
+# -- composing a plan's latency from its parts ----------------------------------------------------
+VARIANTS = ("kernel_sum", "overhead", "in_model")
+
+
+@dataclass
+class PlanParts:
+    """A plan's isolated latencies, split as the compositions need them."""
+
+    layer_ms: dict[str, float]  # layer name -> its kernel's isolated ms (measured or predicted)
+    family: dict[str, str]  # layer name -> `layer_family`
+    rest_ms: float  # every other kernel (attention, norms, element-wise, merges)
+    launches: int
+    cast_melems: float
+
+    @property
+    def kernel_ms(self) -> float:
+        return float(sum(self.layer_ms.values()) + self.rest_ms)
+
+
+def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = None) -> PlanParts:
+    """Split one plan's kernels into its layers (by name) and the rest."""
+    est = est or ml.plan(plan)
+    kernels = ml.kernels(plan)
+    ms = ml.predictor.predict_specs([s for _, s in kernels])
+    layers = set(ml.model.layer_names)
+    layer_ms: dict[str, float] = {}
+    family: dict[str, str] = {}
+    rest = 0.0
+    for (owner, spec), t in zip(kernels, ms, strict=True):
+        if owner in layers and isinstance(spec, LinearSpec):
+            layer_ms[owner] = layer_ms.get(owner, 0.0) + float(t)
+            family[owner] = layer_family(spec)
+        else:
+            rest += float(t)
+    return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems)
+
+
+@dataclass
+class Composition:
+    """A fitted way to compose parts into end-to-end latency (its `Overhead`)."""
+
+    overhead: Overhead
+
+    def predict(self, part: PlanParts) -> float:
+        fixed, free = split_by_family(part.layer_ms, part.family, self.overhead.family_scale)
+        return float(self.overhead.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
+                                         np.array([part.cast_melems]), fixed)[0])
+
+
+def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequence[tuple[str, float, float]]],
+                measured: np.ndarray, train: np.ndarray) -> Composition:
+    """Fit `variant` on the plans selected by the boolean mask `train`.
+
+    kernel_sum: the isolated kernels summed; overhead: one scale on all kernels plus per-forward,
+    per-kernel and per-cast terms (NNLS); in_model: layer families scaled by their in-place
+    ratios (`family_scales` of the training plans' layers), the rest by NNLS.
+    """
+    if variant not in VARIANTS:
+        raise HwsearchError(f"unknown composition {variant!r}; accepted: {', '.join(VARIANTS)}")
+    idx = np.flatnonzero(train)
+    y = np.asarray(measured, float)[idx]
+    chosen = [parts[i] for i in idx]
+    n = np.array([p.launches for p in chosen], dtype=float)
+    if variant == "kernel_sum":
+        return Composition(Overhead(fitted_on=len(idx)))
+    if variant == "overhead":
+        k = np.array([p.kernel_ms for p in chosen])
+        c = np.array([p.cast_melems for p in chosen])
+        return Composition(Overhead.fit(k, n, c, y))
+    scales = family_scales(r for i in idx for r in records[i])
+    split = [split_by_family(p.layer_ms, p.family, scales) for p in chosen]
+    fixed = np.array([f for f, _ in split])
+    free = np.array([fr + p.rest_ms for (_, fr), p in zip(split, chosen, strict=True)])
+    return Composition(Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales))

@@ -1,0 +1,125 @@
+"""Measured-first latency: per-device dispatch, the measured lookup table, `profile --for` plans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwsearch.kernels import registry
+from hwsearch.kernels.dispatch import Dispatch, Measured, family
+from hwsearch.kernels.specs import AttentionSpec, LinearSpec
+from hwsearch.predictors.measured import MAX_TOKEN_RATIO, MeasuredTable
+from hwsearch.profilers.sampling import _anchors, model_plan
+
+
+def test_dispatch_picks_the_implementation_measured_fastest():
+    fast, slow = "cpu.linear.int8_fbgemm", "cpu.linear.int8_int_mm"
+    rows = []
+    for m in (64, 197, 512):
+        spec = LinearSpec(m, 768, 3072, "int8")
+        rows += [Measured(spec, fast, True, 1.0), Measured(spec, slow, True, 2.0)]
+    d = Dispatch.learn(rows)
+    assert d.families[family(LinearSpec(100, 768, 768, "int8"))] == fast
+    # a kernel never measured runs the family's winner; a decode GEMM is its own family
+    assert d.choose(LinearSpec(100, 384, 1536, "int8")).name == fast
+    decode = LinearSpec(1, 4096, 4096, "int8")
+    assert d.choose(decode).name == registry.select(decode).name
+    # a low-rank linear dispatches each factor
+    lowrank = d.choose(LinearSpec(197, 768, 3072, "int8", rank=64))
+    assert lowrank.name == f"lowrank[{fast}]"
+    assert Dispatch.from_dict(d.as_dict()).choose(LinearSpec(100, 384, 1536, "int8")).name == fast
+
+
+def test_dispatch_never_prefers_an_emulated_implementation():
+    spec = LinearSpec(197, 768, 3072, "int4", 128)
+    rows = [Measured(spec, "cpu.linear.int4_pack", True, 3.0), Measured(spec, "cpu.linear.int4_dequant", False, 1.0)]
+    assert Dispatch.learn(rows).choose(spec).name == "cpu.linear.int4_pack"
+
+
+def test_empty_dispatch_follows_the_registry():
+    spec = LinearSpec(197, 768, 3072, "int8")
+    assert Dispatch().choose(spec).name == registry.select(spec).name
+
+
+def test_measured_table_interpolates_only_between_close_neighbours():
+    a, b = LinearSpec(100, 768, 768, "int8"), LinearSpec(180, 768, 768, "int8")
+    table = MeasuredTable({a: 1.0, b: 2.0})
+    assert table.lookup(a) == 1.0
+    assert table.lookup(LinearSpec(140, 768, 768, "int8")) == pytest.approx(1.5)
+    assert table.lookup(LinearSpec(190, 768, 768, "int8")) is None  # beyond: no extrapolation
+    assert table.lookup(LinearSpec(140, 768, 768, "bf16")) is None  # another family
+    far = MeasuredTable({LinearSpec(10, 64, 64): 1.0, LinearSpec(int(10 * MAX_TOKEN_RATIO) + 5, 64, 64): 2.0})
+    assert far.lookup(LinearSpec(15, 64, 64)) is None
+
+
+def test_measured_table_interpolates_ranks_and_tokens_together():
+    pts = {LinearSpec(m, 768, 768, "bf16", rank=r): float(m * r) for m in (100, 200) for r in (32, 64)}
+    got = MeasuredTable(pts).lookup(LinearSpec(150, 768, 768, "bf16", rank=48))
+    assert got == pytest.approx(150 * 48, rel=0.05)
+    att = MeasuredTable({AttentionSpec(100, 3, 64, "fp32"): 1.0, AttentionSpec(150, 3, 64, "fp32"): 2.0})
+    assert att.lookup(AttentionSpec(125, 3, 64, "fp32")) == pytest.approx(1.5)
+
+
+def test_anchors_bracket_every_value():
+    values = list(range(5, 200, 7))
+    kept = sorted(_anchors(values, 2.0))
+    assert kept[0] == min(values) and kept[-1] == max(values)
+    for v in values:
+        i = np.searchsorted(kept, v)
+        assert v in kept or kept[i] / kept[i - 1] <= 2.0
+
+
+def test_model_plan_covers_the_search_space_of_digits_vit():
+    """Every kernel a digits_vit search scores answers from the plan's grid (interpolated)."""
+    from hwsearch.kernels.expand import space_kernels
+    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.knobs import Capabilities, SearchSpace
+
+    plan = model_plan("digits_vit")
+    model = get_model("digits_vit")
+    space = SearchSpace(model, Capabilities.from_dict(registry.capabilities("cpu")))
+    choices = {n: [c for c in ls.choices() if ls.native.get(c, True)] for n, ls in space.layers.items()}
+    every = space_kernels(model, choices, space.merge_options, dtype=model.dtype)
+    assert len(plan) < len(every)
+    table = MeasuredTable({s: 1.0 for s in plan})
+    assert all(table.lookup(s) is not None for s in every)
+
+
+# -- calibration: in-model family scales, composition, the conformal band ---------------------------
+def test_conformal_band_covers_held_out_errors():
+    from hwsearch.predictors.calibration import conformal_band
+
+    pred = np.ones(19)
+    meas = 1.0 + np.linspace(-0.1, 0.08, 19)
+    band = conformal_band(pred, meas, coverage=0.9)
+    assert np.mean(meas <= pred * (1 + band / 100)) >= 0.9
+    assert conformal_band(np.ones(3), np.array([0.5, 0.6, 0.7])) == 0.0  # all over-predicted: no margin needed
+
+
+def test_family_scales_and_composition_recover_a_known_model():
+    from hwsearch.predictors.calibration import PlanParts, family_scales, fit_compose
+
+    rng = np.random.default_rng(0)
+    parts, records, y = [], [], []
+    for _ in range(8):
+        layers = {f"l{i}": float(rng.uniform(0.5, 2.0)) for i in range(6)}
+        fam = {n: ("linear/int8" if i % 2 else "linear/fp32") for i, n in enumerate(layers)}
+        scale = {"linear/int8": 1.5, "linear/fp32": 0.8}
+        rest = float(rng.uniform(1, 3))
+        parts.append(PlanParts(layers, fam, rest, int(rng.integers(10, 40)), 0.0))
+        records.append([(fam[n], scale[fam[n]] * ms, ms) for n, ms in layers.items()])
+        y.append(sum(scale[fam[n]] * ms for n, ms in layers.items()) + 1.2 * rest + 0.4)
+    assert family_scales(r for rec in records for r in rec) == pytest.approx({"linear/int8": 1.5, "linear/fp32": 0.8})
+    fit = fit_compose("in_model", parts, records, np.array(y), np.arange(8) > 0)
+    assert fit.predict(parts[0]) == pytest.approx(y[0], rel=1e-6)
+    assert fit.overhead.scale == pytest.approx(1.2, rel=1e-6) and fit.overhead.per_forward_ms == pytest.approx(0.4, rel=1e-5)
+
+
+def test_layer_times_time_layers_in_place():
+    import torch
+
+    from hwsearch.profilers.inmodel import layer_times
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    got = layer_times(model, (torch.randn(8, 64),), ["0", "2"], threads=1, passes=3, warmup=1)
+    assert set(got) == {"0", "2"} and all(0 < v < 1e3 for v in got.values())
