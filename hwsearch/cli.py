@@ -324,32 +324,46 @@ def bench_help(
 @bench_app.command("gemm-transfer")
 def bench_gemm_transfer(
     data: str | None = typer.Option(None, "--data", help="Vidur gemm_fp16.csv (default: ../shared/data/external/vidur/gemm_fp16.csv)."),
-    source: str = typer.Option("a100,a40", "--source", help="Comma list of source GPUs."),
-    target: str = typer.Option("h100", "--target", help="Target GPU."),
-    shots: int = typer.Option(10, "--shots", help="Labelled target shapes (the reference shapes count against them)."),
+    source: str = typer.Option("", "--source", help="Comma list of source GPUs (default: every GPU but the target)."),
+    target: str = typer.Option("h100", "--target", help="Target GPU, or 'all': each GPU in turn, one table."),
+    shots: int = typer.Option(10, "--shots", help="Labelled target shapes (the reference shapes count against them); 0: spec sheet only."),
     seeds: int = typer.Option(5, "--seeds", help="Draws of the non-reference shots."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also score the HELP-style meta-predictor on shape features (slower)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Vidur fp16 GEMMs: meta-train on source GPUs, adapt to the target from a few shapes."""
+    """Vidur fp16 GEMMs: learn on source GPUs, predict the target from its spec sheet and a few shapes."""
     from pathlib import Path
 
-    from hwsearch.bench.gemm_transfer import REFERENCE, run_gemm_transfer
+    from hwsearch.bench.gemm_transfer import run_gemm_transfer
 
     path = Path(data) if data else Path.cwd().parent / "shared" / "data" / "external" / "vidur" / "gemm_fp16.csv"
     with _BenchProgress(not as_json) as progress:
-        doc = run_gemm_transfer(path, source.split(","), target, shots=shots, seeds=seeds, progress=progress)
+        doc = run_gemm_transfer(path, source.split(","), target, shots=shots, seeds=seeds, baseline=baseline,
+                                progress=progress)
     if as_json:
         emit_json(doc)
         return
     from rich.table import Table
 
-    grid = Table(title=f"GEMM transfer {source} -> {target}: {shots} shots ({min(REFERENCE, shots)} fixed reference "
-                       f"shapes + random), mean of {seeds} seeds, scored on all other {target} shapes",
-                 caption="data: Vidur profiling (github.com/microsoft/vidur); no published few-shot figure to compare",
-                 title_justify="left")
-    for col in ("Spearman", "within ±10 %", "MAPE %"):
-        grid.add_column(col, justify="right")
-    grid.add_row(f"{doc['spearman']:.3f}", f"{doc['within_10pct']:.3f}", f"{doc['mape']:.1f}")
+    pub = doc["published"]
+    grid = Table(title=f"GEMM transfer to {target}: {shots} shots ({doc['reference']} fixed reference shapes + random), "
+                       f"mean of {seeds} seeds, scored on every other target shape",
+                 caption=f"method: {doc['method']}\nbaseline: {doc['baseline_method']}\n"
+                         f"compare: {pub['methods']} ({pub['numbers']})\n"
+                         "noise floor: Vidur's repeated rows of one shape within ±10 % of its median; "
+                         "data: Vidur profiling (github.com/microsoft/vidur)",
+                 title_justify="left", caption_justify="left")
+    cols = ("target", "sources", "within ±10 %", "Spearman", "MAPE %", "0-shot ±10 %", "0-shot MAPE %",
+            "baseline ±10 %", "baseline Spearman", "noise floor ±10 %")
+    for col in cols:
+        grid.add_column(col, justify="left" if col in ("target", "sources") else "right")
+    for name, row in doc["targets"].items():
+        base, zero, floor = row["baseline"], row["zero_shot"], row["noise_floor"]["within_10pct"]
+        few = ("-", "-", "-") if shots == 0 else (f"{row['within_10pct']:.3f}", f"{row['spearman']:.3f}",
+                                                  f"{row['mape']:.1f}")
+        grid.add_row(name, ",".join(row["source"]), *few, f"{zero['within_10pct']:.3f}", f"{zero['mape']:.1f}",
+                     "-" if base is None else f"{base['within_10pct']:.3f}",
+                     "-" if base is None else f"{base['spearman']:.3f}", "-" if floor is None else f"{floor:.3f}")
     wide_console().print(grid)
 
 

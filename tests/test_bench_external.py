@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -24,10 +25,14 @@ from hwsearch.bench.external import (
     gemm_features,
     load_help,
     load_vidur,
+    load_vidur_rows,
+    repeat_agreement,
 )
 from hwsearch.bench.help import PROTOCOLS, query_indices, run_help
 from hwsearch.cli import app
 from hwsearch.errors import HwsearchError
+from hwsearch.predictors.gemm_tiles import RooflineFit, gemm_terms
+from hwsearch.profilers.gpu_specs import gpu_spec
 
 EXTERNAL = Path(__file__).resolve().parents[2] / "shared/data/external"
 HELP_DIR = EXTERNAL / "help"
@@ -41,6 +46,22 @@ TINY = {"hidden": 16, "n_basis": 8, "steps": 15, "batch_tasks": 2, "query": 32}
 def tiny_models(monkeypatch):
     monkeypatch.setattr(help_bench, "DEFAULT_PARAMS", TINY)
     monkeypatch.setattr(gemm_transfer, "DEFAULT_PARAMS", TINY)
+    monkeypatch.setattr(gemm_transfer, "TRANSFER_PARAMS", {"n_estimators": 20, "max_depth": 3})
+
+
+def vidur_like(path: Path, gpus=("a100", "a40", "h100"), n: int = 80) -> Path:
+    """A small Vidur-shaped CSV: each GPU's spec-sheet roofline, 2 models per shape (one 3 % off)."""
+    rng = np.random.default_rng(0)
+    M, K, N = 2 ** rng.integers(0, 12, n), 2 ** rng.integers(9, 14, n), 2 ** rng.integers(10, 15, n)
+    rows = []
+    for g in gpus:
+        c, m = gemm_terms(M, K, N, gpu_spec(g if g != "x100" else "a100"))
+        ms = RooflineFit(4.0, 0.7, 0.8).seconds(c, m) * 1e3
+        for model, f in (("x", 1.0), ("y", 1.03)):
+            rows += [{"gpu": g, "model": model, "M": a, "K": b, "N": d, "median_ms": t * f}
+                     for a, b, d, t in zip(M, K, N, ms, strict=True)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
 
 
 # -- encoders ----------------------------------------------------------------------------------
@@ -178,11 +199,61 @@ def test_cli_gemm_transfer_json_keys(tiny_models):
     ])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert set(doc) == {"spearman", "within_10pct", "mape"}
-    assert 0 <= doc["within_10pct"] <= 1 and doc["mape"] > 0
+    assert {"spearman", "within_10pct", "mape", "targets", "published", "method", "baseline_method"} <= set(doc)
+    row = doc["targets"]["h100"]
+    assert row["source"] == ["a100"] and row["spec"]["name"] == "h100-sxm"
+    assert 0 <= doc["within_10pct"] <= 1 and doc["mape"] > 0 and doc["within_10pct"] == row["within_10pct"]
+    assert set(row["zero_shot"]) == set(row["baseline"]) == {"spearman", "within_10pct", "mape"}
+    assert 0.9 < row["noise_floor"]["within_10pct"] <= 1 and "NeuSight" in doc["published"]["methods"]
 
 
 @needs_vidur
 def test_cli_gemm_transfer_bad_gpu():
-    with pytest.raises(HwsearchError, match="unknown GPU 'v100'; accepted: a100, a40, h100"):
+    with pytest.raises(HwsearchError, match="unknown GPU 'v100'; accepted: a100, a40, h100, all"):
         gemm_transfer.run_gemm_transfer(VIDUR, ["a100"], "v100")
+
+
+def test_gemm_transfer_every_target_and_zero_shots(tmp_path, tiny_models):
+    """--target all: one row per GPU, the others as sources; 0 shots scores the spec sheet alone."""
+    data = vidur_like(tmp_path / "g.csv")
+    doc = gemm_transfer.run_gemm_transfer(data, [], "all", shots=0, seeds=2)
+    assert list(doc["targets"]) == ["a100", "a40", "h100"] and doc["reference"] == 0
+    for name, row in doc["targets"].items():
+        assert name not in row["source"] and len(row["source"]) == 2 and row["baseline"] is None
+        assert row["zero_shot"]["within_10pct"] == row["within_10pct"]
+        assert row["zero_shot"]["within_10pct"] > 0.9  # the data is the roofline: the spec sheet suffices
+        assert row["noise_floor"] == {"within_10pct": 1.0, "repeated_rows": 160}
+    few = gemm_transfer.run_gemm_transfer(data, ["a100", "a40"], "h100", shots=5, seeds=2, baseline=False)
+    assert few["reference"] == 4 and few["targets"]["h100"]["spearman"] > 0.95
+
+
+def test_gemm_transfer_cli_table(tmp_path, tiny_models):
+    data = vidur_like(tmp_path / "g.csv")
+    res = CliRunner().invoke(app, ["bench", "gemm-transfer", "--data", str(data), "--target", "all", "--shots", "4",
+                                   "--seeds", "1"])
+    assert res.exit_code == 0, res.output
+    assert all(g in res.stdout for g in ("a100", "a40", "h100")) and "NeuSight" in res.stdout
+    assert "baseline" in res.stdout and "noise floor" in res.stdout
+
+
+def test_gemm_transfer_bad_input(tmp_path):
+    data = vidur_like(tmp_path / "g.csv", gpus=("a100", "x100"), n=10)
+    with pytest.raises(HwsearchError, match="no spec sheet for GPU 'x100'"):
+        gemm_transfer.run_gemm_transfer(data, ["a100"], "x100")
+    with pytest.raises(HwsearchError, match="shots -1 out of range; accepted: 0 or more"):
+        gemm_transfer.run_gemm_transfer(data, ["a100"], "x100", shots=-1)
+    with pytest.raises(HwsearchError, match="also a source"):
+        gemm_transfer.run_gemm_transfer(data, ["a100"], "a100")
+    one = vidur_like(tmp_path / "one.csv", gpus=("a100",), n=10)
+    with pytest.raises(HwsearchError, match="no source GPU left for target 'a100'"):
+        gemm_transfer.run_gemm_transfer(one, [], "all")
+    two = vidur_like(tmp_path / "two.csv", gpus=("a100", "a40"), n=10)
+    with pytest.raises(HwsearchError, match="shots 10 out of range for 'a40'; accepted: 0..9"):
+        gemm_transfer.run_gemm_transfer(two, ["a100"], "a40", shots=10)
+
+
+def test_repeat_agreement_is_the_noise_floor(tmp_path):
+    rows = load_vidur_rows(vidur_like(tmp_path / "g.csv", gpus=("a40",), n=5))
+    assert repeat_agreement(rows, "a40") == (1.0, 10)
+    assert repeat_agreement(rows, "a40", pct=1.0)[0] == 0.0
+    assert repeat_agreement(rows, "h100") == (None, 0)

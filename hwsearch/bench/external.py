@@ -231,6 +231,24 @@ def gemm_features(M: np.ndarray, K: np.ndarray, N: np.ndarray) -> np.ndarray:
 
 def load_vidur(path: Path | str) -> pd.DataFrame:
     """Vidur GEMMs, one row per (gpu, M, K, N) with the median over models that share the shape."""
+    df = load_vidur_rows(path)
+    return df.groupby(["gpu", "M", "K", "N"], as_index=False)["median_ms"].median()
+
+
+def repeat_agreement(rows: pd.DataFrame, gpu: str, pct: float = 10.0) -> tuple[float | None, int]:
+    """The noise floor: share of a GPU's repeated rows (same shape, other models) within ±pct % of
+    their shape's median, and how many such rows there are (None, 0 when no shape repeats)."""
+    g = rows[rows["gpu"] == gpu]
+    med = g.groupby(["M", "K", "N"])["median_ms"].transform("median")
+    rep = g.groupby(["M", "K", "N"])["median_ms"].transform("size") > 1
+    if not rep.any():
+        return None, 0
+    ok = (g["median_ms"] - med).abs() <= pct / 100.0 * med
+    return float(ok[rep].mean()), int(rep.sum())
+
+
+def load_vidur_rows(path: Path | str) -> pd.DataFrame:
+    """Vidur's rows as measured (one per model, op and shape), checked; positive latencies only."""
     p = Path(path)
     if not p.is_file():
         raise HwsearchError(f"Vidur GEMM file {str(p)!r} does not exist; pass --data FILE (gemm_fp16.csv)")
@@ -238,5 +256,4 @@ def load_vidur(path: Path | str) -> pd.DataFrame:
     need = {"gpu", "M", "K", "N", "median_ms"}
     if not need <= set(df.columns):
         raise HwsearchError(f"{str(p)!r} lacks columns {sorted(need - set(df.columns))}; accepted: Vidur gemm_fp16.csv")
-    df = df[df["median_ms"] > 0]
-    return df.groupby(["gpu", "M", "K", "N"], as_index=False)["median_ms"].median()
+    return df[df["median_ms"] > 0]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from hwsearch.kernels.cpu import cpu_flags
+from hwsearch.profilers.gpu_specs import gpu_spec_from_properties
 
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "fma", "neon", "asimd", "sve")
 LIBRARIES = ("torch", "triton", "numpy", "hwsearch")
@@ -92,6 +93,9 @@ def fingerprint(backend: str = "cpu", threads: int | None = None) -> dict[str, A
             cuda=torch.version.cuda,
             l2_bytes=getattr(props, "L2_cache_size", None),
         )
+        # peak FLOP/s and bandwidth are not reported by the driver: the spec sheet's (None if not tabled)
+        spec = gpu_spec_from_properties(props)
+        doc["gpu_spec"] = spec.as_dict() if spec is not None else None
     return doc
 
 
