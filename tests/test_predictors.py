@@ -352,3 +352,13 @@ def test_cli_errors_are_one_line(world):
     assert isinstance(res.exception, HwsearchError) and "profiled on host" in str(res.exception)
     res = _run(["predict", "--device", "syn", "--model", "nomodel", "--db", world["url"]])
     assert isinstance(res.exception, HwsearchError) and "unknown model" in str(res.exception)
+
+
+def test_cli_bench_search_times_picks_under_several_budgets(world):
+    res = _run(["bench", "search", "--device", "syn", "--model", "digits_vit", "--trials", "30", "--seeds", "1",
+                "--samplers", "nsga2", "--verify", "2", "--json", "--db", world["url"]])
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)["violation_rate"]
+    assert v["measured"] and v["picks"] == len(v["rows"]) >= 2 and len(v["budgets_ms"]) >= 2
+    assert 0 <= v["violation_rate"] <= 1 and np.isfinite(v["worst_overshoot_pct"])
+    assert all(r["upper_ms"] <= r["budget_ms"] + 1e-9 and r["measured_ms"] > 0 for r in v["rows"])

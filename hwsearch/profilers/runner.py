@@ -26,7 +26,17 @@ from hwsearch.profilers.fingerprint import device_kind, fingerprint
 from hwsearch.profilers.limits import probe
 from hwsearch.profilers.measure import measure_many
 from hwsearch.profilers.progress import progress_bar
+from hwsearch.spaces.knobs import Knobs
 from hwsearch.spaces.model import ModelSpec
+
+# A model whose search needs measuring (`--for`): a catalogue name or ModelSpec, with its knobs.
+ModelRequest = str | ModelSpec | tuple[str | ModelSpec, Knobs | None]
+
+
+def _model_name(request: ModelRequest) -> str:
+    model = request[0] if isinstance(request, tuple) else request
+    return model if isinstance(model, str) else model.name
+
 
 # Kernels timed together in interleaved rounds and stored in one transaction: large enough that
 # a round of the chunk takes a noticeable time (rounds are that far apart), small enough that a
@@ -63,7 +73,7 @@ def default_threads() -> int:
 
 def plan_tasks(
     budget: str | int, backend: str = "cpu", seed: int = 0, max_flops: float | None = None,
-    models: Sequence[str | ModelSpec] = (),
+    models: Sequence[ModelRequest] = (),
 ) -> list[tuple[OpSpec, str]]:
     """(spec, implementation name) pairs a budget measures on `backend`: every implementation, so
     the device's dispatch (`hwsearch.kernels.dispatch`) can pick the one measured fastest; then
@@ -71,8 +81,9 @@ def plan_tasks(
     tasks = [(spec, kernel.name) for spec in sampling.plan_specs(budget, seed, max_flops)
              for kernel in registry.implementations(spec, backend)]
     caps = registry.capabilities(backend)
-    for model in models:
-        for spec in sampling.model_plan(model, backend):
+    for request in models:
+        model, knobs = request if isinstance(request, tuple) else (request, None)
+        for spec in sampling.model_plan(model, backend, knobs):
             impls = registry.implementations(spec, backend)
             native = [k for k in impls if k.native(spec, caps)]
             tasks += [(spec, k.name) for k in native or impls[:1]]
@@ -89,7 +100,7 @@ def profile_local(
     show_progress: bool = True,
     max_flops: float | None = None,
     warn: Callable[[str], None] | None = None,
-    models: Sequence[str | ModelSpec] = (),
+    models: Sequence[ModelRequest] = (),
 ) -> ProfileSummary:
     """Measure this machine's missing kernels for `budget` into the database.
 
@@ -120,7 +131,7 @@ def profile_local(
     state: dict[str, object] = {"before": {**machine.snapshot(), "other_share": before}}
     run_id = store.start_run(
         engine, device_id, str(budget), {"budget": budget, "seed": seed, "threads": threads, "backend": backend, "max_flops": max_flops,
-                                         "for": [m if isinstance(m, str) else m.name for m in models]},
+                                         "for": [_model_name(m) for m in models]},
         n_planned=len(tasks), n_skipped=len(tasks) - len(todo), machine=state,
     )
     inserted = unstable = 0

@@ -1,7 +1,8 @@
 """`hwsearch demo`: the main job end to end on this machine, on the embedded database.
 
-Profile this machine (quick budget), train its XGBoost predictor, calibrate the end-to-end
-overhead term on a few timed plans of two model sizes, search `vit_base` (latency x size) and `digits_vit`
+Profile this machine (quick budget, plus every kernel the two searches score: `profile --for`),
+train its XGBoost predictor, calibrate how kernels compose into a model (layers timed in place, the
+overhead, a safe band) on a few timed plans of two model sizes, search `vit_base` (latency x size) and `digits_vit`
 (latency x quality, quality from the sensitivity proxy, the chosen plans evaluated for real),
 verify the top plans on this machine, export them, and print the Pareto tables, the
 predicted-vs-measured check and where the files are.
@@ -18,11 +19,11 @@ DEMO_TRIALS = {"vit_base": 300, "digits_vit": 200}
 
 
 def measured_knobs(model: str) -> dict[str, object]:
-    """Search knobs limited to what the quick profile measured for `model`.
+    """Search knobs for vit_base kept small enough that the demo measures all they score.
 
-    A predictor trained on a quick profile is only trusted near what it saw: the quick sweep's
-    formats (and the model's own fp32), its int4 group, dense weights, its one rank per layer
-    (min(K, N) / 4 rounded to 32) and no token merging. A standard profile lifts these limits.
+    The quick sweep's formats (and the model's own fp32), its int4 group, dense weights, one
+    rank per layer (min(K, N) / 4 rounded to 32) and no token merging: `profile --for` then
+    measures every kernel the search scores in well under a minute.
     """
     from hwsearch.profilers.sampling import SWEEPS
     from hwsearch.spaces.catalog import get_model
@@ -47,14 +48,14 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
     from hwsearch.profilers.runner import profile_local
     from hwsearch.search.client import Client
     from hwsearch.search.report import JobProgress, print_front, print_verification
-    from hwsearch.search.spec import SearchSpec
+    from hwsearch.search.spec import SearchSpec, knobs_from_doc
 
     console = Console()
     started = time.perf_counter()
     client = Client(db)
     engine = client.engine
-    console.print(f"[bold]1/6[/bold] profiling this machine (quick budget) into {client.db_url}")
-    summary = profile_local(engine, budget="quick")
+    console.print(f"[bold]1/6[/bold] profiling this machine (quick budget, plus what the searches score) into {client.db_url}")
+    summary = profile_local(engine, budget="quick", models=[("vit_base", knobs_from_doc(measured_knobs("vit_base"))), "digits_vit"])
     device = summary.device
     console.print(f"    {device}: {summary.measured} kernels measured now, {summary.already_stored} already stored")
     console.print("[bold]2/6[/bold] training its latency predictor")
@@ -70,12 +71,13 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
     out = Path(out_dir) if out_dir else data_dir() / "demo"
     out.mkdir(parents=True, exist_ok=True)
     searches = [("vit_base", ["latency", "size"]), ("digits_vit", ["latency", "quality"])]
-    console.print("    (searches use the knobs the quick profile measured: fp32/bf16/int8/int4 g128, one rank, no merging)")
+    console.print("    (vit_base searches fp32/bf16/int8/int4 g128, one rank, no merging; digits_vit its whole space)")
     done: dict[str, object] = {"device": device, "files": []}
     for step, (model, objectives) in enumerate(searches, start=4):
         console.print(f"[bold]{step}/6[/bold] searching {model} ({' x '.join(objectives)}, "
                       f"{DEMO_TRIALS[model]} trials, 2 workers on local Ray), verifying the top 3 on {device}")
-        job = client.submit(SearchSpec(model=model, device=device, objectives=objectives, knobs=measured_knobs(model),
+        knobs = measured_knobs(model) if model == "vit_base" else {}
+        job = client.submit(SearchSpec(model=model, device=device, objectives=objectives, knobs=knobs,
                                        n_trials=DEMO_TRIALS[model], n_workers=2, verify_top_k=3))
         with JobProgress(True) as on_poll:
             st = job.wait(on_poll=on_poll)

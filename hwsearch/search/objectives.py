@@ -135,6 +135,13 @@ class Tables:
     def objectives(self) -> tuple[str, ...]:
         return tuple(self.terms)
 
+    def margin(self, name: str) -> float:
+        """What an objective's value is multiplied by before a bound is checked: the latency's
+        calibrated upper bound (`Overhead.band_pct`), so a budget holds on the device, not just
+        on the estimate; 1 for everything else."""
+        band = self.provenance.get(name, {}).get("band_pct") if name == "latency" else None
+        return 1.0 + (band or 0.0) / 100.0
+
     @property
     def n_choices(self) -> np.ndarray:
         return np.array([len(v.choices) for v in self.variables])

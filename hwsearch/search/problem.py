@@ -93,6 +93,7 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
             overhead, overhead_id = device_overhead(engine, predictor.device_id)
             answer_doc = predictor.describe()
             provenance["latency"] = {"source": "predictor", "device": spec.device, "predictor_id": predictor.predictor_id,
+                                     "band_pct": overhead.band_pct,
                                      "kind": predictor.kind, "detail": predictor.detail, "overhead_id": overhead_id}
             if "latency" not in needed:
                 needed.append("latency")
@@ -117,7 +118,7 @@ def check_reachable(tables: Tables, spec: SearchSpec) -> None:
     """A constraint no plan in the space meets is an error naming the best reachable value."""
     for key, bound in spec.constraints.items():
         name, kind = CONSTRAINTS[key]
-        best = tables.extreme(name, True)
+        best = tables.extreme(name, True) * (tables.margin(name) if kind == "max" else 1.0)
         unit = OBJECTIVES[name].unit
         if (kind == "max" and best > bound) or (kind == "min" and best < bound):
             sign = ">=" if kind == "max" else "<="

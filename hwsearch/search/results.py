@@ -72,7 +72,9 @@ def plan_of(trial: FrozenTrial, space: SearchSpace, spec: SearchSpec, provenance
         prov = dict((provenance or {}).get(name) or {"source": "analytic"})
         kw = {k: prov.get(k) for k in ("device", "kind", "detail")}
         pid = prov.get("predictor_id")
-        predicted[obj.column] = Figure(value=float(value), unit=obj.unit or obj.name, provenance=Provenance(
+        band = prov.get("band_pct")
+        upper = float(value) * (1 + band / 100) if band is not None and name == "latency" else None
+        predicted[obj.column] = Figure(value=float(value), unit=obj.unit or obj.name, upper=upper, provenance=Provenance(
             source=prov.get("source", "analytic"), predictor_id=None if pid is None else str(pid), **kw))
     return Plan(model=spec.model_name, device=spec.device, layers=layers, merge=merge, predicted=predicted)
 

@@ -25,7 +25,8 @@ SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "gp", "random")
 SPEC_VERSION = 1
 
 
-def _knobs(doc: dict[str, Any]) -> Knobs:
+def knobs_from_doc(doc: dict[str, Any]) -> Knobs:
+    """`Knobs` from a spec's JSON knobs (lists become tuples); unknown names: one line."""
     names = {f.name for f in fields(Knobs)}
     extra = sorted(set(doc) - names)
     if extra:
@@ -122,7 +123,7 @@ class SearchSpec(BaseModel):
 
     @model_validator(mode="after")
     def _model(self) -> SearchSpec:
-        _knobs(self.knobs)
+        knobs_from_doc(self.knobs)
         if isinstance(self.model, str):
             from hwsearch.spaces.catalog import get_model
 
@@ -172,7 +173,7 @@ class SearchSpec(BaseModel):
         return spec_from_doc(self.model_spec)  # type: ignore[arg-type]
 
     def knob_values(self) -> Knobs:
-        return _knobs(self.knobs)
+        return knobs_from_doc(self.knobs)
 
     @property
     def directions(self) -> list[str]:

@@ -65,12 +65,15 @@ def distributions(tables: Tables) -> dict[str, CategoricalDistribution]:
     return out
 
 
-def constraint_values(constraints: Mapping[str, float], scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Optuna's convention: a value <= 0 is feasible."""
+def constraint_values(constraints: Mapping[str, float], scores: Mapping[str, np.ndarray],
+                      tables: Tables | None = None) -> dict[str, np.ndarray]:
+    """Optuna's convention: a value <= 0 is feasible. An upper bound is checked against the
+    value's calibrated upper bound (`Tables.margin`: the latency band), not the bare estimate."""
     out = {}
     for key, bound in constraints.items():
         name, kind = CONSTRAINTS[key]
-        out[key] = scores[name] - bound if kind == "max" else bound - scores[name]
+        margin = tables.margin(name) if tables is not None else 1.0
+        out[key] = scores[name] * margin - bound if kind == "max" else bound - scores[name]
     return out
 
 
@@ -89,7 +92,7 @@ def ask_tell(mem: optuna.Study, tables: Tables, dists: Mapping[str, CategoricalD
                 mem._storage.set_trial_system_attr(trial._trial_id, key, 0)
     enc = [tables.encode_params(t.params) for t in asked]
     scores = tables.score(np.stack([e[0] for e in enc]), np.array([e[1] for e in enc]))
-    cons = constraint_values(constraints, scores)
+    cons = constraint_values(constraints, scores, tables)
     for i, trial in enumerate(asked):
         for name, col in scores.items():
             trial.set_user_attr(OBJECTIVES[name].column, float(col[i]))
@@ -111,7 +114,8 @@ def optimize_in_memory(tables: Tables, objectives: Sequence[str], constraints: M
     done = 0
     while done < n_trials:
         done += len(ask_tell(mem, tables, dists, objectives, constraints, min(BATCH, n_trials - done)))
-    return mem.get_trials(deepcopy=False)
+    # a warm start larger than the budget leaves enqueued trials that never ran
+    return [t for t in mem.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
 @dataclass

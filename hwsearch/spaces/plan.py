@@ -86,11 +86,14 @@ class Provenance(BaseModel):
 
 
 class Figure(BaseModel):
+    """A predicted figure; `upper`, where set, is its calibrated upper bound (a latency's band)."""
+
     model_config = ConfigDict(extra="forbid")
 
     value: float
     unit: str
     provenance: Provenance
+    upper: float | None = None
 
 
 class Plan(BaseModel):
