@@ -22,17 +22,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's help: flags shown as flags (rich help shows `--detach <bool>`)
 )
 bench_app = typer.Typer(help="Benchmarks: each prints numbers (use --json for one JSON document).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
-def wide_console() -> Console:
-    """Rich console for tables: the terminal's width, or 200 columns when output goes to a file or
-    pipe (rich's 80-column default there squeezes wide tables into unreadable columns)."""
-    from rich.console import Console
+@app.callback()
+def options(verbose: bool = typer.Option(False, "--verbose", help="Also show third-party log lines (Ray's start-up, ...).")) -> None:
+    """Options of every command (before its name: `hwsearch --verbose search ...`)."""
+    if verbose:
+        import os
 
-    return Console() if sys.stdout.isatty() else Console(width=200)
+        from hwsearch.config import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"  # the processes a command starts inherit it
+
+
+def wide_console() -> Console:
+    """Rich console for tables: the terminal's width, or 200 columns off a terminal (`report.wide_console`)."""
+    from hwsearch.search.report import wide_console as console
+
+    return console()
 
 
 def emit_json(doc: Any) -> None:
@@ -79,17 +90,34 @@ def plan_schema(out: str | None = typer.Option(None, "--out", help="Write the sc
 
 
 @plan_app.command("validate")
-def plan_validate(path: str = typer.Argument(..., help="A plan JSON file.")) -> None:
-    """Check a plan file against its schema and its catalogue model's layers and groups."""
+def plan_validate(path: str = typer.Argument(..., help="A plan JSON file (or an export: the plan beside it is checked).")) -> None:
+    """Check a plan file against its schema and its catalogue model's layers and groups.
+
+    Given a file `hwsearch export` wrote for another tool, says what it is and checks the full
+    plan kept beside it."""
     from pathlib import Path
 
+    from hwsearch.export.files import plan_path_for
+    from hwsearch.export.identify import describe, identify
     from hwsearch.spaces.catalog import get_model
-    from hwsearch.spaces.plan import Plan, validate_plan
+    from hwsearch.spaces.plan import PLAN_SCHEMA, Plan, validate_plan
 
     file = Path(path)
     if not file.is_file():
-        raise HwsearchError(f"no plan file at {path!r}; accepted: a path to a {Plan.json_schema()['$id']} JSON file")
-    plan = Plan.from_json(file.read_text())
+        raise HwsearchError(f"no plan file at {path!r}; accepted: a path to a {PLAN_SCHEMA} JSON file")
+    text = file.read_text(encoding="utf-8")
+    fmt = identify(text)
+    if fmt is not None:
+        kept = plan_path_for(file)
+        if not kept.is_file():
+            raise HwsearchError(f"{describe(file, fmt)}, which is missing; accepted: a {PLAN_SCHEMA} file "
+                                "(`hwsearch export --format plan`)")
+        typer.echo(describe(file, fmt))
+        path, text = str(kept), kept.read_text(encoding="utf-8")
+    try:
+        plan = Plan.from_json(text)
+    except HwsearchError as err:
+        raise HwsearchError(f"{path} is neither a plan nor a file `hwsearch export` wrote: {err}") from None
     validate_plan(plan, get_model(plan.model))
     typer.echo(f"{path}: valid plan for {plan.model} ({len(plan.layers)} compressed layers)")
 
@@ -570,11 +598,12 @@ def export_plan(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document {path, format, plan_path, warnings}."),
     db: str | None = DB_OPTION,
 ) -> None:
-    """Export a plan (of a job, or from a file) to another tool's format; what the target cannot
-    express is warned about on stderr."""
+    """Export a plan (of a job, or from a file) to another tool's format; says which plan it was and
+    its figures, and warns on stderr about what the target cannot express."""
+    import warnings
     from pathlib import Path
 
-    from hwsearch.export import export
+    from hwsearch.export import ExportWarning, export
     from hwsearch.spaces.plan import Plan
 
     if (job is None) == (plan_file is None):
@@ -586,19 +615,27 @@ def export_plan(
         if not source.is_file():
             raise HwsearchError(f"plan file {plan_file!r} does not exist; accepted: a hwsearch.plan/v1 JSON file")
         plan = Plan.from_json(source.read_text(encoding="utf-8"))
+        which, number = f"the plan in {plan_file}", None
     else:
         if trial is not None and max_latency_ms is not None:
             raise HwsearchError("give --trial or --max-latency-ms, not both; accepted: JOB [--trial N | --max-latency-ms X]")
         from hwsearch.search.client import Client
 
         handle = Client(db_url=db).job(job)
-        plan = handle.plan(trial) if trial is not None else handle.best(max_latency_ms=max_latency_ms)
-    result = export(plan, fmt, out)
+        number = trial if trial is not None else handle.best_trial(max_latency_ms=max_latency_ms)
+        plan = handle.plan(number)
+        why = "" if trial is not None else " (the best Pareto plan" + (
+            "" if max_latency_ms is None else f" with latency_ms <= {max_latency_ms:g}") + ")"
+        which = f"job {job} trial {number}{why}"
+    with warnings.catch_warnings(record=True):  # each is printed below as one line
+        warnings.simplefilter("always", ExportWarning)
+        result = export(plan, fmt, out)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if as_json:
-        emit_json(result.as_dict())
+        emit_json({**result.as_dict(), "job": job, "trial": number})
         return
+    typer.echo(f"{which}: {result.figures()}")
     kept = "" if result.plan_path == result.path else f" (full plan kept in {result.plan_path})"
     typer.echo(f"wrote {result.format} to {result.path}{kept}")
 
@@ -698,7 +735,8 @@ def jobs_show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
     st = job.status()
     front = job.pareto()
     if as_json:
-        emit_json({**status_doc(st), "pareto": front.to_dict(orient="records")})
+        emit_json({**status_doc(st), "pareto": front.to_dict(orient="records"),
+                   "verifications": job.verifications().to_dict(orient="records")})
         return
     print_jobs([st])
     if st.error:
@@ -815,7 +853,8 @@ def dashboard(
                                 "(--port) on an address of this machine (--address)") from None
     app_path = Path(__file__).with_name("dashboard") / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", address,
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer"]  # no "Deploy" button: this is a tool, not an app being written
     typer.echo(f"dashboard on http://{address}:{port} (Ctrl+C stops it)", err=True)
     proc = subprocess.Popen(cmd, env={**os.environ, "HWSEARCH_DB": url})
     try:

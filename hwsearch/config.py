@@ -18,3 +18,12 @@ def data_dir() -> Path:
 def default_db_url() -> str:
     """`HWSEARCH_DB` if set, else an SQLite file in the data directory."""
     return os.environ.get("HWSEARCH_DB") or f"sqlite:///{data_dir() / 'hwsearch.db'}"
+
+
+VERBOSE_ENV = "HWSEARCH_VERBOSE"
+
+
+def verbose() -> bool:
+    """Whether third-party log lines (Ray's start-up, ...) reach the user: `hwsearch --verbose`, or
+    HWSEARCH_VERBOSE=1 for the Python API and the processes a command starts."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")

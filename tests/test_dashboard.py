@@ -23,6 +23,7 @@ from dashboard_seed import CPU, GPU, Seeded, brute_front, bulk_study, seed
 from streamlit.testing.v1 import AppTest
 
 from hwsearch.dashboard import data, plans
+from hwsearch.search.pareto import front_mask
 
 APP = Path(__file__).resolve().parent.parent / "hwsearch" / "dashboard" / "app.py"
 TIMEOUT_S = 60
@@ -166,11 +167,19 @@ def test_jobs_without_trials_read_as_guidance(seeded: Seeded, which: str, expect
 def test_compare_draws_one_front_per_job(seeded: Seeded) -> None:
     at = _app("compare")
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert len(fig["data"]) == 2  # the running job has no trials yet, and says so
-    assert any("still running" in t for t in _texts(at.caption))
+    names = sorted(t["name"].rsplit(" · ", 1)[1] for t in fig["data"])
+    assert names == ["measured", "predicted", "predicted"]  # the verified job's measured points, and both fronts
+    measured = next(t for t in fig["data"] if t["name"].endswith("measured"))
+    assert sorted(int(c[0]) for c in measured["customdata"]) == sorted(seeded.verified)
+    assert any("still running" in t for t in _texts(at.caption))  # the running job has no trials yet, and says so
     summary = at.dataframe[0].value
-    assert summary["points"].sum() == len(seeded.front) + len(data.study_front(seeded.url, seeded.other_device_job)[0]
-                                                              .query("pareto"))
+    assert summary["front"].sum() == len(seeded.front) + len(data.study_front(seeded.url, seeded.other_device_job)[0]
+                                                             .query("pareto"))
+    assert summary["verified"].max() == len(seeded.verified)
+    at.segmented_control(key="cmp_basis").set_value("predicted").run()
+    assert not at.exception
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert all(t["name"].endswith("predicted") for t in fig["data"]) and len(fig["data"]) == 2
 
 
 def test_devices_show_fingerprint_coverage_and_predictor_accuracy(seeded: Seeded) -> None:
@@ -193,13 +202,17 @@ def test_devices_show_fingerprint_coverage_and_predictor_accuracy(seeded: Seeded
 
 
 # -- data layer -----------------------------------------------------------------------------------
-def test_pareto_mask_matches_brute_force() -> None:
+def test_front_mask_matches_brute_force() -> None:
+    """The dashboard's front is the search package's: non-dominated, equal points counted once (the first)."""
     rng = random.Random(3)
     for k in (2, 3):
         vals = [tuple(round(rng.random(), 1) for _ in range(k)) for _ in range(300)]  # many ties
-        vals += vals[:10]  # exact duplicates stay on the front together
-        mask = data.pareto_mask(np.array(vals), ["minimize", "minimize", "maximize"][:k])
-        assert sorted(np.flatnonzero(mask).tolist()) == brute_front(vals, [True] * len(vals))
+        vals += vals[:10]  # exact duplicates: only the first of each is on the front
+        feasible = [rng.random() > 0.1 for _ in vals]
+        mask = front_mask(np.array(vals), ["minimize", "minimize", "maximize"][:k], np.array(feasible))
+        brute = brute_front(vals, feasible)
+        first = [i for i in brute if vals[i] not in [vals[j] for j in brute if j < i]]
+        assert sorted(np.flatnonzero(mask).tolist()) == first
 
 
 def test_ten_thousand_trials_are_paged(seeded: Seeded) -> None:

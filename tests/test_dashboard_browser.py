@@ -1,9 +1,12 @@
-"""End to end: `hwsearch dashboard` in a real headless Chromium, a Pareto point clicked, its plan found.
+"""End to end: `hwsearch dashboard` in a real headless Chromium: every page visited, every kind
+of point clicked, and any Streamlit exception on the way is a failure.
 
 The server is started the way a user starts it (the CLI, on a free loopback port) over a
 seeded SQLite database, and driven with Selenium through Debian's chromium and chromedriver.
-Screenshots go to pytest's tmp folder and are copied to `artifacts/dashboard/` (git-ignored)
-for a person to look at. Server and browser are stopped in teardown, also when a test fails.
+Points are clicked with the mouse where Plotly draws them (the dominated and infeasible ones
+too: a click on them once replaced the page with a KeyError). Screenshots go to pytest's tmp
+folder and are copied to `artifacts/dashboard/` (git-ignored) for a person to look at. Server
+and browser are stopped in teardown, also when a test fails.
 """
 
 from __future__ import annotations
@@ -141,6 +144,72 @@ def _text_on_page(text: str):
     return lambda d: text in d.find_element("tag name", "body").text
 
 
+def _no_exception(driver, where: str) -> None:
+    """No Streamlit exception, traceback or "Page not found" on the page, and no Deploy button."""
+    body = driver.find_element("tag name", "body").text
+    boxes = driver.find_elements("css selector", "[data-testid='stException']")
+    assert not boxes, f"{where}: {boxes[0].text[:1500]}"
+    for bad in ("Traceback", "Page not found", "KeyError"):
+        assert bad not in body, f"{where}: {bad!r} on the page: {body[:1500]}"
+    assert not driver.find_elements("css selector", "[data-testid='stAppDeployButton']"), f"{where}: Deploy button"
+
+
+def _heading_trial(driver) -> int:
+    from selenium.webdriver.common.by import By
+
+    return int(driver.find_element(By.XPATH, "//h2[starts-with(normalize-space(.), 'Plan of trial')]").text.split()[-1])
+
+
+def _settle(driver) -> None:
+    """Wait until Streamlit has finished the rerun a click started (no running indicator)."""
+    time.sleep(0.8)
+    _wait(driver, lambda d: not d.find_elements("css selector", "[data-testid='stStatusWidget']"), "the rerun to end")
+
+
+POINT_JS = """
+    // The most isolated visible point of the named trace (so a click there picks it, not a neighbour),
+    // skipping the trial shown now: its screen centre and the trial number in its customdata.
+    const [name, skip] = arguments;
+    const gd = document.querySelector('.js-plotly-plot');
+    const svg = gd.data.filter(t => t.type === 'scatter');
+    const groups = gd.querySelectorAll('.scatterlayer .trace');
+    const area = gd.querySelector('.nsewdrag').getBoundingClientRect();
+    const centre = el => { const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; };
+    const all = Array.from(gd.querySelectorAll('.scatterlayer .trace path.point')).map(centre);
+    const i = svg.findIndex(t => t.name === name || t.name.startsWith(name));
+    if (i < 0) return null;
+    let best = null;
+    Array.from(groups[i].querySelectorAll('path.point')).forEach((el, k) => {
+        const [x, y] = centre(el);
+        const trial = Math.round(svg[i].customdata[k][0]);
+        if (trial === skip || x < area.left + 4 || x > area.right - 4 || y < area.top + 4 || y > area.bottom - 4) return;
+        const gap = Math.min(...all.filter(([a, b]) => a !== x || b !== y).map(([a, b]) => Math.hypot(a - x, b - y)));
+        if (!best || gap > best.gap) best = {x: x, y: y, gap: gap, trial: trial};
+    });
+    return best;
+"""
+
+
+def _click_at(driver, x: float, y: float) -> None:
+    """A real mouse click at viewport coordinates (x, y)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(int(round(x)), int(round(y))).click()
+    actions.perform()
+
+
+def _toggle(driver, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    _wait(driver, lambda d: d.find_elements(By.XPATH, f"//label[.//input[@aria-label='{label}']]"),
+          f"the {label!r} toggle")
+    box = driver.find_element(By.XPATH, f"//label[.//input[@aria-label='{label}']]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    box.click()
+    _settle(driver)
+
+
 def test_click_pareto_point_shows_its_plan(server, browser, seeded, shots):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -202,20 +271,126 @@ def test_click_pareto_point_shows_its_plan(server, browser, seeded, shots):
     driver.save_screenshot(str(shots / "plan-json.png"))
 
 
-def test_pages_render_for_a_person(server, browser, seeded, shots):
-    """The other pages load in the browser without an error; screenshots for the closing note."""
+def test_every_page_opens_without_an_exception(server, browser, seeded, shots):
+    """Every page, as a link or a typed URL opens it, for a job in every state; screenshots for the note."""
     driver = browser
     for path, expect, name in (
         ("", "Open in Pareto explorer", "jobs"),
+        ("jobs", "Open in Pareto explorer", "jobs-by-url"),
         ("devices", "Predictor accuracy", "devices"),
         (f"compare?job={seeded.done_job}", "Compare fronts", "compare"),
+        (f"pareto?job={seeded.done_job}", "Plan of trial", "pareto"),
+        (f"pareto?job={seeded.other_device_job}", "Plan of trial", "pareto-other-device"),
         (f"pareto?job={seeded.running_job}", "no trial has finished yet", "pareto-running-job"),
+        (f"pareto?job={seeded.queued_job}", "This job is queued", "pareto-queued-job"),
+        (f"pareto?job={seeded.failed_job}", "This job failed", "pareto-failed-job"),
+        ("pareto?job=999&trial=abc", "Job #", "pareto-bad-url"),
     ):
         driver.get(f"{server}/{path}")
-        _wait(driver, _text_on_page(expect), f"{path} to show {expect!r}")
-        if name in ("devices", "compare"):
+        _wait(driver, _text_on_page(expect), f"{path or '/'} to show {expect!r}")
+        if name in ("devices", "compare", "pareto"):
             _wait(driver, lambda d: d.execute_script(
                 "return document.querySelectorAll('.js-plotly-plot').length > 0;"), f"charts on {path}")
-        assert "Traceback" not in driver.find_element("tag name", "body").text
-        assert not driver.find_elements("css selector", "[data-testid='stException']")
+        _settle(driver)
+        _no_exception(driver, path or "/")
         _snap(driver, shots, name)
+
+
+def test_every_kind_of_point_chooses_its_trial(server, browser, seeded, shots):
+    """A click on a front, dominated, infeasible or verified point (and on the ring of the chosen
+    one) shows that trial's plan; infeasible points are reached with "axes: all trials"."""
+    driver = browser
+    driver.get(f"{server}/pareto?job={seeded.done_job}")
+    _wait(driver, _text_on_page("Plan of trial"), "the Pareto explorer")
+    _wait(driver, lambda d: d.execute_script(
+        "const g = document.querySelector('.js-plotly-plot'); return !!(g && g.data && g.data.length);"), "the chart")
+    clicked = {}
+    for kind in ("Pareto front", "dominated", "measured on device", "infeasible", "trial "):
+        if kind == "infeasible":
+            _toggle(driver, "axes: all trials")
+        shown = _heading_trial(driver)
+        driver.execute_script("document.querySelector('.js-plotly-plot').scrollIntoView({block: 'center'});")
+        time.sleep(0.3)
+        point = driver.execute_script(POINT_JS, kind, -1 if kind == "trial " else shown)
+        assert point is not None, f"no visible {kind!r} point to click"
+        _click_at(driver, point["x"], point["y"])
+        _settle(driver)
+        _no_exception(driver, f"after clicking a {kind!r} point")
+        _wait(driver, _text_on_page(f"Plan of trial {point['trial']}"), f"the plan of the {kind!r} point clicked")
+        clicked[kind] = point["trial"]
+        assert f"trial={point['trial']}" in driver.current_url
+    assert clicked["measured on device"] in seeded.verified
+    assert clicked["Pareto front"] in seeded.front and clicked["dominated"] not in seeded.front
+    _snap(driver, shots, "pareto-infeasible-point-chosen")
+
+
+def test_three_d_view_tabs_and_budget(server, browser, seeded, shots):
+    """The 3-D view takes clicks and drags without an error; every tab of the plan and of the search
+    opens; "best under a budget" chooses the plan `job.best` would, and says so when none fits."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from hwsearch.search.client import Client
+    from hwsearch.search.pareto import best_under
+
+    driver = browser
+    driver.get(f"{server}/pareto?job={seeded.done_job}")
+    _wait(driver, _text_on_page("Plan of trial"), "the Pareto explorer")
+    _toggle(driver, "3-D view")
+    _wait(driver, lambda d: d.execute_script(
+        "return !!document.querySelector('.js-plotly-plot') && "
+        "document.querySelector('.js-plotly-plot').data.some(t => t.type === 'scatter3d');"), "the 3-D chart")
+    time.sleep(1.0)
+    scene = driver.find_element(By.CSS_SELECTOR, ".js-plotly-plot .gl-container")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", scene)
+    # Find a pixel over a point by hovering a grid, then click it (a real click on a real point).
+    driver.execute_script("const g = document.querySelector('.js-plotly-plot'); window.__hovered = null;"
+                          "g.on('plotly_hover', e => { window.__hovered = e.points[0].customdata[0]; });")
+    rect = scene.rect
+    hit = None
+    for fy in (0.5, 0.4, 0.6, 0.3, 0.7):
+        for fx in (0.5, 0.4, 0.6, 0.3, 0.7, 0.45, 0.55, 0.35, 0.65):
+            ActionChains(driver).move_to_element_with_offset(scene, int((fx - 0.5) * rect["width"]),
+                                                             int((fy - 0.5) * rect["height"])).perform()
+            if driver.execute_script("return window.__hovered;") is not None:
+                hit = (fx, fy)
+                break
+        if hit:
+            break
+    ActionChains(driver).click().perform()
+    ActionChains(driver).click_and_hold().move_by_offset(60, 20).release().perform()  # rotate
+    _settle(driver)
+    _no_exception(driver, "after clicking and rotating the 3-D view")
+    _snap(driver, shots, "pareto-3d")
+    _toggle(driver, "3-D view")
+
+    for tab in ("Per-layer table", "Latency by layer", "Merge schedule", "Plan JSON", "Per-layer choices",
+                "Knob importance", "Hypervolume over trials"):
+        el = next(t for t in driver.find_elements(By.CSS_SELECTOR, "[role='tab']") if t.text.strip() == tab)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", el)
+        _settle(driver)
+        _no_exception(driver, f"tab {tab!r}")
+        if tab == "Per-layer choices":
+            _toggle(driver, "all trials")  # the parallel coordinates of every trial
+            _no_exception(driver, "parallel coordinates of all trials")
+
+    client = Client(seeded.url)
+    try:
+        job = client.job(seeded.done_job)
+        front = job.pareto()
+        budget = float(front["latency_ms"].median())
+        expect = int(best_under(front, job.spec().objectives, {"latency_ms": budget})["trial"])
+    finally:
+        client.close()
+    summary = driver.find_element(By.XPATH, "//summary[.//p[normalize-space(.)='Best plan under a budget']]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", summary)
+    box = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "input[aria-label='max latency_ms']"), "budget box")
+    for value, outcome in ((f"{budget:.6g}", f"Plan of trial {expect}"), ("0.000001", "no Pareto plan has latency_ms")):
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value)
+        driver.find_element(By.XPATH, "//button[.//p[normalize-space(.)='Choose']]").click()
+        _settle(driver)
+        _no_exception(driver, f"budget {value}")
+        _wait(driver, _text_on_page(outcome), f"{outcome!r} after a budget of {value}")
+    _snap(driver, shots, "pareto-budget")

@@ -294,6 +294,58 @@ def test_cli_export_json_and_warnings_on_stderr(tmp_path: Path) -> None:
     assert lines == [f"warning: {w}" for w in doc["warnings"]]
 
 
+def test_warnings_go_through_python_warnings_and_files_are_readable(tmp_path: Path) -> None:
+    """`hw.export` says what it drops through `warnings` (stderr by default), writes files with the
+    mode any file the user writes gets (not a temporary file's 0600), and reports the plan's figures."""
+    import os
+    import warnings
+
+    import hwsearch as hw
+    from hwsearch.export import ExportWarning
+
+    plan = lossy_plan().model_copy(update={"predicted": {
+        "latency_ms": Figure(value=12.5, unit="ms", provenance=Provenance(source="predictor"))}})
+    old = os.umask(0o022)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = hw.export(plan, "compressed-tensors", tmp_path / "q.json")
+    finally:
+        os.umask(old)
+    assert [str(w.message) for w in caught if w.category is ExportWarning] == \
+        [f"compressed-tensors export {tmp_path / 'q.json'}: {line}" for line in result.warnings]
+    assert len(result.warnings) == 6 and all(w.filename == __file__ for w in caught)  # points at the caller
+    for f in (result.path, result.plan_path):
+        assert f.stat().st_mode & 0o777 == 0o644
+    assert result.predicted == {"latency_ms": 12.5} and result.figures() == "predicted latency_ms 12.5"
+
+
+def test_plan_validate_says_what_an_export_is(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for fmt, name in (("compressed-tensors", "q.json"), ("modelopt", "m.yaml")):
+        with pytest.warns(UserWarning):
+            export(lossy_plan(), fmt, tmp_path / name)
+        res = runner.invoke(app, ["plan", "validate", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        first, second = res.stdout.strip().splitlines()
+        assert "written by `hwsearch export`, not a plan" in first and first.startswith(str(tmp_path / name))
+        assert second.startswith(f"{tmp_path / name.split('.')[0]}.plan.json: valid plan for {MODEL}")
+    (tmp_path / "q.plan.json").unlink()
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    for name, says in (("q.json", "which is missing; accepted:"),
+                       ("other.json", "is neither a plan nor a file `hwsearch export` wrote")):
+        proc = subprocess.run([sys.executable, "-m", "hwsearch.cli", "plan", "validate", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
+
+
+def test_boolean_flags_are_shown_as_flags() -> None:
+    proc = subprocess.run([sys.executable, "-m", "hwsearch.cli", "jobs", "resume", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "<bool>" not in proc.stdout and "--detach " in proc.stdout and "--json" in proc.stdout
+
+
 def test_cli_unknown_format_is_one_line(tmp_path: Path) -> None:
     plan_path = tmp_path / "in.json"
     plan_path.write_text(mixed_plan().to_json())

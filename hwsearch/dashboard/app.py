@@ -19,7 +19,9 @@ HERE = Path(__file__).parent
 st.set_page_config(page_title="hwsearch", page_icon=":material/speed:", layout="wide")
 
 PAGES = [
-    st.Page(HERE / "views" / "jobs.py", title="Jobs", icon=":material/list:", url_path="jobs", default=True),
+    st.Page(HERE / "views" / "jobs.py", title="Jobs", icon=":material/list:", url_path="home", default=True),
+    # The default page is served at "/" only; this hidden twin answers a bookmarked or typed /jobs.
+    st.Page(HERE / "views" / "jobs.py", title="Jobs", icon=":material/list:", url_path="jobs", visibility="hidden"),
     st.Page(HERE / "views" / "pareto.py", title="Pareto explorer", icon=":material/scatter_plot:", url_path="pareto"),
     st.Page(HERE / "views" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(HERE / "views" / "devices.py", title="Devices", icon=":material/memory:", url_path="devices"),

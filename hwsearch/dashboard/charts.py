@@ -1,9 +1,11 @@
 """Plotly figure builders: plain functions from DataFrames to figures, no Streamlit.
 
-Every point trace of the Pareto chart carries the trial number as `customdata`, so a point
-chosen on the chart (Streamlit's `on_select`) names its trial whatever trace it is in. Large
-studies draw their dominated trials with WebGL (`Scattergl`), which stays smooth at 10,000
-points; the front itself stays SVG (it is small, and SVG points are crisp to click).
+Every point trace of the Pareto chart carries the trial number first in `customdata`, as plain
+lists (a numpy array would reach the browser as a typed array, whose rows come back from a
+click as objects keyed "0", "1", ...), and `trial_of_point` reads it back from any point
+Streamlit reports, whatever trace it is in. Large studies draw their dominated trials with
+WebGL (`Scattergl`), which stays smooth at 10,000 points; the front itself stays SVG (it is
+small, and SVG points are crisp to click).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from hwsearch.search.accuracy import ERROR_LABEL, error_pct
 
 GL_THRESHOLD = 2000
 FRONT = "#d62728"
@@ -33,16 +37,46 @@ def _hover(objectives: tuple[str, ...] | list[str]) -> str:
     return "<br>".join(lines) + "<extra>%{fullData.name}</extra>"
 
 
-def _custom(df: pd.DataFrame, objectives: tuple[str, ...] | list[str]) -> np.ndarray:
-    return df[["number", *objectives]].to_numpy()
+def _custom(df: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> list[list[float]]:
+    """`customdata` rows: the trial number, then `columns` (plain lists, see the module docstring)."""
+    return df[["number", *columns]].astype(float).to_numpy().tolist()
+
+
+def trial_of_point(point: object) -> int | None:
+    """The trial a selected point stands for (its `customdata[0]`), or None for a point that names
+    none (a line, the ring around the chosen trial). Accepts the list, or the object keyed "0",
+    "1", ... that a typed array turns into."""
+    custom = point.get("customdata") if isinstance(point, dict) else getattr(point, "customdata", None)
+    if isinstance(custom, dict):
+        custom = custom.get("0", custom.get(0))  # type: ignore[call-overload]
+    elif isinstance(custom, list | tuple):
+        custom = custom[0] if custom else None
+    try:
+        return None if custom is None else int(float(custom))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _span(values: list[pd.Series], pad: float = 0.06) -> list[float] | None:
+    """An axis range around `values` with a margin (None when there is nothing to frame)."""
+    v = pd.concat([pd.Series(x, dtype=float) for x in values]).dropna()
+    if v.empty:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    margin = (hi - lo) * pad or abs(hi) * pad or 1.0
+    return [lo - margin, hi + margin]
 
 
 def pareto_figure(
     df: pd.DataFrame, objectives: tuple[str, ...], directions: tuple[str, ...], x: str, y: str,
     color: str | None = None, bounds: dict[str, tuple[str, float]] | None = None, selected: int | None = None,
+    frame_front: bool = True,
 ) -> go.Figure:
     """2-D Pareto chart: dominated dimmed, infeasible crossed, the front bold (coloured by a third
-    objective if given), constraint lines, verified points with predicted and measured latency."""
+    objective if given), constraint lines, verified points with predicted and measured latency.
+
+    With `frame_front` the axes span the front, its measured points and the chosen trial (the
+    other trials are still drawn: pan or zoom out to see them); else they span every trial."""
     fig = go.Figure()
     dirs = dict(zip(objectives, directions, strict=True))
     custom_cols = list(objectives)
@@ -65,7 +99,7 @@ def pareto_figure(
                        "colorbar": {"title": {"text": color}}})
     fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines+markers", name="Pareto front",
                              line={"shape": "hv" if dirs[x] == "minimize" else "vh", "color": FRONT, "width": 1},
-                             marker=marker, customdata=_custom(front, custom_cols).tolist(),
+                             marker=marker, customdata=_custom(front, custom_cols),
                              hovertemplate=_hover(custom_cols)))
     _add_verified(fig, df, x, y)
     for name, (op, value) in (bounds or {}).items():
@@ -75,13 +109,19 @@ def pareto_figure(
             fig.add_vline(x=value, line=line, annotation_text=label, annotation_position="bottom left")
         elif name == y:
             fig.add_hline(y=value, line=line, annotation_text=label, annotation_position="bottom right")
-    if selected is not None and (df["number"] == selected).any():
-        s = df[df["number"] == selected]
-        fig.add_trace(go.Scatter(x=s[x], y=s[y], mode="markers", name=f"trial {selected}", hoverinfo="skip",
+    chosen = df[df["number"] == selected] if selected is not None else df.iloc[0:0]
+    if len(chosen):
+        fig.add_trace(go.Scatter(x=chosen[x], y=chosen[y], mode="markers", name=f"trial {selected}",
+                                 customdata=_custom(chosen, custom_cols), hovertemplate=_hover(custom_cols),
                                  marker={"size": 22, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "black"}}))
     fig.update_layout(xaxis_title=_direction_note(x, dirs[x]), yaxis_title=_direction_note(y, dirs[y]),
                       legend={"orientation": "h", "y": -0.18}, margin={"t": 30, "r": 10, "l": 10, "b": 10},
                       clickmode="event+select", dragmode="pan" if big else "zoom", height=520)
+    if frame_front and len(front):
+        framed = pd.concat([front, chosen, df[df["verified"]] if "verified" in df else df.iloc[0:0]])
+        measured = framed["measured_ms"] if "measured_ms" in framed else pd.Series(dtype=float)
+        fig.update_xaxes(range=_span([framed[x], *([measured] if is_latency(x) else [])]))
+        fig.update_yaxes(range=_span([framed[y], *([measured] if is_latency(y) else [])]))
     return fig
 
 
@@ -100,22 +140,25 @@ def _add_verified(fig: go.Figure, df: pd.DataFrame, x: str, y: str) -> None:
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="predicted → measured", hoverinfo="skip",
                              line={"dash": "dot", "color": MEASURED, "width": 1.5}))
     mx, my = (ver["measured_ms"], ver[other]) if axis == "x" else (ver[other], ver["measured_ms"])
-    custom = ver[["number", "predicted_ms", "measured_ms"]].to_numpy()
     fig.add_trace(go.Scatter(
         x=mx, y=my, mode="markers", name="measured on device",
         marker={"symbol": "diamond", "size": 11, "color": MEASURED, "line": {"width": 1, "color": "white"}},
-        customdata=custom,
+        customdata=_custom(ver, ["predicted_ms", "measured_ms", "error_pct"]),
         hovertemplate="trial %{customdata[0]}<br>predicted %{customdata[1]:.4g} ms<br>"
-                      "measured %{customdata[2]:.4g} ms<extra>verified</extra>",
+                      "measured %{customdata[2]:.4g} ms<br>error %{customdata[3]:+.1f} % "
+                      "(predicted − measured) / measured<extra>verified</extra>",
     ))
 
 
-def pareto_3d(df: pd.DataFrame, objectives: tuple[str, ...], x: str, y: str, z: str) -> go.Figure:
-    """3-D view of a three-objective study: the front bold, dominated trials faint."""
+def pareto_3d(df: pd.DataFrame, objectives: tuple[str, ...], x: str, y: str, z: str,
+              selected: int | None = None) -> go.Figure:
+    """3-D view of a three-objective study: the front bold, other trials faint, the chosen trial ringed."""
     fig = go.Figure()
     for name, part, marker in (
-        ("dominated", df[~df["pareto"]], {"size": 2, "color": DOMINATED, "opacity": 0.3}),
+        ("not on the front", df[~df["pareto"]], {"size": 2, "color": DOMINATED, "opacity": 0.3}),
         ("Pareto front", df[df["pareto"]], {"size": 5, "color": FRONT}),
+        (f"trial {selected}", df[df["number"] == selected], {"size": 9, "color": "rgba(0,0,0,0)",
+                                                             "line": {"width": 3, "color": "black"}}),
     ):
         if len(part):
             fig.add_trace(go.Scatter3d(x=part[x], y=part[y], z=part[z], mode="markers", name=name, marker=marker,
@@ -127,17 +170,26 @@ def pareto_3d(df: pd.DataFrame, objectives: tuple[str, ...], x: str, y: str, z: 
 
 
 def compare_figure(df: pd.DataFrame, x: str, y: str, directions: dict[str, str]) -> go.Figure:
-    """Several fronts on one chart, one colour per job (or device)."""
+    """Several jobs on one chart, one colour per job: each job's points joined as a front.
+
+    `df` has a `job` label, a `kind` ("measured" or "predicted") and the two axes; measured points
+    are solid diamonds, predicted fronts dotted lines with small markers, so a job judged on
+    what its plans measured is never drawn like one judged on predictions.
+    """
     fig = go.Figure()
     for i, (label, part) in enumerate(df.groupby("job", sort=False)):
-        part = part.sort_values(x)
         colour = PALETTE[i % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(label),
-                                 line={"shape": "hv" if directions.get(x) == "minimize" else "vh", "color": colour},
-                                 marker={"color": colour, "size": 8},
-                                 customdata=part[["number"]].to_numpy(),
-                                 hovertemplate=f"trial %{{customdata[0]}}<br>{x}: %{{x:.4g}}<br>{y}: %{{y:.4g}}"
-                                               "<extra>%{fullData.name}</extra>"))
+        for kind, pts in part.groupby("kind", sort=False):
+            pts = pts.sort_values(x)
+            measured = kind == "measured"
+            fig.add_trace(go.Scatter(
+                x=pts[x], y=pts[y], mode="lines+markers", name=f"{label} · {kind}",
+                line={"shape": "hv" if directions.get(x) == "minimize" else "vh", "color": colour,
+                      "dash": "solid" if measured else "dot", "width": 2 if measured else 1},
+                marker={"color": colour, "size": 10 if measured else 6, "symbol": "diamond" if measured else "circle"},
+                customdata=pts[["number"]].astype(float).to_numpy().tolist(),
+                hovertemplate=f"trial %{{customdata[0]}} ({kind})<br>{x}: %{{x:.4g}}<br>{y}: %{{y:.4g}}"
+                              "<extra>%{fullData.name}</extra>"))
     fig.update_layout(xaxis_title=_direction_note(x, directions.get(x, "minimize")),
                       yaxis_title=_direction_note(y, directions.get(y, "minimize")), height=520,
                       legend={"orientation": "h", "y": -0.18}, margin={"t": 30, "r": 10, "l": 10, "b": 10})
@@ -160,7 +212,7 @@ def accuracy_figure(points: pd.DataFrame, as_error: bool = False) -> go.Figure:
     fig.add_trace(go.Scatter(x=grid, y=ideal, mode="lines", line={"dash": "dash", "color": "#2ca02c"},
                              name="predicted = measured", hoverinfo="skip"))
     for i, (source, part) in enumerate(points.groupby("source", sort=False)):
-        error = 100.0 * (part["predicted_ms"] - part["measured_ms"]) / part["measured_ms"]
+        error = error_pct(part["predicted_ms"], part["measured_ms"])
         fig.add_trace(go.Scatter(
             x=part["measured_ms"], y=error if as_error else part["predicted_ms"], mode="markers", name=str(source),
             marker={"size": 8, "opacity": 0.8, "color": PALETTE[i % len(PALETTE)],
@@ -169,7 +221,8 @@ def accuracy_figure(points: pd.DataFrame, as_error: bool = False) -> go.Figure:
             hovertemplate="%{text}<br>measured %{x:.4g} ms<br>predicted %{customdata[0]:.4g} ms"
                           "<br>error %{customdata[1]:+.1f} %<extra></extra>",
         ))
-    yaxis = {"title": "error (%)", "zeroline": False} if as_error else {"type": "log", "title": "predicted (ms)"}
+    yaxis = {"title": f"{ERROR_LABEL}: (predicted − measured) / measured", "zeroline": False} if as_error \
+        else {"type": "log", "title": "predicted (ms)"}
     fig.update_layout(xaxis={"type": "log", "title": "measured (ms)"}, yaxis=yaxis,
                       height=480, legend={"orientation": "h", "y": -0.2}, margin={"t": 30, "r": 10, "l": 10, "b": 10})
     return fig
@@ -221,4 +274,65 @@ def coverage_figure(coverage: pd.DataFrame) -> go.Figure:
                          orientation="h", marker_color="#ff7f0e"))
     fig.update_layout(barmode="stack", height=max(240, 26 * len(coverage) + 140), xaxis_title="measurements",
                       legend={"orientation": "h", "y": -0.4}, margin={"t": 36, "r": 10, "l": 10, "b": 10})
+    return fig
+
+
+def hypervolume_figure(history: pd.DataFrame) -> go.Figure:
+    """Hypervolume of the feasible trials so far against the trial count (one step per improvement)."""
+    fig = go.Figure(go.Scatter(x=history["trial"], y=history["hypervolume"], mode="lines", line={"shape": "hv",
+                               "color": FRONT}, hovertemplate="after %{x} trials<br>hypervolume %{y:.4f}<extra></extra>"))
+    fig.update_layout(xaxis_title="completed trials", yaxis_title="hypervolume (higher is better)", height=320,
+                      yaxis={"rangemode": "tozero"}, margin={"t": 20, "r": 10, "l": 10, "b": 10})
+    return fig
+
+
+def parallel_figure(choices: pd.DataFrame, labels: dict[str, tuple[str, ...]], objectives: list[str],
+                    colour: str) -> go.Figure:
+    """Parallel coordinates: one axis per objective, then one per decision (its choices as ticks),
+    one line per trial, coloured by `colour`."""
+    dims = [{"label": o, "values": choices[o].astype(float).tolist()} for o in objectives]
+    for name, ticks in labels.items():
+        dims.append({"label": short_layer(name), "values": choices[name].astype(float).tolist(),
+                     "tickvals": list(range(len(ticks))), "ticktext": list(ticks), "range": [0, max(len(ticks) - 1, 1)]})
+    line = {"color": choices[colour].astype(float).tolist(), "colorscale": "Viridis", "showscale": True,
+            "colorbar": {"title": {"text": colour}}}
+    fig = go.Figure(go.Parcoords(line=line, dimensions=dims, labelangle=-30, labelside="bottom"))
+    fig.update_layout(height=460, margin={"t": 40, "r": 60, "l": 60, "b": 90})
+    return fig
+
+
+def short_layer(name: str) -> str:
+    """`blocks.3.attn.qkv` -> `b3.qkv`: axis labels that fit side by side."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return f"b{parts[1]}.{parts[-1]}"
+    return name
+
+
+def importance_figure(importance: pd.DataFrame, top: int = 20) -> go.Figure:
+    """Horizontal bars: each decision's importance per objective (the `top` most important overall)."""
+    order = importance.groupby("param")["importance"].max().sort_values(ascending=False).head(top).index[::-1]
+    fig = go.Figure()
+    for i, (objective, part) in enumerate(importance.groupby("objective", sort=False)):
+        part = part.set_index("param").reindex(order)
+        fig.add_trace(go.Bar(y=[short_layer(n) for n in order], x=part["importance"], name=str(objective),
+                             orientation="h", marker_color=PALETTE[i % len(PALETTE)], customdata=list(order),
+                             hovertemplate="%{customdata}<br>importance %{x:.3f}<extra>%{fullData.name}</extra>"))
+    fig.update_layout(barmode="group", height=max(280, 22 * len(order) * max(1, importance["objective"].nunique())
+                                                    // 2 + 120),
+                      xaxis_title="importance (share of the objective's variation, PED-ANOVA)",
+                      legend={"orientation": "h", "y": -0.15}, margin={"t": 20, "r": 10, "l": 10, "b": 10})
+    return fig
+
+
+def layer_latency_figure(breakdown: pd.DataFrame) -> go.Figure:
+    """Predicted kernel time per layer in model order, coloured by op, with the overhead as its own bar."""
+    fig = go.Figure()
+    for i, (op, part) in enumerate(breakdown.groupby("op", sort=False)):
+        fig.add_trace(go.Bar(x=part["layer"], y=part["predicted_ms"], name=str(op),
+                             marker_color=PALETTE[i % len(PALETTE)], customdata=part[["choice"]].to_numpy().tolist(),
+                             hovertemplate="%{x}<br>%{customdata[0]}<br>%{y:.4g} ms<extra>%{fullData.name}</extra>"))
+    fig.update_layout(barmode="stack", height=360, yaxis_title="predicted ms",
+                      xaxis={"categoryorder": "array", "categoryarray": list(breakdown["layer"]), "tickangle": -60},
+                      legend={"orientation": "h", "y": 1.1}, margin={"t": 30, "r": 10, "l": 10, "b": 10})
     return fig

@@ -5,14 +5,16 @@ returns plain data or a DataFrame; none draws anything, so tests call them direc
 read only the columns a page shows: a 10,000-trial study is one query for its objective values
 (three floats a trial) and one for its constraint values, both cached for a few seconds so a
 running job still moves; a trial's plan, the only large thing, is read one trial at a time,
-when it is chosen. The Pareto front is computed here from those values (the search package's
-own front is for jobs it runs; the dashboard also has to show a job mid-run).
+when it is chosen. Which trials are on the front, and a prediction's error, are the search
+package's definitions (`pareto.front_mask`, `accuracy.error_pct`), applied here to those values
+so a job mid-run shows too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from sqlalchemy.engine import Engine
 from hwsearch.dashboard import ENV_DB
 from hwsearch.db.engine import database_url, open_db, session_scope
 from hwsearch.db.models import Device, Job, Predictor, Verification
+from hwsearch.search.accuracy import error_pct
 
 TTL_LIVE_S = 5  # jobs and studies: a running job's progress shows within a few seconds
 TTL_SLOW_S = 60  # devices, predictors: change only when someone profiles or trains
@@ -32,6 +35,8 @@ TTL_FIXED_S = 3600  # a finished trial's plan never changes
 PLAN_ATTR = "plan"  # the trial user attribute holding the plan document
 METRIC_NAMES_ATTR = "study:metric_names"  # where Optuna keeps `study.set_metric_names`
 PAGE_SIZE = 100
+PARCOORDS_MAX = 2000  # lines in the parallel-coordinates view (the newest trials beyond it)
+IMPORTANCE_AUTO_MAX = 3000  # trials up to which knob importance is computed without asking
 
 
 def db_url() -> str:
@@ -69,7 +74,7 @@ def _device_label(spec: dict[str, Any] | None) -> str | None:
 
 @st.cache_data(ttl=TTL_LIVE_S, show_spinner=False)
 def jobs(url: str) -> pd.DataFrame:
-    """Jobs, newest first: status, progress (0..1), device, model, times, study name."""
+    """Jobs, newest first: status, progress (0..1), device, model, objectives, times, study name."""
     cols = [Job.id, Job.name, Job.status, Job.spec, Job.study_name, Job.n_trials_done, Job.n_trials_total,
             Job.heartbeat_at, Job.created_at, Job.started_at, Job.finished_at, Job.error]
     with session_scope(engine(url)) as session:
@@ -83,10 +88,11 @@ def jobs(url: str) -> pd.DataFrame:
             "progress": min(done / total, 1.0) if total else (1.0 if r.status == "done" else 0.0),
             "trials": f"{done} / {total}" if total else str(done),
             "device": _device_label(r.spec), "model": spec_field(r.spec, "model"),
+            "objectives": " × ".join(spec_field(r.spec, "objectives") or []),
             "created": r.created_at, "started": r.started_at, "finished": r.finished_at,
             "heartbeat": r.heartbeat_at, "error": r.error, "study_name": r.study_name,
         })
-    columns = ["id", "name", "status", "progress", "trials", "device", "model", "created", "started",
+    columns = ["id", "name", "status", "progress", "trials", "device", "model", "objectives", "created", "started",
                "finished", "heartbeat", "error", "study_name"]
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -191,56 +197,30 @@ def trial_values(url: str, study_name: str, spec: dict[str, Any] | None = None) 
     return df[columns]
 
 
-def pareto_mask(values: np.ndarray, directions: tuple[str, ...] | list[str]) -> np.ndarray:
-    """True for the non-dominated rows of `values` (n × k) under the given directions.
-
-    Rows are visited in lexicographic order of their losses, so anything that dominates a row
-    comes before it and only the front found so far needs checking: O(n · front) with numpy.
-    Equal rows are all kept, as Optuna does.
-    """
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    mask = np.zeros(n, dtype=bool)
-    if n == 0:
-        return mask
-    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
-    loss = values * signs
-    order = np.lexsort(loss.T[::-1])
-    front = np.empty((0, loss.shape[1]))
-    for i in order:
-        p = loss[i]
-        if np.isnan(p).any():
-            continue
-        if len(front) and np.any(np.all(front <= p, axis=1) & np.any(front < p, axis=1)):
-            continue
-        front = np.vstack([front, p])
-        mask[i] = True
-    return mask
-
-
 @st.cache_data(ttl=TTL_LIVE_S, show_spinner=False)
 def study_front(url: str, job_id: int) -> tuple[pd.DataFrame, StudyMeta | None]:
-    """A job's completed trials with `pareto` (non-dominated among feasible trials) and its verifications.
+    """A job's completed trials with `pareto` (the search package's `front_mask`, as the CLI and
+    `job.pareto()` count it) and its verifications.
 
-    Columns: number, the objectives, feasible, pareto, verified, predicted_ms, measured_ms.
+    Columns: number, the objectives, feasible, pareto, verified, predicted_ms, measured_ms, error_pct.
     """
+    from hwsearch.search.pareto import front_mask
+
     row = job(url, job_id)
     if row is None or not row.get("study_name"):
         return pd.DataFrame(), None
     meta = study_meta(url, row["study_name"], row["spec"])
-    df = trial_values(url, row["study_name"], row["spec"]).copy()
+    df = trial_values(url, row["study_name"], row["spec"]).sort_values("number", kind="stable").reset_index(drop=True)
     df["pareto"] = False
     if meta is not None and len(df):
-        feasible = df["feasible"].to_numpy(dtype=bool)
-        mask = pareto_mask(df.loc[feasible, list(meta.objectives)].to_numpy(), meta.directions)
-        df.loc[df.index[feasible][mask], "pareto"] = True
+        df["pareto"] = front_mask(df[list(meta.objectives)].to_numpy(), meta.directions, df["feasible"].to_numpy())
     ver = verifications(url, job_id)
     if len(ver):
         last = ver.sort_values("id").groupby("trial_number").last()
-        df = df.merge(last[["predicted_ms", "measured_ms"]], left_on="number", right_index=True, how="left")
+        df = df.merge(last[["predicted_ms", "measured_ms", "error_pct"]], left_on="number", right_index=True,
+                      how="left")
     else:
-        df["predicted_ms"] = np.nan
-        df["measured_ms"] = np.nan
+        df[["predicted_ms", "measured_ms", "error_pct"]] = np.nan
     df["verified"] = df["measured_ms"].notna()
     return df, meta
 
@@ -313,10 +293,122 @@ def trial_plan(url: str, job_id: int, number: int) -> dict[str, Any] | None:
         ).first()
 
 
+# -- how the search went ----------------------------------------------------------------------
+def objective_names(columns: tuple[str, ...] | list[str]) -> list[str] | None:
+    """The search objectives (`latency`, ...) behind a study's columns; None for a study of another tool."""
+    from hwsearch.search.objectives import OBJECTIVES
+
+    by_column = {o.column: name for name, o in OBJECTIVES.items()}
+    names = [by_column.get(c) for c in columns]
+    return None if None in names else names  # type: ignore[return-value]
+
+
+@st.cache_data(ttl=TTL_FIXED_S, show_spinner=False)
+def hypervolume_history(url: str, job_id: int, n_trials: int) -> tuple[pd.DataFrame, str]:
+    """Hypervolume of the feasible trials among the first t, for every t (`pareto.hv_curve`), and
+    how it is normalised: to the space's ideal and nadir stored with a finished job (the number
+    `hwsearch jobs show` prints as HV), else to the completed trials' own best and worst.
+    `n_trials` only keys the cache, so a running job is recomputed as it grows."""
+    from hwsearch.search import pareto
+
+    df, meta = study_front(url, job_id)
+    empty = pd.DataFrame(columns=["trial", "hypervolume"])
+    names = objective_names(meta.objectives) if meta is not None else None
+    if meta is None or df.empty or names is None or len(names) < 2:
+        return empty, "Hypervolume needs two or more of hwsearch's objectives."
+    values = df[list(meta.objectives)].to_numpy(dtype=float)
+    feasible = df["feasible"].to_numpy(dtype=bool)
+    if not feasible.any():
+        return empty, "No feasible trial yet."
+    stored = ((job(url, job_id) or {}).get("result") or {}).get("bounds")
+    if stored and len(stored[0]) == len(names):
+        ideal, nadir = np.asarray(stored[0], dtype=float), np.asarray(stored[1], dtype=float)
+        note = "Normalised to the space's ideal and nadir point, as the HV `hwsearch jobs show` prints."
+    else:
+        signed = values[feasible] * pareto.signs(names)
+        ideal, nadir = np.nanmin(signed, 0) * pareto.signs(names), np.nanmax(signed, 0) * pareto.signs(names)
+        note = ("Normalised to the best and worst of the completed trials (the space's own bounds are stored "
+                "when the job finishes).")
+    curve = pareto.hv_curve(values, feasible, names, ideal, nadir)
+    return pd.DataFrame({"trial": np.arange(1, len(curve) + 1), "hypervolume": curve}), note
+
+
+@st.cache_data(ttl=TTL_FIXED_S, show_spinner=False)
+def trial_choices(url: str, job_id: int, numbers: tuple[int, ...]) -> tuple[pd.DataFrame, dict[str, tuple[str, ...]]]:
+    """What each of the trials `numbers` chose per decision: a `number` column and one column per
+    decision (the index of its choice), in the study's order; and each decision's choice labels."""
+    from sqlalchemy import bindparam
+
+    row = job(url, job_id)
+    empty: tuple[pd.DataFrame, dict[str, tuple[str, ...]]] = (pd.DataFrame(columns=["number"]), {})
+    if row is None or not row.get("study_name") or not numbers:
+        return empty
+    q = text("SELECT t.number, p.param_name, p.param_value, p.distribution_json FROM trial_params p "
+             "JOIN trials t ON t.trial_id = p.trial_id JOIN studies s ON s.study_id = t.study_id "
+             "WHERE s.study_name = :n AND t.state = 'COMPLETE' AND t.number IN :nums ORDER BY p.param_id"
+             ).bindparams(bindparam("nums", expanding=True))
+    with engine(url).connect() as conn:
+        if not _has_optuna_tables(conn):
+            return empty
+        rows = conn.execute(q, {"n": row["study_name"], "nums": [int(n) for n in numbers]}).all()
+    if not rows:
+        return empty
+    labels: dict[str, tuple[str, ...]] = {}
+    for _, name, _, dist in rows:
+        if name not in labels:
+            labels[name] = tuple(str(c) for c in json.loads(dist).get("attributes", {}).get("choices", ()))
+    wide = pd.DataFrame(rows, columns=["number", "param", "value", "dist"]).pivot(index="number", columns="param",
+                                                                                  values="value")
+    return wide[list(labels)].reset_index(), labels
+
+
+@st.cache_data(ttl=TTL_FIXED_S, show_spinner=False)
+def importances(url: str, job_id: int, n_trials: int) -> pd.DataFrame:
+    """Each decision's importance for each objective, by Optuna's default evaluator (PED-ANOVA:
+    how much a decision's choices differ between the best trials and all of them), normalised
+    per objective. `n_trials` only keys the cache, so a running job is recomputed as it grows."""
+    import optuna
+
+    row = job(url, job_id)
+    df, meta = study_front(url, job_id)
+    out = pd.DataFrame(columns=["param", "objective", "importance"])
+    if row is None or meta is None or df.empty:
+        return out
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=row["study_name"], storage=_storage(url))
+    parts = []
+    for i, (column, direction) in enumerate(zip(meta.objectives, meta.directions, strict=True)):
+        sign = 1.0 if direction == "minimize" else -1.0  # the evaluator ranks low targets best
+        with warnings.catch_warnings():  # it warns that low targets rank best, which the sign sees to
+            warnings.simplefilter("ignore", UserWarning)
+            scores = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+        parts += [{"param": k, "objective": column, "importance": float(v)} for k, v in scores.items()]
+    return pd.DataFrame(parts, columns=out.columns) if parts else out
+
+
+@st.cache_resource(show_spinner=False, ttl=TTL_SLOW_S)
+def _model_latency(url: str, job_id: int) -> Any:
+    """The job's device predictor composed for its model (`search.breakdown.model_latency`)."""
+    from hwsearch.search.breakdown import model_latency
+
+    spec, _ = _space(url, job_id)
+    return model_latency(engine(url), spec.device, spec.model_description())
+
+
+@st.cache_data(ttl=TTL_SLOW_S, show_spinner=False)
+def layer_latency(url: str, job_id: int, plan_json: str) -> pd.DataFrame:
+    """A plan's predicted latency per layer on the job's device (`search.breakdown.layer_latency`)."""
+    from hwsearch.search.breakdown import layer_latency as breakdown
+    from hwsearch.spaces.plan import Plan
+
+    return breakdown(_model_latency(url, job_id), Plan.from_json(plan_json))
+
+
 # -- verification -----------------------------------------------------------------------------
 @st.cache_data(ttl=TTL_LIVE_S, show_spinner=False)
 def verifications(url: str, job_id: int | None = None, device: str | None = None) -> pd.DataFrame:
-    """Verified plans: trial, device, predicted vs measured latency (ms) with the measured spread."""
+    """Verified plans: trial, device, predicted vs measured latency (ms), the measured spread and
+    `error_pct` (`hwsearch.search.accuracy.error_pct`, the CLI's and API's sign convention)."""
     q = (select(Verification.id, Verification.job_id, Verification.trial_number, Device.name.label("device"),
                 Verification.predicted_ms, Verification.measured_ms, Verification.measured_p10_ms,
                 Verification.measured_p90_ms, Verification.created_at)
@@ -330,31 +422,38 @@ def verifications(url: str, job_id: int | None = None, device: str | None = None
     cols = ["id", "job_id", "trial_number", "device", "predicted_ms", "measured_ms", "measured_p10_ms",
             "measured_p90_ms", "created_at"]
     df = pd.DataFrame(rows, columns=cols)
-    df["error_pct"] = 100.0 * (df["predicted_ms"] - df["measured_ms"]) / df["measured_ms"]
+    df["error_pct"] = error_pct(df["predicted_ms"].astype(float), df["measured_ms"].astype(float))
     return df
 
 
 # -- compare ----------------------------------------------------------------------------------
-def fronts(url: str, job_ids: list[int]) -> tuple[pd.DataFrame, tuple[str, ...], tuple[str, ...]]:
-    """The Pareto fronts of several jobs in one frame (`job` label column) on their shared objectives."""
+def fronts(url: str, job_ids: list[int], measured: bool = True) -> tuple[pd.DataFrame, tuple[str, ...], tuple[str, ...]]:
+    """Several jobs' points on their shared objectives, one row per point with `job` and `kind`:
+    "predicted" (the front, as the search scored it) and, with `measured`, "measured" (its
+    verified plans with the latency measured on the device in `latency_ms`)."""
     parts, shared, directions = [], None, {}
     table = jobs(url).set_index("id")
     for jid in job_ids:
         df, meta = study_front(url, jid)
         if meta is None or not len(df):
             continue
-        front = df[df["pareto"]].copy()
         name = table.loc[jid, "name"] if jid in table.index else str(jid)
         device = table.loc[jid, "device"] if jid in table.index else None
-        front["job_id"] = jid
-        front["job"] = f"#{jid} {name}" + (f" ({device})" if device else "")
-        parts.append(front)
+        label = f"#{jid} {name}" + (f" ({device})" if device else "")
+        kinds = [("predicted", df[df["pareto"]].copy())]
+        if measured and "latency_ms" in meta.objectives and df["verified"].any():
+            ver = df[df["verified"]].copy()
+            ver["latency_ms"] = ver["measured_ms"]
+            kinds.insert(0, ("measured", ver))
+        for kind, part in kinds:
+            part["job_id"], part["job"], part["kind"] = jid, label, kind
+            parts.append(part)
         directions.update(zip(meta.objectives, meta.directions, strict=True))
         shared = list(meta.objectives) if shared is None else [o for o in shared if o in meta.objectives]
     if not parts:
         return pd.DataFrame(), (), ()
     objectives = tuple(shared or ())
-    keep = ["job_id", "job", "number", *objectives]
+    keep = ["job_id", "job", "kind", "number", *objectives, "predicted_ms", "measured_ms", "error_pct"]
     return pd.concat([p[keep] for p in parts], ignore_index=True), objectives, tuple(directions[o] for o in objectives)
 
 
@@ -457,12 +556,16 @@ __all__ = [
     "engine",
     "fronts",
     "held_out_points",
+    "hypervolume_history",
+    "importances",
     "job",
     "jobs",
-    "pareto_mask",
+    "layer_latency",
+    "objective_names",
     "predictors",
     "study_front",
     "study_meta",
+    "trial_choices",
     "trial_plan",
     "trial_values",
     "trials_page",

@@ -10,6 +10,7 @@ so the bytes offered for download are exactly what `hwsearch export` writes.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class ExportFile:
 @st.cache_data(ttl=3600, show_spinner=False)
 def export_files(plan_json: str) -> list[ExportFile]:
     """The plan in every export format (a format that refuses the plan is left out with its reason)."""
-    from hwsearch.export import FORMATS, export
+    from hwsearch.export import FORMATS, ExportWarning, export
 
     plan = Plan.from_json(plan_json)
     out = []
@@ -100,12 +101,14 @@ def export_files(plan_json: str) -> list[ExportFile]:
         for fmt in FORMATS:
             filename, mime = EXPORT_FILES.get(fmt, (f"{fmt}.json", "application/json"))
             try:
-                result = export(plan, fmt, Path(tmp) / fmt / filename)
+                with warnings.catch_warnings():  # shown on the page, from the result
+                    warnings.simplefilter("ignore", ExportWarning)
+                    result = export(plan, fmt, Path(tmp) / fmt / filename)
             except HwsearchError as err:
                 out.append(ExportFile(fmt, filename, mime, b"", (f"cannot export: {err}",)))
                 continue
             # Warnings name where the full plan was kept: the temporary folder means nothing to a user.
             folder = f"{Path(tmp) / fmt}/"
-            warnings = tuple(w.replace(folder, "") for w in result.warnings)
-            out.append(ExportFile(fmt, filename, mime, result.path.read_bytes(), warnings))
+            lost = tuple(w.replace(folder, "") for w in result.warnings)
+            out.append(ExportFile(fmt, filename, mime, result.path.read_bytes(), lost))
     return out

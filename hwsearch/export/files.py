@@ -27,13 +27,22 @@ def check_out_path(path: Path) -> None:
         raise HwsearchError(f"--out {str(path)!r} is a folder; accepted: a file path (its folder is created if missing)")
 
 
+def file_mode() -> int:
+    """The mode a new file gets from `open()` under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
+    """Write `text` to `path` via a temporary file in the same folder and an atomic rename; the file
+    is readable as any file the user writes (a temporary file starts private, 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+            os.fchmod(fh.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

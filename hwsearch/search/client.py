@@ -13,8 +13,9 @@ stale heartbeat and `resume()` continues it.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -22,24 +23,27 @@ from sqlalchemy.engine import Engine
 
 from hwsearch.db.engine import database_url, open_db
 from hwsearch.errors import HwsearchError
-from hwsearch.search import jobs, results
-from hwsearch.search.objectives import OBJECTIVES
+from hwsearch.search import jobs, pareto, results
 from hwsearch.search.spec import SearchSpec
-from hwsearch.spaces.plan import Plan
+from hwsearch.spaces.plan import Figure, Plan, Provenance
 
 
 def connect_ray(address: str | None) -> None:
-    """Connect to `address`, or start a local Ray (loopback, no dashboard) once per process."""
+    """Connect to `address`, or start a local Ray (loopback, no dashboard) once per process; Ray's
+    own INFO lines ("Started a local Ray instance") only with `config.verbose()`."""
     import ray
+
+    from hwsearch.config import verbose
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    level = logging.INFO if verbose() else logging.WARNING
     if address:
-        ray.init(address=address, namespace=jobs.NAMESPACE, log_to_driver=False)
+        ray.init(address=address, namespace=jobs.NAMESPACE, log_to_driver=False, logging_level=level)
     else:
         ray.init(namespace=jobs.NAMESPACE, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+                 _node_ip_address="127.0.0.1", logging_level=level)
 
 
 class JobHandle:
@@ -89,38 +93,45 @@ class JobHandle:
         return results.front(self._trials(), spec, self.id, space.model.dtype)
 
     def plan(self, trial: int) -> Plan:
+        """A trial's plan with its predicted figures, and its latency measured on the device where it was verified."""
         spec = self.spec()
         found = [t for t in self._trials() if t.number == int(trial)]
         if not found:
             raise HwsearchError(f"job {self.id} has no complete trial {trial}; accepted: a trial number from job.pareto()")
         result = (self.status().result or {})
-        return results.plan_of(found[0], results.search_space(self.client.engine, spec), spec, result.get("provenance"))
+        plan = results.plan_of(found[0], results.search_space(self.client.engine, spec), spec, result.get("provenance"))
+        ver = self.verifications()
+        ver = ver[ver["trial"] == int(trial)] if len(ver) else ver
+        if len(ver):
+            plan.measured["latency_ms"] = Figure(value=float(ver["measured_ms"].iloc[-1]), unit="ms", provenance=Provenance(
+                source="measurement", device=spec.device, detail=f"job {self.id} trial {trial}, timed end to end"))
+        return plan
 
     def best(self, max_latency_ms: float | None = None, max_size_mb: float | None = None,
              min_quality: float | None = None) -> Plan:
-        """The Pareto plan that is best on the job's first objective other than the bounded ones."""
-        front = self.pareto()
-        spec = self.spec()
-        limits = {"latency_ms": (max_latency_ms, "max"), "size_mb": (max_size_mb, "max"), "quality": (min_quality, "min")}
-        for col, (bound, kind) in limits.items():
-            if bound is None:
-                continue
-            if col not in front:
-                raise HwsearchError(f"job {self.id} has no {col} column; accepted: bounds on {', '.join(c for c in limits if c in front)}")
-            front = front[front[col] <= bound] if kind == "max" else front[front[col] >= bound]
-        if front.empty:
-            raise HwsearchError(f"no Pareto plan of job {self.id} meets the bounds; accepted: looser bounds (see job.pareto())")
-        bounded = {c for c, (b, _) in limits.items() if b is not None}
-        order = [o for o in spec.objectives if OBJECTIVES[o].column not in bounded] or spec.objectives
-        obj = OBJECTIVES[order[0]]
-        pick = front[obj.column].idxmin() if obj.direction == "minimize" else front[obj.column].idxmax()
-        return self.plan(int(front.loc[pick, "trial"]))
+        """The plan of `best_trial(...)`."""
+        return self.plan(self.best_trial(max_latency_ms, max_size_mb, min_quality))
+
+    def best_trial(self, max_latency_ms: float | None = None, max_size_mb: float | None = None,
+                   min_quality: float | None = None) -> int:
+        """The trial of the Pareto plan within the bounds that is best on the job's first objective they
+        leave free (`pareto.best_under`, as `hwsearch export` and the dashboard choose)."""
+        budget = {"latency_ms": max_latency_ms, "size_mb": max_size_mb, "min_quality": min_quality}
+        try:
+            return int(pareto.best_under(self.pareto(), self.spec().objectives, budget)["trial"])
+        except HwsearchError as err:
+            raise HwsearchError(f"job {self.id}: {err}") from None
 
     def verifications(self) -> pd.DataFrame:
+        """Verified plans: trial, predicted vs measured latency (ms) and `error_pct` (`accuracy.error_pct`)."""
+        from hwsearch.search.accuracy import error_pct
         from hwsearch.search.verify import verifications
 
         rows = verifications(self.client.engine, self.id)
-        return pd.DataFrame([{k: v for k, v in r.items() if k != "plan"} for r in rows])
+        frame = pd.DataFrame([{k: v for k, v in r.items() if k != "plan"} for r in rows])
+        if len(frame):
+            frame["error_pct"] = error_pct(frame["predicted_ms"].astype(float), frame["measured_ms"].astype(float))
+        return frame
 
     def refit_predictor(self) -> dict[str, Any]:
         """Refit the device's overhead term on this job's verified plans (plus nothing else)."""
@@ -137,6 +148,19 @@ class Client:
         self.engine: Engine = open_db(self.db_url)
         self.ray_address = ray_address
         self._runners: dict[int, Any] = {}
+
+    def profile(self, name: str | None = None, budget: str | int = "quick", for_models: Sequence[Any] = (),
+                threads: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+        """Profile this machine into the database: a budget, plus everything the searches of
+        `for_models` score (`hwsearch profile --local --for`). Each entry is a catalogue name, a
+        ModelSpec, or a SearchSpec (its model, a traced torch module included, with its knobs)."""
+        from hwsearch.profilers.runner import profile_local
+
+        requests: list[Any] = []
+        for m in for_models:
+            requests.append((m.model_description(), m.knob_values()) if isinstance(m, SearchSpec) else m)
+        return profile_local(self.engine, name=name, budget=budget, threads=threads, models=requests,
+                             show_progress=show_progress).as_dict()
 
     def submit(self, spec: SearchSpec, progress: Callable[[int, int], None] | None = None) -> JobHandle:
         """Check the spec against the database (device, predictor, constraints), store the job, start it."""

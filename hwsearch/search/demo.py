@@ -11,9 +11,8 @@ predicted-vs-measured check and where the files are.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
-
-from rich.console import Console
 
 DEMO_TRIALS = {"vit_base": 300, "digits_vit": 200}
 
@@ -43,14 +42,14 @@ def measured_knobs(model: str) -> dict[str, object]:
 def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, object]:
     from hwsearch.bench.model_latency import run as calibrate
     from hwsearch.config import data_dir
-    from hwsearch.export import export
+    from hwsearch.export import ExportWarning, export
     from hwsearch.predictors.registry import train
     from hwsearch.profilers.runner import profile_local
     from hwsearch.search.client import Client
-    from hwsearch.search.report import JobProgress, print_front, print_verification
+    from hwsearch.search.report import JobProgress, print_front, print_verification, wide_console
     from hwsearch.search.spec import SearchSpec, knobs_from_doc
 
-    console = Console()
+    console = wide_console()
     started = time.perf_counter()
     client = Client(db)
     engine = client.engine
@@ -89,15 +88,19 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
                            f"hypervolume {st.result['hypervolume']:.4f})", console)
         print_verification(st.result, console)
         mid = float(front.latency_ms.median())
-        plan = job.best(max_latency_ms=mid)
+        trial = job.best_trial(max_latency_ms=mid)
+        plan = job.plan(trial)
         path = out / f"{model}-job{job.id}.plan.json"
         files = [export(plan, "plan", path).path]
-        ct = export(plan, "compressed-tensors", out / f"{model}-job{job.id}.compressed-tensors.json")
+        with warnings.catch_warnings():  # printed below, one line each
+            warnings.simplefilter("ignore", ExportWarning)
+            ct = export(plan, "compressed-tensors", out / f"{model}-job{job.id}.compressed-tensors.json")
         files += [ct.path]
         for w in ct.warnings:
             console.print(f"    [yellow]export warning:[/yellow] {w}")
         done["files"] += [str(f) for f in files]  # type: ignore[operator]
-        console.print(f"    best plan under {mid:.2f} ms (the front's median latency) exported to:")
+        console.print(f"    best plan under {mid:.2f} ms (the front's median latency), trial {trial}: {ct.figures()}; "
+                      "exported to:")
         for f in files:
             console.print(f"      {f}")
     console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s; database {client.db_url}; "

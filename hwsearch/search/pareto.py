@@ -5,11 +5,14 @@ space's ideal point (every objective at its best, which the additive tables give
 and its nadir (every objective at its worst) is 1; the reference point is (1, ..., 1). The
 number is therefore the share of the [ideal, nadir] box a front dominates, comparable between
 samplers, runs and the exact reference front.
+
+`front_mask` is the one definition of a job's front and `best_under` the one answer to "the best
+plan under a budget": the CLI, the Python API and the dashboard all call them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Sized
+from collections.abc import Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,8 @@ import pandas as pd
 from optuna._hypervolume import compute_hypervolume
 from optuna.study._multi_objective import _is_pareto_front
 
-from hwsearch.search.objectives import OBJECTIVES, Tables
+from hwsearch.errors import HwsearchError, unknown
+from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, Tables
 
 
 def signs(objectives: Sequence[str]) -> np.ndarray:
@@ -30,6 +34,68 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
     if len(pts) == 0:
         return np.zeros(0, dtype=bool)
     return _is_pareto_front(pts, assume_unique_lexsorted=False)
+
+
+def front_mask(values: np.ndarray, directions: Sequence[str], feasible: np.ndarray | None = None) -> np.ndarray:
+    """The front: feasible, non-dominated rows of `values` (n, k), one row per distinct point.
+
+    Rows with equal objective values are one point of the trade-off (NSGA-II proposes a plan
+    again, and layers of equal shape make different plans score alike), so only the first of
+    them (rows in trial order: the earliest trial) is on the front: a front's size counts
+    trade-offs, not repeats. Rows with a missing value are never on it.
+    """
+    vals = np.asarray(values, dtype=float).reshape(len(values), -1)
+    sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    ok = np.all(np.isfinite(vals), axis=1)
+    if feasible is not None:
+        ok &= np.asarray(feasible, dtype=bool)
+    mask = np.zeros(len(vals), dtype=bool)
+    idx = np.flatnonzero(ok)
+    if len(idx) == 0:
+        return mask
+    loss = vals[idx] * sign
+    _, first = np.unique(loss, axis=0, return_index=True)
+    first = np.sort(first)
+    mask[idx[first[pareto_mask(loss[first])]]] = True
+    return mask
+
+
+def best_under(front: pd.DataFrame, objectives: Sequence[str], budget: Mapping[str, float | None]) -> pd.Series:
+    """The front's row within `budget` that is best on the first objective the budget leaves free.
+
+    `front` has the objectives' columns (`latency_ms`, `size_mb`, `quality`); `budget` uses the
+    constraint keys of a SearchSpec (`latency_ms`, `size_mb`: upper bounds; `min_quality`: a
+    lower bound); None means no bound. The values compared are the predicted ones, as the
+    search scored them. Raises HwsearchError naming the range the front reaches.
+    """
+    if front.empty:
+        raise HwsearchError("the job has no feasible Pareto plan yet; accepted: a job with completed feasible trials")
+    keep = pd.Series(True, index=front.index)
+    bounded = set()
+    for key, bound in budget.items():
+        if bound is None:
+            continue
+        if key not in CONSTRAINTS:
+            raise unknown("budget", key, CONSTRAINTS)
+        name, kind = CONSTRAINTS[key]
+        col = OBJECTIVES[name].column
+        if col not in front:
+            have = [k for k, (n, _) in CONSTRAINTS.items() if OBJECTIVES[n].column in front]
+            raise HwsearchError(f"this job has no {col} column to bound; accepted: bounds on {', '.join(have)}")
+        within = front[col] <= bound if kind == "max" else front[col] >= bound
+        if not (within & keep).any():
+            op, reach = ("<=", front[col].min()) if kind == "max" else (">=", front[col].max())
+            raise HwsearchError(
+                f"no Pareto plan has {col} {op} {bound:g} (the front spans {front[col].min():.4g} to "
+                f"{front[col].max():.4g}); accepted: a bound {'>=' if kind == 'max' else '<='} {reach:.4g}"
+            )
+        keep &= within
+        bounded.add(name)
+    order = [o for o in objectives if o not in bounded] or list(objectives)
+    obj = OBJECTIVES[order[0]]
+    rows = front[keep]
+    pick = rows[obj.column].idxmin() if obj.direction == "minimize" else rows[obj.column].idxmax()
+    return rows.loc[pick]
 
 
 def bounds(tables: Tables, objectives: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,30 +148,26 @@ def front_frame(trials: Sequence[Any], objectives: Sequence[str], job_id: int | 
                 columns: Sequence[str] = (), dtype: str = "fp32") -> pd.DataFrame:
     """Feasible, non-dominated trials as a table: trial, plan_id, objective columns, what they compress.
 
-    `trials` are Optuna FrozenTrials written by a search worker (values in user attributes).
+    `trials` are Optuna FrozenTrials written by a search worker (values in user attributes);
+    which of them are on the front is `front_mask`'s answer.
     """
     cols = [OBJECTIVES[o].column for o in objectives]
     extra = [c for c in columns if c not in cols]
-    rows = []
-    for t in trials:
-        if t.values is None or any(v > 0 for v in t.constraints.values()):
-            continue
-        rows.append(t)
+    rows = sorted((t for t in trials if t.values is not None), key=lambda t: t.number)
     if not rows:
         return pd.DataFrame(columns=["trial", "plan_id", *cols, *extra, "compressed", "merge"])
     values = np.array([t.values for t in rows], dtype=float)
-    keep = pareto_mask(values * signs(objectives))
+    feasible = np.array([not any(v > 0 for v in t.constraints.values()) for t in rows])
+    keep = front_mask(values, [OBJECTIVES[o].direction for o in objectives], feasible)
     out = []
-    for t, k in zip(rows, keep, strict=True):
-        if not k:
-            continue
+    for t in (t for t, k in zip(rows, keep, strict=True) if k):
         merge = t.params.get("merge", "none")
         changed = sum(1 for n, v in t.params.items() if n != "merge" and v != dtype)
         out.append({"trial": t.number, "plan_id": f"{job_id}:{t.number}" if job_id is not None else str(t.number),
                     **{c: t.user_attrs.get(c) for c in [*cols, *extra]}, "compressed": changed, "merge": merge})
-    frame = pd.DataFrame(out)
-    frame = frame.drop_duplicates(subset=cols).sort_values(cols[0]).reset_index(drop=True)
-    return frame
+    if not out:
+        return pd.DataFrame(columns=["trial", "plan_id", *cols, *extra, "compressed", "merge"])
+    return pd.DataFrame(out).sort_values([*cols[:1], "trial"]).reset_index(drop=True)
 
 
 def spread(frame: Sized, k: int) -> list[int]:

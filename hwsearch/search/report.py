@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -9,9 +10,21 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL, error_pct
 from hwsearch.search.jobs import JobStatus
 
 COLUMN_FORMAT = {"latency_ms": "{:.3f}", "size_mb": "{:.2f}", "quality": "{:.4f}"}
+FILE_WIDTH = 200
+NO_QUALITY = ("This search did not look at accuracy: its plans are the fastest and smallest whatever they do to the "
+              "model's output. Search with quality (--objectives latency,quality, a model with weights such as "
+              "digits_vit) before shipping a plan.")
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console as wide as the terminal, or FILE_WIDTH columns when output goes to a file or pipe:
+    rich's 80-column default there squeezes tables and splits paths mid-name."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=FILE_WIDTH)
 
 
 class JobProgress:
@@ -50,7 +63,7 @@ def status_doc(st: JobStatus) -> dict[str, Any]:
 
 
 def print_jobs(rows: list[JobStatus], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     if not rows:
         console.print("No jobs yet. Start one with [bold]hwsearch search --model M --device D[/bold].")
         return
@@ -67,7 +80,7 @@ def print_jobs(rows: list[JobStatus], console: Console | None = None) -> None:
 
 
 def print_front(front: pd.DataFrame, title: str, console: Console | None = None, limit: int = 15) -> None:
-    console = console or Console()
+    console = console or wide_console()
     grid = Table(title=title, title_justify="left")
     shown = front if len(front) <= limit else front.iloc[[int(round(i)) for i in
                                                          pd.Series(range(limit)) * (len(front) - 1) / (limit - 1)]]
@@ -79,22 +92,26 @@ def print_front(front: pd.DataFrame, title: str, console: Console | None = None,
     if len(front) > limit:
         grid.caption = f"{limit} of {len(front)} Pareto points, spread along the front"
     console.print(grid)
+    if "quality" not in front.columns:
+        console.print(f"[yellow]{NO_QUALITY}[/yellow]")
 
 
 def print_verification(result: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     rows = result.get("verified") or []
     if not rows:
         console.print("No plans verified (verify_top_k = 0, or no feasible Pareto point).")
         return
     grid = Table(title="Predicted vs measured on the device (end-to-end: floor of 3 interleaved rounds; p10/p90 over all timed blocks)", title_justify="left")
-    cols = ["trial", "predicted_ms", "measured_ms", "p10_ms", "p90_ms"]
+    cols = ["trial", "predicted_ms", "measured_ms", ERROR_LABEL, "p10_ms", "p90_ms"]
     if any("measured_quality" in r for r in rows):
         cols += ["predicted_quality", "measured_quality"]
     for col in cols:
         grid.add_column(col, justify="right")
     for r in rows:
-        grid.add_row(*[("-" if r.get(c) is None else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols])
+        r = {**r, ERROR_LABEL: error_pct(r.get("predicted_ms"), r.get("measured_ms"))}
+        grid.add_row(*[("-" if r.get(c) is None or r[c] != r[c] else f"{r[c]:+.1f}" if c == ERROR_LABEL
+                        else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols])
     s = result.get("verification") or {}
     parts = []
     if "mape" in s:
@@ -105,3 +122,4 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
         parts.append(f"quality proxy mean abs error {s['quality_abs_error']:.4f}")
     grid.caption = "; ".join(parts)
     console.print(grid)
+    console.print(f"{ERROR_LABEL} = {ERROR_HELP}")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from hwsearch.dashboard import charts, common, data
+from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL
 
 url = common.url()
 st.title("Devices")
@@ -51,9 +52,9 @@ if preds.empty and points.empty:
             "(or `--kind meta` for a device with few measurements).", icon=":material/info:")
     st.stop()
 if not points.empty:
-    view = st.segmented_control("View", ["predicted vs measured", "error %"], default="predicted vs measured",
-                                key=f"acc_view_{name}")
-    st.plotly_chart(charts.accuracy_figure(points, as_error=view == "error %"), key=f"acc_{name}")
+    view = st.segmented_control("View", ["predicted vs measured", ERROR_LABEL], default="predicted vs measured",
+                                key=f"acc_view_{name}", help=f"{ERROR_LABEL}: {ERROR_HELP}")
+    st.plotly_chart(charts.accuracy_figure(points, as_error=view == ERROR_LABEL), key=f"acc_{name}")
     within = (abs(points["predicted_ms"] - points["measured_ms"]) <= 0.1 * points["measured_ms"])
     st.caption(f"{int(within.sum())} of {len(points)} points within ±10 % (shaded band). Held-out kernels were not "
                "used to fit the predictor that predicted them; verified plans are whole models timed end to end.")

@@ -1,9 +1,11 @@
 """Pareto explorer: a job's front, verified points, and the plan of the point a user chooses.
 
-A trial is chosen by clicking a point on the chart, a row of the trial table, or the trial
-box; the choice is kept in the session and the URL (`?job=3&trial=41`). The chart's and the
-table's selection states are read before the chart is drawn, so the ring marking the chosen
-point is never one click behind.
+A trial is chosen by clicking any point on the 2-D chart, a row of the trial table, the trial
+box, or the best plan under a budget (Streamlit reports no clicks from 3-D charts); the choice is kept in the session and the URL
+(`?job=3&trial=41`). The charts' and the table's selection states are read before the chart is
+drawn, so the ring marking the chosen point is never one click behind. The front, a
+prediction's error and "best under a budget" are the search package's definitions, so this
+page and `hwsearch jobs show` / `hwsearch export` always agree.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import streamlit as st
 
 from hwsearch.dashboard import charts, common, data, plans
 from hwsearch.errors import HwsearchError
+from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL, describe
+from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES
+from hwsearch.search.pareto import best_under
+from hwsearch.search.report import NO_QUALITY
 from hwsearch.spaces.plan import Plan
 
 url = common.url()
@@ -70,24 +76,26 @@ objectives, directions = meta.objectives, meta.directions
 front = df[df["pareto"]]
 m = st.columns(4)
 m[0].metric("completed trials", f"{len(df):,}")
-m[1].metric("on the front", f"{len(front):,}")
+m[1].metric("on the front", f"{len(front):,}", help="Feasible trials no other trial beats on every objective; "
+            "trials with equal values count once (the earliest), as in `hwsearch jobs show` and `job.pareto()`.")
 m[2].metric("feasible", f"{int(df['feasible'].sum()):,}")
 m[3].metric("verified on device", f"{int(df['verified'].sum()):,}")
+if "quality" not in objectives and "min_quality" not in (job["spec"] or {}).get("constraints", {}):
+    st.warning(NO_QUALITY, icon=":material/visibility_off:")
 
 
 # -- which trial is chosen --------------------------------------------------------------------
-CHART_KEY, TABLE_KEY, PICK_KEY = f"pareto_chart_{job_id}", f"trials_table_{job_id}", f"trial_pick_{job_id}"
+CHART_KEY, CHART3D_KEY = f"pareto_chart_{job_id}", f"pareto3d_{job_id}"
+TABLE_KEY, PICK_KEY = f"trials_table_{job_id}", f"trial_pick_{job_id}"
+numbers = set(df["number"].astype(int))
 
 
 def _points(state: object) -> list[int]:
-    sel = (state or {}).get("selection", {}) if isinstance(state, dict) else getattr(state, "selection", {})
+    """Trials named by a chart's selection state (any trace; points that name none are skipped)."""
+    sel = state.get("selection", {}) if isinstance(state, dict) else getattr(state, "selection", {})
     points = sel.get("points", []) if isinstance(sel, dict) else getattr(sel, "points", [])
-    out = []
-    for p in points or []:
-        custom = p.get("customdata") if isinstance(p, dict) else None
-        if custom is not None and len(custom):
-            out.append(int(custom[0]))
-    return out
+    found = (charts.trial_of_point(p) for p in points or [])
+    return [n for n in found if n is not None and n in numbers]
 
 
 def _choose(number: int) -> None:
@@ -100,7 +108,27 @@ if clicked and clicked[0] != st.session_state.get(f"clicked_{job_id}"):
     _choose(clicked[0])
 st.session_state[f"clicked_{job_id}"] = clicked[0] if clicked else None
 
-numbers = set(df["number"].astype(int))
+names = data.objective_names(objectives)
+if names is not None and len(front):
+    with st.expander("Best plan under a budget", icon=":material/target:"):
+        budget_keys = [k for k, (n, _) in CONSTRAINTS.items() if n in names]
+        with st.form(f"budget_{job_id}", border=False):
+            cols = st.columns(len(budget_keys) + 1, vertical_alignment="bottom")
+            budget = {}
+            for col, key in zip(cols, budget_keys, strict=False):
+                name, kind = CONSTRAINTS[key]
+                label = f"{'max' if kind == 'max' else 'min'} {OBJECTIVES[name].column}"
+                budget[key] = col.number_input(label, value=None, min_value=0.0, format="%.4g", key=f"b_{key}_{job_id}")
+            if cols[-1].form_submit_button("Choose", type="primary"):
+                try:
+                    pick = best_under(front, names, budget)
+                except HwsearchError as err:
+                    st.warning(str(err), icon=":material/warning:")
+                else:
+                    _choose(int(pick["number"]))
+        st.caption("The front's plan within the bounds that is best on the first objective they leave free, "
+                   "on predicted values: what `job.best(...)` and `hwsearch export JOB --max-latency-ms X` choose.")
+
 from_url = st.query_params.get("trial")
 if f"trial_{job_id}" not in st.session_state or st.session_state[f"trial_{job_id}"] not in numbers:
     default = int(front.sort_values(objectives[0])["number"].iloc[0]) if len(front) else int(df["number"].iloc[0])
@@ -125,17 +153,25 @@ third = [o for o in objectives if o not in (x, y)]
 color = c[2].selectbox("colour", [None, *third], index=1 if third else 0, key=f"c_{job_id}",
                        format_func=lambda o: "none" if o is None else o) if third else None
 three_d = c[3].toggle("3-D view", key=f"3d_{job_id}", disabled=len(objectives) < 3,
-                      help="Rotate all three objectives; choose a trial in the box below the chart.")
+                      help="Rotate all three objectives; click a point to see its plan.")
+all_trials = c[3].toggle("axes: all trials", key=f"all_{job_id}", disabled=bool(three_d),
+                         help="Off: the axes frame the front (the other trials are still there: pan or zoom out). "
+                              "On: the axes span every trial.")
 
 if y is not None and three_d and third:
-    st.plotly_chart(charts.pareto_3d(df, objectives, x, y, third[0]), key=f"pareto3d_{job_id}")
+    st.plotly_chart(charts.pareto_3d(df, objectives, x, y, third[0], selected), key=CHART3D_KEY,
+                    config={"displaylogo": False})
+    st.caption("Red: the front; grey: every other trial; the ring: the chosen trial. Hover a point to read its "
+               "trial, then choose it in the Trial box below (Streamlit reports no clicks from 3-D charts).")
 elif y is not None:
-    fig = charts.pareto_figure(df, objectives, directions, x, y, color=color, bounds=bounds, selected=selected)
+    fig = charts.pareto_figure(df, objectives, directions, x, y, color=color, bounds=bounds, selected=selected,
+                               frame_front=not all_trials)
     st.plotly_chart(fig, key=CHART_KEY, on_select="rerun", selection_mode="points",
                     config={"displaylogo": False})
-    st.caption("Click a point to see its plan. Grey: dominated trials; crosses: trials that break a constraint; "
+    st.caption("Click any point to see its plan. Grey: dominated trials; crosses: trials that break a constraint; "
                "dashed orange lines: the job's constraints; blue diamonds: latency measured on the device "
-               "beside the predicted one.")
+               "beside the predicted one." + ("" if all_trials else " The axes frame the front; "
+                                             "switch on *axes: all trials* to see every trial."))
 
 candidates = sorted(set(front["number"].astype(int)) | set(df.loc[df["verified"], "number"].astype(int)) | {selected})
 st.session_state[PICK_KEY] = selected
@@ -150,8 +186,10 @@ if len(ver):
         st.dataframe(ver[["trial_number", "device", "predicted_ms", "measured_ms", "error_pct", "measured_p10_ms",
                           "measured_p90_ms"]], hide_index=True,
                      column_config={"trial_number": "trial", "error_pct": st.column_config.NumberColumn(
-                         "error %", format="%+.1f"), "predicted_ms": st.column_config.NumberColumn(format="%.3f"),
+                         ERROR_LABEL, format="%+.1f", help=ERROR_HELP),
+                         "predicted_ms": st.column_config.NumberColumn(format="%.3f"),
                          "measured_ms": st.column_config.NumberColumn(format="%.3f")})
+        st.caption(f"{ERROR_LABEL}: {ERROR_HELP}")
 elif job["status"] == "done":
     st.caption("No plan of this job has been verified on the device yet.")
 
@@ -163,8 +201,8 @@ for col, name in zip(mc, objectives, strict=False):
     col.metric(name, f"{row[name]:.4g}")
 if bool(row["verified"]):
     mc[-1].metric("measured latency (ms)", f"{row['measured_ms']:.4g}",
-                  delta=f"{100 * (row['measured_ms'] - row['predicted_ms']) / row['predicted_ms']:+.1f} % vs predicted"
-                  if pd.notna(row["predicted_ms"]) else None, delta_color="off")
+                  delta=f"{ERROR_LABEL} {describe(row['error_pct'])}" if pd.notna(row["error_pct"]) else None,
+                  delta_color="off", delta_arrow="off", help=f"{ERROR_LABEL}: {ERROR_HELP}")
 if not bool(row["feasible"]):
     st.warning("This trial breaks a constraint of the job.", icon=":material/warning:")
 
@@ -196,13 +234,37 @@ st.markdown(
     + ", ".join(f"`{k}` ×{v}" for k, v in layers["choice"].value_counts().items())
     + ("" if merge is None else "; " + _merge_summary(merge))
 )
-tabs = st.tabs(["Heat-map", "Per-layer table", "Merge schedule", "Plan JSON"])
+plan_json = Plan.parse(doc).to_json()
+try:
+    breakdown = data.layer_latency(url, job_id, plan_json)
+    no_breakdown = None
+except Exception as err:  # noqa: BLE001 - a predictor that cannot load is one line on the page, not a crash
+    breakdown, no_breakdown = None, f"{type(err).__name__}: {err}".splitlines()[0]
+if breakdown is not None:
+    per_layer = breakdown.set_index("layer")["predicted_ms"]
+    layers["predicted ms"] = layers["layer"].map(per_layer)
+
+tabs = st.tabs(["Heat-map", "Per-layer table", "Latency by layer", "Merge schedule", "Plan JSON"])
 with tabs[0]:
     st.plotly_chart(charts.plan_heatmap(layers), key=f"heat_{job_id}_{selected}")
     st.caption("Colour: bytes kept relative to the uncompressed layer; text: format / sparsity / low-rank rank.")
 with tabs[1]:
-    st.dataframe(layers, hide_index=True, column_config={"size %": st.column_config.NumberColumn(format="%.1f")})
+    st.dataframe(layers, hide_index=True, column_config={"size %": st.column_config.NumberColumn(format="%.1f"),
+                                                         "predicted ms": st.column_config.NumberColumn(format="%.4f")})
 with tabs[2]:
+    if breakdown is None:
+        st.info(f"No per-layer latency for this plan: {no_breakdown}", icon=":material/info:")
+    else:
+        total = float(breakdown["predicted_ms"].sum())
+        st.plotly_chart(charts.layer_latency_figure(breakdown), key=f"lat_{job_id}_{selected}")
+        st.caption(f"Predicted kernel time per layer on {job['spec'].get('device')}, {total:.4g} ms in all with the "
+                   "overhead term (dispatch, casts, per forward) as its own bar"
+                   + (f"; the search scored this trial at {row['latency_ms']:.4g} ms" if "latency_ms" in row else "")
+                   + ". Attention, norms and element-wise kernels are listed per block.")
+        st.dataframe(breakdown, hide_index=True, column_config={
+            "predicted_ms": st.column_config.NumberColumn("predicted ms", format="%.4f"),
+            "share %": st.column_config.NumberColumn(format="%.1f")})
+with tabs[3]:
     if merge is None:
         st.info("This model has no token merging (only ViT-style models with a class token merge tokens).")
     elif int(merge["r (merged)"].sum()) == 0:
@@ -211,11 +273,11 @@ with tabs[2]:
     else:
         st.plotly_chart(charts.merge_figure(merge), key=f"merge_{job_id}_{selected}")
         st.dataframe(merge, hide_index=True)
-with tabs[3]:
+with tabs[4]:
     st.code(json.dumps(doc, indent=2), language="json")
 
 st.subheader("Download")
-files = plans.export_files(Plan.parse(doc).to_json())
+files = plans.export_files(plan_json)
 dl = st.columns(len(files))
 for col, f in zip(dl, files, strict=True):
     with col:
@@ -225,6 +287,51 @@ for col, f in zip(dl, files, strict=True):
             with st.expander(f"{len(f.warnings)} thing(s) {f.format} cannot express"):
                 for w in f.warnings:
                     st.caption(w)
+
+# -- how the search went ----------------------------------------------------------------------
+st.header("How the search went")
+search_tabs = st.tabs(["Hypervolume over trials", "Per-layer choices", "Knob importance"])
+with search_tabs[0]:
+    history, note = data.hypervolume_history(url, job_id, len(df))
+    if history.empty:
+        st.info(note, icon=":material/info:")
+    else:
+        st.plotly_chart(charts.hypervolume_figure(history), key=f"hv_{job_id}")
+        st.caption(f"Share of the objective space the feasible trials so far dominate. {note}")
+with search_tabs[1]:
+    shown_front = st.toggle("all trials", key=f"pc_all_{job_id}", help="Off: the front's trials. On: every trial "
+                            f"(the last {data.PARCOORDS_MAX:,} when there are more).")
+    pool = df if shown_front else front
+    pool = pool.sort_values("number").tail(data.PARCOORDS_MAX)
+    choices, labels = data.trial_choices(url, job_id, tuple(int(n) for n in pool["number"]))
+    if choices.empty:
+        st.info("This study stores no per-layer parameters (its trials carry ready plans), so there are no "
+                "choices to draw.", icon=":material/info:")
+    else:
+        varied = {k: v for k, v in labels.items() if choices[k].nunique() > 1}
+        merged = choices.merge(pool[["number", *objectives]], on="number")
+        colour = "latency_ms" if "latency_ms" in objectives else objectives[0]
+        st.plotly_chart(charts.parallel_figure(merged, varied, list(objectives), colour), key=f"pc_{job_id}")
+        st.caption(f"One line per trial ({len(merged):,}), one axis per objective and per decision whose choice "
+                   f"varies among them ({len(varied)} of {len(labels)}); drag along an axis to filter.")
+with search_tabs[2]:
+    if len(df) > data.IMPORTANCE_AUTO_MAX and not st.toggle("compute", key=f"imp_{job_id}",
+                                                              help="Can take a while on a large study."):
+        st.caption(f"{len(df):,} trials: switch on to compute the knob importance.")
+    else:
+        try:
+            imp = data.importances(url, job_id, len(df))
+        except (ValueError, RuntimeError) as err:
+            imp, why = None, str(err).splitlines()[0]
+        else:
+            why = "no decision varies across the trials"
+        if imp is None or imp.empty:
+            st.info(f"No knob importance for this study: {why}.", icon=":material/info:")
+        else:
+            st.plotly_chart(charts.importance_figure(imp), key=f"imp_chart_{job_id}")
+            st.caption("How much each decision matters for each objective, by Optuna's PED-ANOVA evaluator (the "
+                       "share of an objective's variation between its best trials and all trials that the decision's "
+                       "choices explain); the 20 most important decisions.")
 
 # -- all trials, paged ------------------------------------------------------------------------
 st.header("All trials")
