@@ -223,8 +223,9 @@ def test_gemm_transfer_every_target_and_zero_shots(tmp_path, tiny_models):
         assert row["zero_shot"]["within_10pct"] == row["within_10pct"]
         assert row["zero_shot"]["within_10pct"] > 0.9  # the data is the roofline: the spec sheet suffices
         assert row["noise_floor"] == {"within_10pct": 1.0, "repeated_rows": 160}
-    few = gemm_transfer.run_gemm_transfer(data, ["a100", "a40"], "h100", shots=5, seeds=2, baseline=False)
-    assert few["reference"] == 4 and few["targets"]["h100"]["spearman"] > 0.95
+    few = gemm_transfer.run_gemm_transfer(data, ["a100", "a40"], "all", shots=5, seeds=2, baseline=False)
+    assert list(few["targets"]) == ["h100"] and few["source"] == ["a100", "a40"] and few["reference"] == 4
+    assert few["targets"]["h100"]["spearman"] > 0.95
 
 
 def test_gemm_transfer_cli_table(tmp_path, tiny_models):

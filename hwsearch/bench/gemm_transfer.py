@@ -75,7 +75,8 @@ def run_gemm_transfer(
 ) -> dict[str, Any]:
     """Fit on ``source`` GPUs, adapt to ``target`` (or each GPU in turn: ``"all"``), score the rest.
 
-    An empty ``source`` means every other GPU in the file. The document's ``spearman``,
+    An empty ``source`` means every other GPU in the file; ``"all"`` with sources given targets
+    every GPU that is not a source. The document's ``spearman``,
     ``within_10pct`` and ``mape`` are means over the seeds (and over the targets for ``"all"``).
     """
     rows = load_vidur_rows(data_file)
@@ -94,7 +95,7 @@ def run_gemm_transfer(
         raise HwsearchError(f"seeds {seeds} out of range; accepted: 1 or more")
     if shots < 0:
         raise HwsearchError(f"shots {shots} out of range; accepted: 0 or more")
-    targets = gpus if target == ALL else [target]
+    targets = [g for g in gpus if g not in source] if target == ALL else [target]
     specs = {g: gpu_spec(g) for g in {*targets, *(source or gpus)}}  # fail before any fitting
     out: dict[str, Any] = {}
     for t in targets:
@@ -104,7 +105,7 @@ def run_gemm_transfer(
                                 f"{', '.join(gpus)}")
         out[t] = _one_target(df, rows, src, t, specs, shots, seeds, reference, params, baseline, progress)
     doc: dict[str, Any] = {
-        "source": source or "every other GPU", "shots": shots, "seeds": seeds, "reference": min(reference, shots),
+        "source": source, "shots": shots, "seeds": seeds, "reference": min(reference, shots),
         "method": METHOD, "baseline_method": BASELINE, "published": PUBLISHED,
         **_mean([{k: r[k] for k in ("spearman", "within_10pct", "mape")} for r in out.values()]),
         "targets": out,
