@@ -11,12 +11,14 @@ from typing import Any
 from hwsearch.errors import HwsearchError
 
 __version__ = "0.1.0"
-__all__ = ["Client", "HwsearchError", "SearchSpec", "__version__", "export"]
+__all__ = ["Client", "HwsearchError", "SearchSpec", "__version__", "default_device_name", "export"]
 
 _LAZY = {
     "Client": ("hwsearch.search.client", "Client"),
     "SearchSpec": ("hwsearch.search.spec", "SearchSpec"),
     "export": ("hwsearch.export", "export"),
+    # the name `hwsearch profile --local` (and `make demo`) stores this machine under
+    "default_device_name": ("hwsearch.profilers.runner", "default_device_name"),
 }
 
 

@@ -592,6 +592,8 @@ def export_plan(
     job: int | None = typer.Argument(None, help="A search job id (see `hwsearch jobs list`)."),
     trial: int | None = typer.Option(None, "--trial", help="With JOB: this trial's plan."),
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="With JOB: its best Pareto plan under X ms."),
+    max_size_mb: float | None = typer.Option(None, "--max-size-mb", help="With JOB: its best Pareto plan under X MB."),
+    min_quality: float | None = typer.Option(None, "--min-quality", help="With JOB: its best Pareto plan of quality >= X."),
     plan_file: str | None = typer.Option(None, "--plan", help="A hwsearch.plan/v1 JSON file (instead of JOB)."),
     fmt: str = typer.Option(..., "--format", help="plan | compressed-tensors | modelopt"),
     out: str = typer.Option(..., "--out", help="File to write (modelopt: .yaml); the full plan is kept beside it."),
@@ -606,26 +608,30 @@ def export_plan(
     from hwsearch.export import ExportWarning, export
     from hwsearch.spaces.plan import Plan
 
+    budget = {"max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "min_quality": min_quality}
+    bounds = {k: v for k, v in budget.items() if v is not None}
+    forms = "JOB [--trial N | --max-latency-ms X --max-size-mb X --min-quality X]"
     if (job is None) == (plan_file is None):
-        raise HwsearchError("say which plan to export; accepted: JOB [--trial N | --max-latency-ms X], or --plan FILE")
+        raise HwsearchError(f"say which plan to export; accepted: {forms}, or --plan FILE")
     if job is None:
-        if trial is not None or max_latency_ms is not None:
-            raise HwsearchError("--trial and --max-latency-ms go with JOB; accepted: JOB [--trial N | --max-latency-ms X]")
+        if trial is not None or bounds:
+            raise HwsearchError(f"--trial and the bounds go with JOB; accepted: {forms}")
         source = Path(plan_file)
         if not source.is_file():
             raise HwsearchError(f"plan file {plan_file!r} does not exist; accepted: a hwsearch.plan/v1 JSON file")
         plan = Plan.from_json(source.read_text(encoding="utf-8"))
         which, number = f"the plan in {plan_file}", None
     else:
-        if trial is not None and max_latency_ms is not None:
-            raise HwsearchError("give --trial or --max-latency-ms, not both; accepted: JOB [--trial N | --max-latency-ms X]")
+        if trial is not None and bounds:
+            raise HwsearchError(f"give --trial or bounds, not both; accepted: {forms}")
         from hwsearch.search.client import Client
 
         handle = Client(db_url=db).job(job)
-        number = trial if trial is not None else handle.best_trial(max_latency_ms=max_latency_ms)
+        number = trial if trial is not None else handle.best_trial(**budget)
         plan = handle.plan(number)
-        why = "" if trial is not None else " (the best Pareto plan" + (
-            "" if max_latency_ms is None else f" with latency_ms <= {max_latency_ms:g}") + ")"
+        said = {"max_latency_ms": "latency_ms <= {:g}", "max_size_mb": "size_mb <= {:g}", "min_quality": "quality >= {:g}"}
+        why = "" if trial is not None else " (the best Pareto plan" + "".join(
+            f"{' with' if i == 0 else ','} {said[k].format(v)}" for i, (k, v) in enumerate(bounds.items())) + ")"
         which = f"job {job} trial {number}{why}"
     with warnings.catch_warnings(record=True):  # each is printed below as one line
         warnings.simplefilter("always", ExportWarning)

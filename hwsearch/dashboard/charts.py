@@ -70,13 +70,14 @@ def _span(values: list[pd.Series], pad: float = 0.06) -> list[float] | None:
 def pareto_figure(
     df: pd.DataFrame, objectives: tuple[str, ...], directions: tuple[str, ...], x: str, y: str,
     color: str | None = None, bounds: dict[str, tuple[str, float]] | None = None, selected: int | None = None,
-    frame_front: bool = True,
+    frame_front: bool = True, band_pct: float | None = None,
 ) -> go.Figure:
     """2-D Pareto chart: dominated dimmed, infeasible crossed, the front bold (coloured by a third
     objective if given), constraint lines, verified points with predicted and measured latency.
 
     With `frame_front` the axes span the front, its measured points and the chosen trial (the
-    other trials are still drawn: pan or zoom out to see them); else they span every trial."""
+    other trials are still drawn: pan or zoom out to see them); else they span every trial.
+    With `band_pct` each front point's latency carries its calibrated upper bound as an error bar."""
     fig = go.Figure()
     dirs = dict(zip(objectives, directions, strict=True))
     custom_cols = list(objectives)
@@ -97,10 +98,15 @@ def pareto_figure(
     if color:
         marker.update({"color": front[color], "colorscale": "Viridis", "showscale": True,
                        "colorbar": {"title": {"text": color}}})
+    bars = {}
+    for axis, name in (("error_x", x), ("error_y", y)):
+        if band_pct and is_latency(name):
+            bars[axis] = {"type": "data", "symmetric": False, "arrayminus": [0.0] * len(front),
+                          "array": (front[name] * band_pct / 100.0).tolist(), "color": FRONT, "thickness": 1}
     fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines+markers", name="Pareto front",
                              line={"shape": "hv" if dirs[x] == "minimize" else "vh", "color": FRONT, "width": 1},
                              marker=marker, customdata=_custom(front, custom_cols),
-                             hovertemplate=_hover(custom_cols)))
+                             hovertemplate=_hover(custom_cols), **bars))
     _add_verified(fig, df, x, y)
     for name, (op, value) in (bounds or {}).items():
         label = f"{name} {'≤' if op == 'max' else '≥'} {value:g}"
@@ -120,8 +126,9 @@ def pareto_figure(
     if frame_front and len(front):
         framed = pd.concat([front, chosen, df[df["verified"]] if "verified" in df else df.iloc[0:0]])
         measured = framed["measured_ms"] if "measured_ms" in framed else pd.Series(dtype=float)
-        fig.update_xaxes(range=_span([framed[x], *([measured] if is_latency(x) else [])]))
-        fig.update_yaxes(range=_span([framed[y], *([measured] if is_latency(y) else [])]))
+        upper = front[x if is_latency(x) else y] * (1.0 + (band_pct or 0.0) / 100.0)
+        fig.update_xaxes(range=_span([framed[x], *([measured, upper] if is_latency(x) else [])]))
+        fig.update_yaxes(range=_span([framed[y], *([measured, upper] if is_latency(y) else [])]))
     return fig
 
 

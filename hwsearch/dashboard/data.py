@@ -293,6 +293,13 @@ def trial_plan(url: str, job_id: int, number: int) -> dict[str, Any] | None:
         ).first()
 
 
+def latency_band(row: dict[str, Any] | None) -> float | None:
+    """The job's calibrated latency band in % (its predicted latencies' upper bound), if it has one."""
+    prov = ((row or {}).get("result") or {}).get("provenance") or {}
+    band = (prov.get("latency") or {}).get("band_pct")
+    return None if band is None else float(band)
+
+
 # -- how the search went ----------------------------------------------------------------------
 def objective_names(columns: tuple[str, ...] | list[str]) -> list[str] | None:
     """The search objectives (`latency`, ...) behind a study's columns; None for a study of another tool."""
@@ -560,6 +567,7 @@ __all__ = [
     "importances",
     "job",
     "jobs",
+    "latency_band",
     "layer_latency",
     "objective_names",
     "predictors",

@@ -60,13 +60,16 @@ def front_mask(values: np.ndarray, directions: Sequence[str], feasible: np.ndarr
     return mask
 
 
-def best_under(front: pd.DataFrame, objectives: Sequence[str], budget: Mapping[str, float | None]) -> pd.Series:
+def best_under(front: pd.DataFrame, objectives: Sequence[str], budget: Mapping[str, float | None],
+               band_pct: float | None = None) -> pd.Series:
     """The front's row within `budget` that is best on the first objective the budget leaves free.
 
     `front` has the objectives' columns (`latency_ms`, `size_mb`, `quality`); `budget` uses the
     constraint keys of a SearchSpec (`latency_ms`, `size_mb`: upper bounds; `min_quality`: a
     lower bound); None means no bound. The values compared are the predicted ones, as the
-    search scored them. Raises HwsearchError naming the range the front reaches.
+    search scored them; with `band_pct` (the job's calibrated latency band) a latency budget
+    holds for the upper bound, latency × (1 + band/100). Raises HwsearchError naming the range
+    the front reaches.
     """
     if front.empty:
         raise HwsearchError("the job has no feasible Pareto plan yet; accepted: a job with completed feasible trials")
@@ -82,12 +85,15 @@ def best_under(front: pd.DataFrame, objectives: Sequence[str], budget: Mapping[s
         if col not in front:
             have = [k for k, (n, _) in CONSTRAINTS.items() if OBJECTIVES[n].column in front]
             raise HwsearchError(f"this job has no {col} column to bound; accepted: bounds on {', '.join(have)}")
-        within = front[col] <= bound if kind == "max" else front[col] >= bound
+        banded = name == "latency" and bool(band_pct)
+        values = front[col] * (1.0 + (band_pct or 0.0) / 100.0) if banded else front[col]
+        within = values <= bound if kind == "max" else values >= bound
         if not (within & keep).any():
-            op, reach = ("<=", front[col].min()) if kind == "max" else (">=", front[col].max())
+            op, reach = ("<=", values.min()) if kind == "max" else (">=", values.max())
+            what = f"{col} (upper bound, band +{band_pct:.1f} %)" if banded else col
             raise HwsearchError(
-                f"no Pareto plan has {col} {op} {bound:g} (the front spans {front[col].min():.4g} to "
-                f"{front[col].max():.4g}); accepted: a bound {'>=' if kind == 'max' else '<='} {reach:.4g}"
+                f"no Pareto plan has {what} {op} {bound:g} (the front spans {values.min():.4g} to "
+                f"{values.max():.4g}); accepted: a bound {'>=' if kind == 'max' else '<='} {reach:.4g}"
             )
         keep &= within
         bounded.add(name)

@@ -121,13 +121,16 @@ if names is not None and len(front):
                 budget[key] = col.number_input(label, value=None, min_value=0.0, format="%.4g", key=f"b_{key}_{job_id}")
             if cols[-1].form_submit_button("Choose", type="primary"):
                 try:
-                    pick = best_under(front, names, budget)
+                    pick = best_under(front, names, budget, band_pct=data.latency_band(job))
                 except HwsearchError as err:
                     st.warning(str(err), icon=":material/warning:")
                 else:
                     _choose(int(pick["number"]))
+        band = data.latency_band(job)
         st.caption("The front's plan within the bounds that is best on the first objective they leave free, "
-                   "on predicted values: what `job.best(...)` and `hwsearch export JOB --max-latency-ms X` choose.")
+                   "on predicted values" + (f" (a latency budget holds for the upper bound, +{band:.1f} %)" if band
+                                            else "") + ": what `job.best(...)` and `hwsearch export JOB "
+                   "--max-latency-ms X` choose.")
 
 from_url = st.query_params.get("trial")
 if f"trial_{job_id}" not in st.session_state or st.session_state[f"trial_{job_id}"] not in numbers:
@@ -165,7 +168,7 @@ if y is not None and three_d and third:
                "trial, then choose it in the Trial box below (Streamlit reports no clicks from 3-D charts).")
 elif y is not None:
     fig = charts.pareto_figure(df, objectives, directions, x, y, color=color, bounds=bounds, selected=selected,
-                               frame_front=not all_trials)
+                               frame_front=not all_trials, band_pct=data.latency_band(job))
     st.plotly_chart(fig, key=CHART_KEY, on_select="rerun", selection_mode="points",
                     config={"displaylogo": False})
     st.caption("Click any point to see its plan. Grey: dominated trials; crosses: trials that break a constraint; "
@@ -205,6 +208,10 @@ if bool(row["verified"]):
                   delta_color="off", delta_arrow="off", help=f"{ERROR_LABEL}: {ERROR_HELP}")
 if not bool(row["feasible"]):
     st.warning("This trial breaks a constraint of the job.", icon=":material/warning:")
+if data.latency_band(job) and "latency_ms" in objectives:
+    band = data.latency_band(job)
+    st.caption(f"Predicted latency {row['latency_ms']:.4g} ms, at most {row['latency_ms'] * (1 + band / 100):.4g} ms "
+               f"on the device (calibrated band +{band:.1f} %).")
 
 try:
     doc = data.trial_plan(url, job_id, selected)
