@@ -64,7 +64,11 @@ def _metric(at: AppTest, label: str) -> str:
 
 # -- empty database -----------------------------------------------------------------------------
 def test_empty_database_reads_as_guidance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HWSEARCH_DB", f"sqlite:///{tmp_path / 'empty.db'}")
+    from hwsearch.db.engine import open_db
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    open_db(url).dispose()  # the dashboard only reads: a database some command has created
+    monkeypatch.setenv("HWSEARCH_DB", url)
     for page, hint in (("jobs", "hwsearch search"), ("pareto", "hwsearch search"), ("compare", "hwsearch search"),
                        ("devices", "hwsearch profile --local")):
         at = _app(page)
@@ -167,9 +171,11 @@ def test_jobs_without_trials_read_as_guidance(seeded: Seeded, which: str, expect
 def test_compare_draws_one_front_per_job(seeded: Seeded) -> None:
     at = _app("compare")
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    names = sorted(t["name"].rsplit(" · ", 1)[1] for t in fig["data"])
+    points = [t for t in fig["data"] if t["mode"] == "markers"]  # each with the line through its front
+    assert len(fig["data"]) == 2 * len(points)
+    names = sorted(t["name"].rsplit(" · ", 1)[1] for t in points)
     assert names == ["measured", "predicted", "predicted"]  # the verified job's measured points, and both fronts
-    measured = next(t for t in fig["data"] if t["name"].endswith("measured"))
+    measured = next(t for t in points if t["name"].endswith("measured"))
     assert sorted(int(c[0]) for c in measured["customdata"]) == sorted(seeded.verified)
     assert any("still running" in t for t in _texts(at.caption))  # the running job has no trials yet, and says so
     summary = at.dataframe[0].value
@@ -179,7 +185,8 @@ def test_compare_draws_one_front_per_job(seeded: Seeded) -> None:
     at.segmented_control(key="cmp_basis").set_value("predicted").run()
     assert not at.exception
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert all(t["name"].endswith("predicted") for t in fig["data"]) and len(fig["data"]) == 2
+    points = [t for t in fig["data"] if t["mode"] == "markers"]
+    assert all(t["name"].endswith("predicted") for t in points) and len(points) == 2
 
 
 def test_devices_show_fingerprint_coverage_and_predictor_accuracy(seeded: Seeded) -> None:

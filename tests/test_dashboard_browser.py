@@ -305,7 +305,7 @@ def test_every_kind_of_point_chooses_its_trial(server, browser, seeded, shots):
     _wait(driver, lambda d: d.execute_script(
         "const g = document.querySelector('.js-plotly-plot'); return !!(g && g.data && g.data.length);"), "the chart")
     clicked = {}
-    for kind in ("Pareto front", "dominated", "measured on device", "infeasible", "trial "):
+    for kind in ("Pareto front", "dominated", "infeasible", "measured on device", "trial "):
         if kind == "infeasible":
             _toggle(driver, "axes: all trials")
         shown = _heading_trial(driver)
@@ -342,23 +342,23 @@ def test_three_d_view_tabs_and_budget(server, browser, seeded, shots):
         "return !!document.querySelector('.js-plotly-plot') && "
         "document.querySelector('.js-plotly-plot').data.some(t => t.type === 'scatter3d');"), "the 3-D chart")
     time.sleep(1.0)
-    scene = driver.find_element(By.CSS_SELECTOR, ".js-plotly-plot .gl-container")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", scene)
-    # Find a pixel over a point by hovering a grid, then click it (a real click on a real point).
+    plot = driver.find_element(By.CSS_SELECTOR, ".js-plotly-plot")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", plot)
+    # Find a pixel over a point by hovering a grid (centre first), then click there: a real click on a real point.
     driver.execute_script("const g = document.querySelector('.js-plotly-plot'); window.__hovered = null;"
                           "g.on('plotly_hover', e => { window.__hovered = e.points[0].customdata[0]; });")
-    rect = scene.rect
+    rect = plot.rect
+    grid = sorted(((fx / 20, fy / 20) for fx in range(2, 19) for fy in range(2, 19)),
+                  key=lambda f: abs(f[0] - 0.5) + abs(f[1] - 0.5))
     hit = None
-    for fy in (0.5, 0.4, 0.6, 0.3, 0.7):
-        for fx in (0.5, 0.4, 0.6, 0.3, 0.7, 0.45, 0.55, 0.35, 0.65):
-            ActionChains(driver).move_to_element_with_offset(scene, int((fx - 0.5) * rect["width"]),
-                                                             int((fy - 0.5) * rect["height"])).perform()
-            if driver.execute_script("return window.__hovered;") is not None:
-                hit = (fx, fy)
-                break
-        if hit:
+    for fx, fy in grid:
+        ActionChains(driver).move_to_element_with_offset(plot, int((fx - 0.5) * rect["width"]),
+                                                         int((fy - 0.5) * rect["height"])).perform()
+        if driver.execute_script("return window.__hovered;") is not None:
+            hit = (fx, fy)
             break
-    ActionChains(driver).click().perform()
+    assert hit is not None, "no 3-D point found under the mouse"
+    ActionChains(driver).click().perform()  # where the mouse hovers a point
     ActionChains(driver).click_and_hold().move_by_offset(60, 20).release().perform()  # rotate
     _settle(driver)
     _no_exception(driver, "after clicking and rotating the 3-D view")

@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from hwsearch.search.accuracy import ERROR_LABEL, error_pct
+from hwsearch.search.pareto import front_mask
 
 GL_THRESHOLD = 2000
 FRONT = "#d62728"
@@ -75,8 +76,9 @@ def pareto_figure(
     """2-D Pareto chart: dominated dimmed, infeasible crossed, the front bold (coloured by a third
     objective if given), constraint lines, verified points with predicted and measured latency.
 
-    With `frame_front` the axes span the front, its measured points and the chosen trial (the
-    other trials are still drawn: pan or zoom out to see them); else they span every trial.
+    With `frame_front` the axes span the front and the chosen trial (the other trials, and measured
+    points far from their predictions, are still drawn: pan or zoom out to see them); else they
+    span every trial.
     With `band_pct` each front point's latency carries its calibrated upper bound as an error bar."""
     fig = go.Figure()
     dirs = dict(zip(objectives, directions, strict=True))
@@ -124,12 +126,20 @@ def pareto_figure(
                       legend={"orientation": "h", "y": -0.18}, margin={"t": 30, "r": 10, "l": 10, "b": 10},
                       clickmode="event+select", dragmode="pan" if big else "zoom", height=520)
     if frame_front and len(front):
-        framed = pd.concat([front, chosen, df[df["verified"]] if "verified" in df else df.iloc[0:0]])
-        measured = framed["measured_ms"] if "measured_ms" in framed else pd.Series(dtype=float)
+        framed = pd.concat([front, chosen])
         upper = front[x if is_latency(x) else y] * (1.0 + (band_pct or 0.0) / 100.0)
-        fig.update_xaxes(range=_span([framed[x], *([measured, upper] if is_latency(x) else [])]))
-        fig.update_yaxes(range=_span([framed[y], *([measured, upper] if is_latency(y) else [])]))
+        fig.update_xaxes(range=_span([framed[x], *([upper] if is_latency(x) else [])]))
+        fig.update_yaxes(range=_span([framed[y], *([upper] if is_latency(y) else [])]))
     return fig
+
+
+def outside(fig: go.Figure, points: pd.DataFrame, x: str, y: str) -> int:
+    """How many of `points` (x, y columns) fall outside the figure's fixed axis ranges."""
+    xr, yr = fig.layout.xaxis.range, fig.layout.yaxis.range
+    if not len(points) or xr is None or yr is None:
+        return 0
+    inside = points[x].between(*xr) & points[y].between(*yr)
+    return int((~inside).sum())
 
 
 def _add_verified(fig: go.Figure, df: pd.DataFrame, x: str, y: str) -> None:
@@ -179,20 +189,25 @@ def pareto_3d(df: pd.DataFrame, objectives: tuple[str, ...], x: str, y: str, z: 
 def compare_figure(df: pd.DataFrame, x: str, y: str, directions: dict[str, str]) -> go.Figure:
     """Several jobs on one chart, one colour per job: each job's points joined as a front.
 
-    `df` has a `job` label, a `kind` ("measured" or "predicted") and the two axes; measured points
-    are solid diamonds, predicted fronts dotted lines with small markers, so a job judged on
-    what its plans measured is never drawn like one judged on predictions.
+    `df` has a `job` label, a `kind` ("measured" or "predicted") and the two axes. Each job's
+    points of a kind are joined through those no other beats on the two axes drawn (`front_mask`):
+    measured ones as diamonds and a solid line, predicted ones as small dots and a dotted line, so
+    a job judged on what its plans measured is never drawn like one judged on predictions.
     """
     fig = go.Figure()
+    shape = "hv" if directions.get(x) == "minimize" else "vh"
     for i, (label, part) in enumerate(df.groupby("job", sort=False)):
         colour = PALETTE[i % len(PALETTE)]
         for kind, pts in part.groupby("kind", sort=False):
             pts = pts.sort_values(x)
             measured = kind == "measured"
+            line = pts[front_mask(pts[[x, y]].to_numpy(), [directions.get(x, "minimize"),
+                                                           directions.get(y, "minimize")])]
+            fig.add_trace(go.Scatter(x=line[x], y=line[y], mode="lines", hoverinfo="skip", showlegend=False,
+                                     legendgroup=f"{label} · {kind}", line={"shape": shape, "color": colour,
+                                     "dash": "solid" if measured else "dot", "width": 2 if measured else 1}))
             fig.add_trace(go.Scatter(
-                x=pts[x], y=pts[y], mode="lines+markers", name=f"{label} · {kind}",
-                line={"shape": "hv" if directions.get(x) == "minimize" else "vh", "color": colour,
-                      "dash": "solid" if measured else "dot", "width": 2 if measured else 1},
+                x=pts[x], y=pts[y], mode="markers", name=f"{label} · {kind}", legendgroup=f"{label} · {kind}",
                 marker={"color": colour, "size": 10 if measured else 6, "symbol": "diamond" if measured else "circle"},
                 customdata=pts[["number"]].astype(float).to_numpy().tolist(),
                 hovertemplate=f"trial %{{customdata[0]}} ({kind})<br>{x}: %{{x:.4g}}<br>{y}: %{{y:.4g}}"
@@ -327,7 +342,7 @@ def importance_figure(importance: pd.DataFrame, top: int = 20) -> go.Figure:
                              hovertemplate="%{customdata}<br>importance %{x:.3f}<extra>%{fullData.name}</extra>"))
     fig.update_layout(barmode="group", height=max(280, 22 * len(order) * max(1, importance["objective"].nunique())
                                                     // 2 + 120),
-                      xaxis_title="importance (share of the objective's variation, PED-ANOVA)",
+                      xaxis_title="importance (PED-ANOVA; an objective's importances sum to 1)",
                       legend={"orientation": "h", "y": -0.15}, margin={"t": 20, "r": 10, "l": 10, "b": 10})
     return fig
 

@@ -36,6 +36,7 @@ PLAN_ATTR = "plan"  # the trial user attribute holding the plan document
 METRIC_NAMES_ATTR = "study:metric_names"  # where Optuna keeps `study.set_metric_names`
 PAGE_SIZE = 100
 PARCOORDS_MAX = 2000  # lines in the parallel-coordinates view (the newest trials beyond it)
+PARCOORDS_AXES = 12  # decisions shown at first beside the objectives (more do not fit side by side)
 IMPORTANCE_AUTO_MAX = 3000  # trials up to which knob importance is computed without asking
 
 
@@ -46,8 +47,9 @@ def db_url() -> str:
 
 @st.cache_resource(show_spinner=False)
 def engine(url: str) -> Engine:
-    """One engine per URL for the whole server; the schema is brought to head on first use."""
-    return open_db(url)
+    """One engine per URL for the whole server, read-only: the dashboard never writes to a database
+    nor migrates it (a database at another schema is one line saying what to run)."""
+    return open_db(url, read_only=True)
 
 
 def clear_caches() -> None:
@@ -240,7 +242,7 @@ def trials_page(df: pd.DataFrame, page: int, size: int = PAGE_SIZE, sort_by: str
 def _storage(url: str) -> Any:
     from hwsearch.search.study import rdb_storage
 
-    return rdb_storage(url)
+    return rdb_storage(url, read_only=True)
 
 
 @st.cache_resource(show_spinner=False, ttl=TTL_SLOW_S)

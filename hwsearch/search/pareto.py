@@ -44,7 +44,7 @@ def front_mask(values: np.ndarray, directions: Sequence[str], feasible: np.ndarr
     them (rows in trial order: the earliest trial) is on the front: a front's size counts
     trade-offs, not repeats. Rows with a missing value are never on it.
     """
-    vals = np.asarray(values, dtype=float).reshape(len(values), -1)
+    vals = np.asarray(values, dtype=float).reshape(len(values), len(directions))
     sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
     ok = np.all(np.isfinite(vals), axis=1)
     if feasible is not None:

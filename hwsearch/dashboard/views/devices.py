@@ -16,7 +16,8 @@ if not table:
     st.stop()
 
 names = [d["name"] for d in table]
-name = st.selectbox("Device", names, key="device_pick",
+most = max(range(len(table)), key=lambda i: table[i]["measurements"])  # at first: the most measured device
+name = st.selectbox("Device", names, index=most, key="device_pick",
                     format_func=lambda n: f"{n} ({next(d for d in table if d['name'] == n)['kind']})")
 dev = next(d for d in table if d["name"] == name)
 

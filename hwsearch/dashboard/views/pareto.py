@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -171,10 +172,14 @@ elif y is not None:
                                frame_front=not all_trials, band_pct=data.latency_band(job))
     st.plotly_chart(fig, key=CHART_KEY, on_select="rerun", selection_mode="points",
                     config={"displaylogo": False})
+    measured = df[df["verified"]].assign(**{"latency_ms": df.loc[df["verified"], "measured_ms"]}) \
+        if "latency_ms" in (x, y) else df.iloc[0:0]
+    hidden = charts.outside(fig, measured, x, y) if not all_trials else 0
     st.caption("Click any point to see its plan. Grey: dominated trials; crosses: trials that break a constraint; "
                "dashed orange lines: the job's constraints; blue diamonds: latency measured on the device "
                "beside the predicted one." + ("" if all_trials else " The axes frame the front; "
-                                             "switch on *axes: all trials* to see every trial."))
+                                             "switch on *axes: all trials* to see every trial.")
+               + (f" {hidden} measured point(s) lie outside these axes." if hidden else ""))
 
 candidates = sorted(set(front["number"].astype(int)) | set(df.loc[df["verified"], "number"].astype(int)) | {selected})
 st.session_state[PICK_KEY] = selected
@@ -204,7 +209,7 @@ for col, name in zip(mc, objectives, strict=False):
     col.metric(name, f"{row[name]:.4g}")
 if bool(row["verified"]):
     mc[-1].metric("measured latency (ms)", f"{row['measured_ms']:.4g}",
-                  delta=f"{ERROR_LABEL} {describe(row['error_pct'])}" if pd.notna(row["error_pct"]) else None,
+                  delta=describe(row["error_pct"]) if pd.notna(row["error_pct"]) else None,
                   delta_color="off", delta_arrow="off", help=f"{ERROR_LABEL}: {ERROR_HELP}")
 if not bool(row["feasible"]):
     st.warning("This trial breaks a constraint of the job.", icon=":material/warning:")
@@ -315,12 +320,20 @@ with search_tabs[1]:
         st.info("This study stores no per-layer parameters (its trials carry ready plans), so there are no "
                 "choices to draw.", icon=":material/info:")
     else:
-        varied = {k: v for k, v in labels.items() if choices[k].nunique() > 1}
+        varied = [k for k in labels if choices[k].nunique() > 1]
+        spread = {k: float(-(choices[k].value_counts(normalize=True).pipe(lambda q: q * np.log(q))).sum())
+                  for k in varied}
+        default = [k for k in varied if k in sorted(spread, key=spread.get, reverse=True)[:data.PARCOORDS_AXES]]
+        picked = st.multiselect("decisions", varied, default=default, key=f"pc_dims_{job_id}_{shown_front}",
+                                format_func=charts.short_layer, help="At first: the decisions whose choices vary "
+                                "most among these trials (highest entropy), in model order.")
         merged = choices.merge(pool[["number", *objectives]], on="number")
         colour = "latency_ms" if "latency_ms" in objectives else objectives[0]
-        st.plotly_chart(charts.parallel_figure(merged, varied, list(objectives), colour), key=f"pc_{job_id}")
-        st.caption(f"One line per trial ({len(merged):,}), one axis per objective and per decision whose choice "
-                   f"varies among them ({len(varied)} of {len(labels)}); drag along an axis to filter.")
+        st.plotly_chart(charts.parallel_figure(merged, {k: labels[k] for k in varied if k in picked},
+                                               list(objectives), colour), key=f"pc_{job_id}")
+        st.caption(f"One line per trial ({len(merged):,}); an axis per objective and per chosen decision "
+                   f"({len(picked)} of the {len(varied)} whose choice varies among these trials; "
+                   f"{len(labels) - len(varied)} never vary); drag along an axis to filter.")
 with search_tabs[2]:
     if len(df) > data.IMPORTANCE_AUTO_MAX and not st.toggle("compute", key=f"imp_{job_id}",
                                                               help="Can take a while on a large study."):
@@ -336,9 +349,11 @@ with search_tabs[2]:
             st.info(f"No knob importance for this study: {why}.", icon=":material/info:")
         else:
             st.plotly_chart(charts.importance_figure(imp), key=f"imp_chart_{job_id}")
-            st.caption("How much each decision matters for each objective, by Optuna's PED-ANOVA evaluator (the "
-                       "share of an objective's variation between its best trials and all trials that the decision's "
-                       "choices explain); the 20 most important decisions.")
+            n = imp["param"].nunique()
+            st.caption("How much each decision matters for each objective, by Optuna's PED-ANOVA evaluator (how "
+                       "differently a decision is chosen in an objective's best trials than in all trials); the 20 "
+                       f"most important. An objective's importances sum to 1 over its {n} decisions, so about "
+                       f"{1 / n:.3f} each when they matter alike.")
 
 # -- all trials, paged ------------------------------------------------------------------------
 st.header("All trials")
