@@ -860,7 +860,8 @@ def dashboard(
     app_path = Path(__file__).with_name("dashboard") / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", address,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "viewer"]  # no "Deploy" button: this is a tool, not an app being written
+           "--client.toolbarMode", "viewer",  # no "Deploy" button: this is a tool, not an app being written
+           "--server.fileWatcherType", "none"]  # nor a "source file changed, rerun?" prompt when hwsearch is upgraded
     typer.echo(f"dashboard on http://{address}:{port} (Ctrl+C stops it)", err=True)
     proc = subprocess.Popen(cmd, env={**os.environ, "HWSEARCH_DB": url})
     try:
