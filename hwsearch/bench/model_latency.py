@@ -4,12 +4,16 @@ Each plan is drawn from the model's search space on the device (native choices o
 merge schedule half the time), built into the torch model with `apply_plan`, and timed with the
 profiler's harness (`time_calls` with `MODEL_PROTOCOL`: blocks, rounds, the floor) at the device's thread count.
 
-Predictions are the sum of predicted kernel latencies plus the device's overhead term. The
-overhead is fitted on the timed plans themselves, so the scores use leave-one-out: each plan is
-predicted with the overhead fitted on the other plans. The raw kernel sum (no overhead) is
-scored too; the overhead fitted on all plans is stored for the device (target "model-overhead")
-only when its leave-one-out error beats the kernel sum's, otherwise the identity term is stored.
-Timing needs the machine itself: only a device profiled on this host can be benchmarked here.
+Each kernel's isolated latency is the device's stored measurement where there is one (or an
+interpolation between measured neighbours), else the predictor's; each layer is also timed in
+place (`profilers.inmodel`). How the kernels compose into the model is fitted on the timed plans
+themselves (`predictors.calibration`: kernel sum, one overhead scale, or in-model family scales
+plus overhead), so every score is held out: each plan is predicted by a composition fitted on
+the other plans, and `leave_one_model_out` on the other models' plans. The composition with the
+lowest held-out error is stored for the device (target "model-overhead") with its conformal
+band. The same plans are also scored by the predictor alone (`predictor_only`) and timed a
+second time (`noise_floor_mape`), side by side in one run. Timing needs the machine itself:
+only a device profiled on this host can be benchmarked here.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from hwsearch.predictors.calibration import (
 )
 from hwsearch.predictors.metrics import mape, spearman, within_pct
 from hwsearch.predictors.model_latency import ModelLatency, store_overhead
-from hwsearch.predictors.registry import best_predictor
+from hwsearch.predictors.registry import Answer, best_predictor
 from hwsearch.profilers.coverage import local_fingerprint
 from hwsearch.spaces.catalog import get_model
 
@@ -98,6 +102,10 @@ def run(
     built_models = {m: torch_model(m.partition(":")[0]) for m in models}
     spaces = {m: SearchSpace(specs[m], caps) for m in models}
     latencies = {m: ModelLatency(specs[m], answer) for m in models}
+    # the same plans scored by the predictor alone (no stored measurement answers): side by side
+    alone = Answer(answer.device, answer.kind, answer.predictor, answer.roofline, answer.predictor_id, answer.detail,
+                   answer.device_id, dispatch=answer.dispatch)
+    predicted_only = {m: ModelLatency(specs[m], alone) for m in models}
     rng = random.Random(seed)
     # round-robin over the models: with two sizes of model the constant and per-kernel terms separate
     drawn = [(models[i % len(models)], spaces[models[i % len(models)]].sample(rng, aggressiveness, device))
@@ -111,7 +119,8 @@ def run(
             return time_calls([lambda m=module, x=x: m(x)], threads=threads, protocol=MODEL_PROTOCOL)
 
     parts: list[PlanParts] = []
-    measured, rows, records = [], [], []
+    parts_alone: list[PlanParts] = []
+    measured, rows, records, records_alone = [], [], [], []
     for i, (name, plan) in enumerate(drawn):
         est = latencies[name].plan(plan)
         module, x = build(name, plan), built_models[name][1]
@@ -120,6 +129,9 @@ def run(
         inside = layer_times(module, (x,), list(part.layer_ms), threads=threads)
         records.append([(part.family[n], inside[n], part.layer_ms[n]) for n in part.layer_ms])
         parts.append(part)
+        part_alone = plan_parts(predicted_only[name], plan)
+        records_alone.append([(part_alone.family[n], inside[n], part_alone.layer_ms[n]) for n in part_alone.layer_ms])
+        parts_alone.append(part_alone)
         measured.append(timing.median_us / 1e3)
         rows.append({"model": name, **_plan_doc(plan), "kernel_sum_ms": est.kernel_ms, "kernels": est.kernels,
                      "cast_melems": est.cast_melems, "measured_share": est.measured_share,
@@ -151,6 +163,10 @@ def run(
                                     for i in np.flatnonzero(names == m)]), y[names == m]))
             for m in models} if len(models) > 1 else None
     full = fit_compose(chosen, parts, records, y, everyone == everyone).overhead
+    loo_alone = {v: np.array([fit_compose(v, parts_alone, records_alone, y, everyone != i).predict(parts_alone[i])
+                              for i in everyone]) for v in VARIANTS}
+    chosen_alone = min(VARIANTS, key=lambda v: (mape(loo_alone[v], y), VARIANTS.index(v)))
+    pred_alone = loo_alone[chosen_alone]
     full.band_pct = conformal_band(pred, y)
     for row, p, t in zip(rows, pred, y2, strict=True):
         row["predicted_ms"] = float(p)
@@ -167,6 +183,10 @@ def run(
         "composition": chosen,
         "compositions": scores,
         "kernel_sum_only": {"mape": mape(k, y), "within_10pct": within_pct(k, y, 10.0)},
+        "predictor_only": {"composition": chosen_alone, "mape": mape(pred_alone, y),
+                           "within_10pct": within_pct(pred_alone, y, 10.0), "spearman": spearman(pred_alone, y),
+                           "per_model": {m: _scores(pred_alone[names == m], y[names == m], y2[names == m]) for m in models},
+                           "note": "the same timed plans, every kernel answered by the predictor (no measurement)"},
         "measured_share": float(np.mean([r["measured_share"] for r in rows])),
         "family_scale": full.family_scale,
         "band_pct": full.band_pct,

@@ -215,8 +215,9 @@ def size_terms(model: ModelSpec, variables: Sequence[Variable]) -> np.ndarray:
 
 def latency_terms(
     model: ModelSpec, variables: Sequence[Variable], merges: Sequence[MergePlan], predictor: Any, overhead: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted latency (ms) per (merge, variable, choice) and per merge for untouched kernels.
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Latency (ms) per (merge, variable, choice), per merge for untouched kernels, and the share
+    of the (merge, layer, choice) entries the device's measurements answer (the rest predicted).
 
     Built on the predictor package's `PlanTable`; the overhead term (linear in kernel ms,
     launches and cast elements) is folded into each entry so a plan's latency stays a sum.
@@ -226,6 +227,7 @@ def latency_terms(
     layer_choices = {layer: var.choices for var in variables for layer in var.layers}
     table = ModelLatency(model, predictor, overhead).table(layer_choices, list(merges))
     entry, base = table.entries()
+    measured_share = float(table.measured.mean()) if table.measured.size else 0.0
     width = max(len(v.choices) for v in variables)
     terms = np.full((len(merges), len(variables), width), np.nan)
     for j, var in enumerate(variables):
@@ -233,7 +235,7 @@ def latency_terms(
             p = table.position[layer]
             cols = [table.offsets[p] + table.index[p][c] for c in var.choices]
             terms[:, j, : len(cols)] = np.nan_to_num(terms[:, j, : len(cols)]) + entry[:, cols]
-    return terms, base
+    return terms, base, measured_share
 
 
 def quality_terms(
@@ -287,7 +289,10 @@ def build_tables(
         if name == "latency":
             if predictor is None:
                 raise HwsearchError(f"the latency objective needs a predictor for device {device!r}")
-            terms[name], base[name] = latency_terms(model, variables, merges, predictor, overhead)
+            terms[name], base[name], share = latency_terms(model, variables, merges, predictor, overhead)
+            # how much of the space the device's measurements answer (the rest is predicted)
+            provenance = {**(provenance or {})}
+            provenance["latency"] = {**provenance.get("latency", {}), "measured_share": share}
         elif name == "size":
             per_var = size_terms(model, variables)
             terms[name] = np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy()

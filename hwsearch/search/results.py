@@ -90,34 +90,94 @@ def front(trials: list[FrozenTrial], spec: SearchSpec, job_id: int | None, dtype
     return pareto.front_frame(trials, spec.objectives, job_id, columns(spec), dtype)
 
 
+REFIT_ROUNDS = 3
+
+
+def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame, by_number: dict[int, FrozenTrial],
+                 chosen: list[int], round_no: int, correction: float, band_pct: float) -> list[dict[str, Any]]:
+    """Build and time the plans at `chosen` rows of the front (and evaluate quality where there is one)."""
+    plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
+    module = inputs = None
+    if spec.custom:
+        module, inputs = spec.model, spec.example_inputs
+    elif problem.quality_task is not None:
+        module = problem.quality_task.model
+        _, inputs = verify.torch_model(problem.space.model)
+    timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, plans, module, inputs,
+                                    problem.dispatch)
+    rows = []
+    for i, plan, t in zip(chosen, plans, timings, strict=True):
+        predicted = float(table.latency_ms.iloc[i]) if "latency_ms" in table else None
+        row = {"trial": int(table.trial.iloc[i]), "round": round_no,
+               "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True), "predicted_ms": predicted,
+               **{k: float(v) for k, v in t.items()}}
+        if predicted is not None:
+            row["upper_ms"] = predicted * correction * (1 + band_pct / 100)
+        if problem.quality_task is not None:
+            row["predicted_quality"] = float(table.quality.iloc[i])
+            row["measured_quality"] = float(problem.quality_task.evaluate(plan, "test"))
+        rows.append(row)
+    verify.store_verifications(engine, job_id, problem.device_id, rows)
+    return rows
+
+
+def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame,
+                     by_number: dict[int, FrozenTrial]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
+    """Verify the top plans; while a measured plan breaks its band or the budget, refit and pick again.
+
+    A refit takes every plan verified so far: this model's correction (median measured /
+    predicted) and a band from the corrected residuals (split conformal, never narrower than the
+    calibrated one); the front is re-scored with them (a uniform correction keeps the front, it
+    moves which plans fit the budget) and the next top plans not yet verified are timed.
+    Returns (verified rows, rounds, correction, band).
+    """
+    from hwsearch.predictors.calibration import conformal_band
+
+    budget = spec.constraints.get("latency_ms")
+    band = float((problem.tables.provenance.get("latency") or {}).get("band_pct") or 0.0)
+    correction = 1.0
+    verified: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+    fits = np.ones(len(table), dtype=bool)
+    for round_no in range(1, REFIT_ROUNDS + 1):
+        done = {r["trial"] for r in verified}
+        pool = np.flatnonzero(fits & ~table.trial.isin(done).to_numpy())
+        chosen = [int(pool[i]) for i in pareto.spread(pool, spec.verify_top_k)]
+        if not chosen:
+            break
+        rows = _verify_rows(engine, job_id, spec, problem, table, by_number, chosen, round_no, correction, band)
+        verified += rows
+        timed = [r for r in rows if r.get("upper_ms") is not None]
+        held = all(r["measured_ms"] <= r["upper_ms"] and (budget is None or r["measured_ms"] <= budget) for r in timed)
+        rounds.append({"round": round_no, "plans": len(rows), "correction": correction, "band_pct": band, "held": held,
+                       "predicted_ms": [r["predicted_ms"] for r in rows], "measured_ms": [r["measured_ms"] for r in rows]})
+        if held or not timed:
+            break
+        pred = np.array([r["predicted_ms"] for r in verified if r.get("predicted_ms") is not None])
+        meas = np.array([r["measured_ms"] for r in verified if r.get("predicted_ms") is not None])
+        correction = float(np.median(meas / pred))
+        band = max(band, conformal_band(correction * pred, meas))
+        if budget is not None:
+            fits = (table.latency_ms.to_numpy(dtype=float) * correction * (1 + band / 100)) <= budget
+    return verified, rounds, correction, band
+
+
 def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spec: SearchSpec, problem: Any) -> dict[str, Any]:
-    """Pareto table, top-k verified on the device (latency, and real quality where there is one)."""
+    """Pareto table, top-k verified on the device (latency, and real quality where there is one),
+    refitted and verified again while measured plans break their band (`verify_and_refit`)."""
     trials = load_trials(db_url, study_name)
     by_number = {t.number: t for t in trials}
     table = front(trials, spec, job_id, problem.space.model.dtype)
-    chosen = pareto.spread(table, spec.verify_top_k) if spec.verify_top_k else []
     verified: list[dict[str, Any]] = []
-    if chosen:
-        plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
-        module = inputs = None
-        if spec.custom:
-            module, inputs = spec.model, spec.example_inputs
-        elif problem.quality_task is not None:
-            module = problem.quality_task.model
-            _, inputs = verify.torch_model(problem.space.model)
-        timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, plans, module, inputs,
-                                         problem.dispatch)
-        for i, plan, t in zip(chosen, plans, timings, strict=True):
-            row = {"trial": int(table.trial.iloc[i]), "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True),
-                   "predicted_ms": float(table.latency_ms.iloc[i]) if "latency_ms" in table else None,
-                   **{k: float(v) for k, v in t.items()}}
-            if problem.quality_task is not None:
-                row["predicted_quality"] = float(table.quality.iloc[i])
-                row["measured_quality"] = float(problem.quality_task.evaluate(plan, "test"))
-            verified.append(row)
-        verify.store_verifications(engine, job_id, problem.device_id, verified)
+    rounds: list[dict[str, Any]] = []
+    correction, band = 1.0, None
+    if spec.verify_top_k and len(table):
+        verified, rounds, correction, band = verify_and_refit(engine, job_id, spec, problem, table, by_number)
     values = table[[OBJECTIVES[o].column for o in spec.objectives]].to_numpy(dtype=float)
     ideal, nadir = pareto.bounds(problem.tables, spec.objectives)
+    provenance = {k: dict(v) for k, v in problem.tables.provenance.items()}
+    if "latency" in provenance and rounds:
+        provenance["latency"].update(band_pct=band, correction=correction)
     return {
         "front_size": int(len(table)),
         "hypervolume": pareto.hypervolume(values, spec.objectives, ideal, nadir) if len(values) else 0.0,
@@ -125,8 +185,10 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
         "verified": [{k: v for k, v in r.items() if k != "plan"} for r in verified],
         "verification": {**verify.summary(verified, spec.constraints.get("latency_ms")),
                          "quality_abs_error": quality_error(verified)},
+        "rounds": rounds,
+        "latency_correction": correction,
         "predictor": problem.predictor,
-        "provenance": problem.tables.provenance,
+        "provenance": provenance,
         "trials": len(trials),
     }
 
