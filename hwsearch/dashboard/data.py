@@ -296,10 +296,11 @@ def trial_plan(url: str, job_id: int, number: int) -> dict[str, Any] | None:
 
 
 def latency_band(row: dict[str, Any] | None) -> float | None:
-    """The job's calibrated latency band in % (its predicted latencies' upper bound), if it has one."""
-    prov = ((row or {}).get("result") or {}).get("provenance") or {}
-    band = (prov.get("latency") or {}).get("band_pct")
-    return None if band is None else float(band)
+    """The job's latency band in % (its predicted latencies' upper bound), if it has one
+    (`results.latency_band`: the calibrated band and any correction verification refitted)."""
+    from hwsearch.search.results import latency_band as band_of
+
+    return band_of((row or {}).get("result"))
 
 
 # -- how the search went ----------------------------------------------------------------------

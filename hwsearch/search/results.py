@@ -193,6 +193,17 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
     }
 
 
+def latency_band(result: dict[str, Any] | None) -> float | None:
+    """A finished job's latency band in %: its calibrated band, widened by any correction
+    verification refitted (`verify_and_refit`), so that latency x (1 + band/100) is the upper bound."""
+    result = result or {}
+    band = ((result.get("provenance") or {}).get("latency") or {}).get("band_pct")
+    correction = float(result.get("latency_correction") or 1.0)
+    if band is None and correction == 1.0:
+        return None
+    return 100.0 * (correction * (1.0 + float(band or 0.0) / 100.0) - 1.0)
+
+
 def quality_error(rows: list[dict[str, Any]]) -> float | None:
     pairs = [(r["predicted_quality"], r["measured_quality"]) for r in rows if "measured_quality" in r]
     return float(np.mean([abs(p - m) for p, m in pairs])) if pairs else None
