@@ -123,3 +123,27 @@ def test_layer_times_time_layers_in_place():
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
     got = layer_times(model, (torch.randn(8, 64),), ["0", "2"], threads=1, passes=3, warmup=1)
     assert set(got) == {"0", "2"} and all(0 < v < 1e3 for v in got.values())
+
+
+def test_client_profiles_what_a_traced_models_search_scores(tmp_path):
+    """`profile --for` from Python: a user's torch model (traced) gets its search's kernels measured,
+    and whole-model latency then answers them from measurements."""
+    import torch
+
+    from hwsearch.predictors.dataset import load_rows
+    from hwsearch.search.client import Client
+    from hwsearch.search.spec import SearchSpec
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+    spec = SearchSpec(model=mlp, example_inputs=torch.randn(4, 32), device="here", name="mlp",
+                      knobs={"formats": ["fp32", "int8"], "low_rank": False, "sparsities": ["dense"]})
+    client = Client(f"sqlite:///{tmp_path / 'p.db'}")
+    doc = client.profile(name="here", budget=1, for_models=[spec], show_progress=False)
+    assert doc["measured"] >= 4
+    _, rows = load_rows(client.engine, "here")
+    model = spec.model_description()
+    wanted = model_plan(model, knobs=spec.knob_values())
+    got = {r.spec for r in rows}
+    assert wanted and set(wanted) <= got
+    assert {s.K for s in wanted} == {32, 64} and {s.format for s in wanted} == {"fp32", "int8"}

@@ -364,6 +364,8 @@ def test_cli_bench_search_times_picks_under_several_budgets(world):
                 "--samplers", "nsga2", "--verify", "2", "--json", "--db", world["url"]])
     assert res.exit_code == 0, res.output
     v = json.loads(res.stdout)["violation_rate"]
-    assert v["measured"] and v["picks"] == len(v["rows"]) >= 2 and len(v["budgets_ms"]) >= 2
-    assert 0 <= v["violation_rate"] <= 1 and np.isfinite(v["worst_overshoot_pct"])
+    assert v["measured"] and v["picks"] == len(v["rows"]) and len(v["budgets_ms"]) == 3 and v["plans_timed"] >= 2
+    assert 1 <= len(v["rounds"]) <= 3 and v["rounds"][0]["picks"] >= 2 and 0 <= v["violation_rate"] <= 1
+    # the last round's picks fit their budget with the band; a budget nothing fits after a refit is refused
     assert all(r["upper_ms"] <= r["budget_ms"] + 1e-9 and r["measured_ms"] > 0 for r in v["rows"])
+    assert v["picks"] > 0 or len(v["refused_budgets_ms"]) == 3

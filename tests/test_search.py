@@ -231,8 +231,14 @@ def test_job_runs_verifies_and_answers_from_the_database(world, engine):
     front = job.pareto()
     assert len(front) and (front.latency_ms <= 10.0).all()
     assert list(front.latency_ms) == sorted(front.latency_ms)
-    plan = job.best(max_latency_ms=float(front.latency_ms.median()))
-    assert plan.predicted["latency_ms"].value <= front.latency_ms.median()
+    # a budget holds for the upper bound: the job's band (widened by what verification refitted on
+    # this synthetic device, whose predictions have nothing to do with this machine)
+    from hwsearch.search.results import latency_band
+
+    factor = 1 + (latency_band(st.result) or 0.0) / 100
+    budget = float(front.latency_ms.median()) * factor
+    plan = job.best(max_latency_ms=budget)
+    assert plan.predicted["latency_ms"].value * factor <= budget * (1 + 1e-9)
     assert plan.predicted["latency_ms"].provenance.source == "predictor"
     v = job.verifications()
     rounds = st.result["rounds"]

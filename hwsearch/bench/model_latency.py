@@ -1,7 +1,7 @@
 """`hwsearch bench model-latency`: random plans built with `apply_plan`, timed end to end vs predicted.
 
-Each plan is drawn from the model's search space on the device (native choices only, a random
-merge schedule half the time), built into the torch model with `apply_plan`, and timed with the
+Each plan is drawn from the model's search space on the device (native choices only, each layer
+compressed with a probability drawn per plan from `AGGRESSIVENESS`, a random merge schedule as often), built into the torch model with `apply_plan`, and timed with the
 profiler's harness (`time_calls` with `MODEL_PROTOCOL`: blocks, rounds, the floor) at the device's thread count.
 
 Each kernel's isolated latency is the device's stored measurement where there is one (or an
@@ -28,8 +28,10 @@ from sqlalchemy.engine import Engine
 from hwsearch.errors import HwsearchError
 from hwsearch.predictors.calibration import (
     COVERAGE,
+    TIE_POINTS,
     VARIANTS,
     PlanParts,
+    choose_composition,
     conformal_band,
     fit_compose,
     plan_parts,
@@ -40,6 +42,7 @@ from hwsearch.predictors.registry import Answer, best_predictor
 from hwsearch.profilers.coverage import local_fingerprint
 from hwsearch.spaces.catalog import get_model
 
+AGGRESSIVENESS = (0.1, 0.9)
 TIMED_MODELS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "digits_vit")
 
 
@@ -79,7 +82,7 @@ def _scores(pred: np.ndarray, measured: np.ndarray, again: np.ndarray) -> dict[s
 
 def run(
     engine: Engine, device: str, model: str = "vit_base", plans: int = 20, seed: int = 0, threads: int | None = None,
-    aggressiveness: float = 0.5, store: bool = True, progress: Callable[[str, int, int], None] | None = None,
+    aggressiveness: float | None = None, store: bool = True, progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -108,8 +111,11 @@ def run(
     predicted_only = {m: ModelLatency(specs[m], alone) for m in models}
     rng = random.Random(seed)
     # round-robin over the models: with two sizes of model the constant and per-kernel terms separate
-    drawn = [(models[i % len(models)], spaces[models[i % len(models)]].sample(rng, aggressiveness, device))
-             for i in range(plans)]
+    # each plan compresses a random share of its layers (uniform in AGGRESSIVENESS unless given), so a
+    # model's plans span its latency range and a ranking of them means something
+    drawn = [(models[i % len(models)], spaces[models[i % len(models)]].sample(
+        rng, aggressiveness if aggressiveness is not None else rng.uniform(*AGGRESSIVENESS), device))
+        for i in range(plans)]
     def build(name: str, plan: Any) -> Any:
         base, _ = built_models[name]
         return apply_plan(base, plan, specs[name], backend=backend, dispatch=answer.dispatch).eval()
@@ -157,7 +163,7 @@ def run(
     loo = {v: np.array([fit_compose(v, parts, records, y, everyone != i).predict(parts[i]) for i in everyone])
            for v in VARIANTS}
     scores = {v: {"mape": mape(p, y), "within_10pct": within_pct(p, y, 10.0)} for v, p in loo.items()}
-    chosen = min(VARIANTS, key=lambda v: (scores[v]["mape"], VARIANTS.index(v)))
+    chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS})
     pred = loo[chosen]
     lomo = {m: float(mape(np.array([fit_compose(chosen, parts, records, y, names != m).predict(parts[i])
                                     for i in np.flatnonzero(names == m)]), y[names == m]))
@@ -165,7 +171,7 @@ def run(
     full = fit_compose(chosen, parts, records, y, everyone == everyone).overhead
     loo_alone = {v: np.array([fit_compose(v, parts_alone, records_alone, y, everyone != i).predict(parts_alone[i])
                               for i in everyone]) for v in VARIANTS}
-    chosen_alone = min(VARIANTS, key=lambda v: (mape(loo_alone[v], y), VARIANTS.index(v)))
+    chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS})
     pred_alone = loo_alone[chosen_alone]
     full.band_pct = conformal_band(pred, y)
     for row, p, t in zip(rows, pred, y2, strict=True):
@@ -198,7 +204,8 @@ def run(
         "noise_floor_mape": mape(y2, y),
         "scoring": ("leave-one-out: each plan predicted by a composition fitted on the other plans (family scales "
                     "from their layers timed in place, overhead by NNLS); of the compositions "
-                    f"({', '.join(VARIANTS)}) the one with the lowest held-out MAPE is scored and stored; "
+                    f"({', '.join(VARIANTS)}) the richest within {TIE_POINTS:g} point(s) of the lowest held-out MAPE "
+                    "is scored and stored; "
                     "leave_one_model_out fits it on the other models' plans only"),
         "target": {"mape_max": 5.0, "met": bool(mape(pred, y) <= max(5.0, mape(y2, y) + 2.0))},
         "measurement_noise_median_cov": float(np.median([r["measured_cov"] for r in rows])),

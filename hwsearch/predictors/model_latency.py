@@ -61,7 +61,7 @@ class Overhead:
     """How isolated kernel latencies compose into a model's end-to-end latency (ms):
 
         Σ_layers family_scale[f]·t + scale·Σ_other kernels + per_forward + per_kernel·launches
-        + per_cast_melem·cast elements
+        + per_cast_melem·cast elements + per_merge_block·blocks run with token merging
 
     `family_scale` is the in-model / isolated ratio of each layer family, timed in place
     (`hwsearch.predictors.calibration`); a family without one is scaled by `scale` like the
@@ -76,16 +76,20 @@ class Overhead:
     fitted_on: int = 0
     family_scale: dict[str, float] = field(default_factory=dict)
     band_pct: float | None = None
+    # a block from the first merging one on runs as a `TomeBlock` (size-weighted attention, the
+    # matching itself under vmap): in place it costs far more than the isolated merge kernel
+    per_merge_block_ms: float = 0.0
 
     def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
         """A layer kernel's own family scale, or None where `scale` applies."""
         return self.family_scale.get(layer_family(spec)) if layer and isinstance(spec, LinearSpec) else None
 
     def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray,
-              fixed_ms: np.ndarray | float = 0.0) -> np.ndarray:
+              fixed_ms: np.ndarray | float = 0.0, merge_blocks: np.ndarray | float = 0.0) -> np.ndarray:
         """End-to-end ms from the kernel ms scaled by `scale` and the already-scaled `fixed_ms`."""
         return (np.asarray(fixed_ms) + self.scale * np.asarray(kernel_ms) + self.per_forward_ms
-                + self.per_kernel_ms * np.asarray(kernels) + self.per_cast_melem_ms * np.asarray(cast_melems))
+                + self.per_kernel_ms * np.asarray(kernels) + self.per_cast_melem_ms * np.asarray(cast_melems)
+                + self.per_merge_block_ms * np.asarray(merge_blocks))
 
     def upper(self, total_ms: np.ndarray | float) -> np.ndarray | float:
         """The calibrated upper bound of an estimate (the estimate itself when uncalibrated)."""
@@ -93,20 +97,23 @@ class Overhead:
 
     @classmethod
     def fit(cls, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray, measured_ms: np.ndarray,
-            fixed_ms: np.ndarray | float = 0.0, family_scale: dict[str, float] | None = None) -> Overhead:
+            fixed_ms: np.ndarray | float = 0.0, family_scale: dict[str, float] | None = None,
+            merge_blocks: np.ndarray | float = 0.0) -> Overhead:
         """Non-negative least squares on relative error (each plan weighs the same) of what the
         fixed, family-scaled part leaves of the measured latency."""
         kernel_ms, measured_ms = np.asarray(kernel_ms, float), np.asarray(measured_ms, float)
         if len(measured_ms) < 2:
             raise HwsearchError(f"fitting the overhead needs at least 2 timed plans; got {len(measured_ms)}")
         target = measured_ms - np.broadcast_to(np.asarray(fixed_ms, float), measured_ms.shape)
-        A = np.stack([kernel_ms, np.ones_like(kernel_ms), np.asarray(kernels, float), np.asarray(cast_melems, float)], 1)
+        merges = np.broadcast_to(np.asarray(merge_blocks, float), measured_ms.shape)
+        A = np.stack([kernel_ms, np.ones_like(kernel_ms), np.asarray(kernels, float), np.asarray(cast_melems, float),
+                      merges], 1)
         w = 1.0 / measured_ms
         coef, _ = nnls(A * w[:, None], target * w)
         if coef[0] <= 0:
             coef[0] = 1.0
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)),
-                   dict(family_scale or {}))
+                   dict(family_scale or {}), per_merge_block_ms=float(coef[4]))
 
     def to_bytes(self) -> bytes:
         return pack({"kind": OVERHEAD_KIND}, json.dumps(self.as_dict(), sort_keys=True).encode())
@@ -119,7 +126,17 @@ class Overhead:
     def as_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "per_forward_ms": self.per_forward_ms, "per_kernel_ms": self.per_kernel_ms,
                 "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on,
-                "family_scale": dict(self.family_scale), "band_pct": self.band_pct}
+                "family_scale": dict(self.family_scale), "band_pct": self.band_pct,
+                "per_merge_block_ms": self.per_merge_block_ms}
+
+
+def merge_blocks(model: ModelSpec, merge: Any) -> int:
+    """Blocks that run with token merging: every block from the first that merges on."""
+    if not model.blocks or merge is None:
+        return 0
+    schedule = model.merge_schedule(merge)
+    first = next((i for i, r in enumerate(schedule) if r), None)
+    return 0 if first is None else len(schedule) - first
 
 
 def full_choices(model: ModelSpec, plan: Plan | None) -> dict[str, LayerChoice]:
@@ -189,7 +206,8 @@ class ModelLatency:
         fixed = float(np.nansum(own * ms))
         free = float(ms[np.isnan(own)].sum())
         kernel_ms = float(ms.sum())
-        total = float(self.overhead.apply(np.array([free]), np.array([launches]), np.array([casts]), fixed)[0])
+        merging = merge_blocks(self.model, None if plan is None else plan.merge)
+        total = float(self.overhead.apply(np.array([free]), np.array([launches]), np.array([casts]), fixed, merging)[0])
         from_measurements = float(ms[measured_mask(self.predictor, specs)].sum())
         return PlanLatency(total, kernel_ms, total - kernel_ms, launches, casts, by_op, from_measurements,
                            fixed, free)
@@ -282,7 +300,9 @@ class PlanTable:
         oh = self.ml.overhead
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms)
         entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
-        base = oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
+        merging = np.array([merge_blocks(self.ml.model, list(s)) for s in self.schedules], dtype=float)
+        base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
+                + oh.per_merge_block_ms * merging)
         return entry, base
 
     def predict_encoded(self, m_idx: np.ndarray, cols: np.ndarray) -> np.ndarray:

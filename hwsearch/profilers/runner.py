@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from sqlalchemy.engine import Engine
@@ -144,9 +145,8 @@ def profile_local(
             task = bar.add_task(f"profiling {name}", total=len(todo))
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start : start + CHUNK]
-                fields = measure_many([(spec.op, spec.params(), impl) for spec, impl in chunk], threads=threads,
-                                      backend=backend, seed=seed, limits=limits)
-                note(machine.busy_warning(monitor.sample(), "during the profile"))
+                fields, share = _measure_chunk(chunk, monitor, threads, backend, seed, limits)
+                note(machine.busy_warning(share, "during the profile"))
                 unstable += sum(bool(f["unstable"]) for f in fields)
                 inserted += store.write_chunk(engine, device_id, run_id, list(zip((s for s, _ in chunk), fields, strict=True)))
                 bar.advance(task, len(chunk))
@@ -158,6 +158,34 @@ def profile_local(
                                                       "after": machine.snapshot(), "warnings": said})
     return ProfileSummary(name, device_id, run_id, str(budget), len(tasks), len(tasks) - len(todo), inserted,
                           round(time.perf_counter() - started, 2), unstable, said)
+
+
+# A chunk measured while other processes took more than `machine.BUSY` of the CPU is measured
+# again (after the machine settles), up to this many more times, keeping each kernel's floor:
+# contention only ever slows a kernel down, and a whole chunk's rounds can all fall inside a
+# burst of someone else's work (seen: a 0.6 ms GEMM stored at 23 ms, its rounds agreeing).
+BUSY_RETRIES = 2
+
+
+def _measure_chunk(chunk: Sequence[tuple[OpSpec, str]], monitor: machine.LoadMonitor, threads: int, backend: str,
+                   seed: int, limits: Any) -> tuple[list[dict[str, Any]], float | None]:
+    """Measure a chunk; again while the machine was busy. (fields per kernel, the last other-share)."""
+    tasks = [(spec.op, spec.params(), impl) for spec, impl in chunk]
+    fields = measure_many(tasks, threads=threads, backend=backend, seed=seed, limits=limits)
+    share = monitor.sample()
+    for attempt in range(BUSY_RETRIES):
+        if share is None or share <= machine.BUSY:
+            break
+        machine.settle(limit=10.0)
+        monitor.sample()
+        again = measure_many(tasks, threads=threads, backend=backend, seed=seed + attempt + 1, limits=limits)
+        share = monitor.sample()
+        fields = [b if b["median_us"] < a["median_us"] else a for a, b in zip(fields, again, strict=True)]
+        for f in fields:
+            f.setdefault("environment", {}).setdefault("flags", [])
+            if "busy_remeasured" not in f["environment"]["flags"]:
+                f["environment"]["flags"].append("busy_remeasured")
+    return fields, share
 
 
 def _stderr(message: str) -> None:

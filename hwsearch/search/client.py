@@ -117,8 +117,9 @@ class JobHandle:
         """The trial of the Pareto plan within the bounds that is best on the job's first objective they
         leave free (`pareto.best_under`, as `hwsearch export` and the dashboard choose)."""
         budget = {"latency_ms": max_latency_ms, "size_mb": max_size_mb, "min_quality": min_quality}
+        band = results.latency_band(self.status().result)
         try:
-            return int(pareto.best_under(self.pareto(), self.spec().objectives, budget)["trial"])
+            return int(pareto.best_under(self.pareto(), self.spec().objectives, budget, band_pct=band)["trial"])
         except HwsearchError as err:
             raise HwsearchError(f"job {self.id}: {err}") from None
 
