@@ -112,7 +112,10 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
                "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True), "predicted_ms": predicted,
                **{k: float(v) for k, v in t.items()}}
         if predicted is not None:
+            # the estimate the job stands behind in this round (after any refitted correction) and its band
+            row["corrected_ms"] = predicted * correction
             row["upper_ms"] = predicted * correction * (1 + band_pct / 100)
+            row["lower_ms"] = predicted * correction / (1 + band_pct / 100)
         if problem.quality_task is not None:
             row["predicted_quality"] = float(table.quality.iloc[i])
             row["measured_quality"] = float(problem.quality_task.evaluate(plan, "test"))
@@ -123,7 +126,8 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
 
 def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame,
                      by_number: dict[int, FrozenTrial]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
-    """Verify the top plans; while a measured plan breaks its band or the budget, refit and pick again.
+    """Verify the top plans; while a measured plan falls outside its band (too slow, or so much faster
+    that the estimate hides plans that would fit) or breaks the budget, refit and pick again.
 
     A refit takes every plan verified so far: this model's correction (median measured /
     predicted) and a band from the corrected residuals (split conformal, never narrower than the
@@ -148,7 +152,8 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         rows = _verify_rows(engine, job_id, spec, problem, table, by_number, chosen, round_no, correction, band)
         verified += rows
         timed = [r for r in rows if r.get("upper_ms") is not None]
-        held = all(r["measured_ms"] <= r["upper_ms"] and (budget is None or r["measured_ms"] <= budget) for r in timed)
+        held = all(r["lower_ms"] * (1 - 1e-9) <= r["measured_ms"] <= r["upper_ms"] * (1 + 1e-9)
+                   and (budget is None or r["measured_ms"] <= budget) for r in timed)
         rounds.append({"round": round_no, "plans": len(rows), "correction": correction, "band_pct": band, "held": held,
                        "predicted_ms": [r["predicted_ms"] for r in rows], "measured_ms": [r["measured_ms"] for r in rows]})
         if held or not timed:

@@ -105,7 +105,9 @@ def summary(rows: Sequence[dict[str, Any]], max_latency_ms: float | None) -> dic
     """Prediction error and how many chosen plans break the latency constraint when measured."""
     if not rows:
         return {"plans": 0}
-    pred = np.array([r["predicted_ms"] for r in rows if r.get("predicted_ms") is not None], dtype=float)
+    # the estimate the job stood behind when the plan was verified (after any refit), else the search's
+    pred = np.array([r.get("corrected_ms", r["predicted_ms"]) for r in rows if r.get("predicted_ms") is not None],
+                    dtype=float)
     meas = np.array([r["measured_ms"] for r in rows if r.get("predicted_ms") is not None], dtype=float)
     out: dict[str, Any] = {"plans": len(rows)}
     if len(pred):
