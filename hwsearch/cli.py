@@ -62,12 +62,48 @@ def open_engine(db: str | None):
 
 
 def main() -> None:
-    """Entry point: a HwsearchError becomes one line on stderr and exit status 2."""
+    """Entry point: every error a user can cause is one line on stderr and exit status 2.
+
+    A HwsearchError and a bad option (click's usage errors) say what is wrong and what is
+    accepted; an OSError names the file. Anything else is a bug: one line too, exit status 1, and
+    the traceback with `--verbose`. Ctrl+C exits with 130.
+    """
+    from typer._click import exceptions as click_errors  # typer's own copy of click
+
+    from hwsearch.config import verbose
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as err:
+        err.show()  # the help text, as `hwsearch` alone always printed
+        raise SystemExit(2) from None
+    except click_errors.UsageError as err:
+        where = f"; see `{err.ctx.command_path} --help`" if err.ctx is not None else ""
+        typer.echo(f"error: {' '.join(err.format_message().split()).rstrip('.')}{where}", err=True)
+        raise SystemExit(2) from None
+    except click_errors.ClickException as err:  # a file option that cannot be opened ...
+        typer.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+        raise SystemExit(2) from None
     except HwsearchError as err:
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except OSError as err:
+        if verbose():
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        typer.echo(f"error: {err.strerror or err}{where}; accepted: a path this user can read and write", err=True)
+        raise SystemExit(2) from None
+    except Exception as err:  # noqa: BLE001 - a bug: one line here, the traceback with --verbose
+        if verbose():
+            raise
+        text = " ".join(str(err).split())[:300]
+        typer.echo(f"error: unexpected {type(err).__name__}: {text} (a bug in hwsearch; `hwsearch --verbose ...` "
+                   "shows where)", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 plan_app = typer.Typer(help="Plan documents (hwsearch.plan/v1): their JSON Schema, and validation.", no_args_is_help=True)
@@ -100,12 +136,10 @@ def plan_validate(path: str = typer.Argument(..., help="A plan JSON file (or an 
     from hwsearch.export.files import plan_path_for
     from hwsearch.export.identify import describe, identify
     from hwsearch.spaces.catalog import get_model
-    from hwsearch.spaces.plan import PLAN_SCHEMA, Plan, validate_plan
+    from hwsearch.spaces.plan import PLAN_SCHEMA, Plan, read_plan_text, validate_plan
 
     file = Path(path)
-    if not file.is_file():
-        raise HwsearchError(f"no plan file at {path!r}; accepted: a path to a {PLAN_SCHEMA} JSON file")
-    text = file.read_text(encoding="utf-8")
+    text = read_plan_text(file)
     fmt = identify(text)
     if fmt is not None:
         kept = plan_path_for(file)
@@ -113,7 +147,7 @@ def plan_validate(path: str = typer.Argument(..., help="A plan JSON file (or an 
             raise HwsearchError(f"{describe(file, fmt)}, which is missing; accepted: a {PLAN_SCHEMA} file "
                                 "(`hwsearch export --format plan`)")
         typer.echo(describe(file, fmt))
-        path, text = str(kept), kept.read_text(encoding="utf-8")
+        path, text = str(kept), read_plan_text(kept)
     try:
         plan = Plan.from_json(text)
     except HwsearchError as err:
@@ -283,7 +317,9 @@ def bench_kernels(
 ) -> None:
     """Measured speed-ups over bf16 dense for a ViT-B MLP and an LLM decode GEMM."""
     from hwsearch.bench.kernels import run
+    from hwsearch.profilers.cluster import check_threads
 
+    check_threads(threads)
     doc = run(open_engine(db), device, threads=threads)
     if as_json:
         emit_json(doc)
@@ -544,7 +580,9 @@ def bench_model_latency(
 ) -> None:
     """Whole-model latency: random plans built with apply_plan, timed end to end vs predicted."""
     from hwsearch.bench.model_latency import run as run_bench
+    from hwsearch.profilers.cluster import check_threads
 
+    check_threads(threads)
     with _BenchProgress(not as_json) as progress:
         doc = run_bench(open_engine(db), device, model, plans=plans, seed=seed, threads=threads, progress=progress)
     if as_json:
@@ -603,7 +641,6 @@ def export_plan(
     """Export a plan (of a job, or from a file) to another tool's format; says which plan it was and
     its figures, and warns on stderr about what the target cannot express."""
     import warnings
-    from pathlib import Path
 
     from hwsearch.export import ExportWarning, export
     from hwsearch.spaces.plan import Plan
@@ -616,10 +653,7 @@ def export_plan(
     if job is None:
         if trial is not None or bounds:
             raise HwsearchError(f"--trial and the bounds go with JOB; accepted: {forms}")
-        source = Path(plan_file)
-        if not source.is_file():
-            raise HwsearchError(f"plan file {plan_file!r} does not exist; accepted: a hwsearch.plan/v1 JSON file")
-        plan = Plan.from_json(source.read_text(encoding="utf-8"))
+        plan = Plan.from_file(plan_file)
         which, number = f"the plan in {plan_file}", None
     else:
         if trial is not None and bounds:
@@ -685,7 +719,11 @@ def search(
 
 
 def _spawn_runner(db_url: str, job_id: int) -> None:
-    """A background process that runs the job with its own local Ray (survives this command)."""
+    """A background process that runs the job with its own local Ray (survives this command).
+
+    The database URL (and any password in it) goes through that process's environment, never its
+    command line, which every user of the machine can read."""
+    import os
     import subprocess
 
     from hwsearch.config import data_dir
@@ -693,7 +731,8 @@ def _spawn_runner(db_url: str, job_id: int) -> None:
     log = data_dir() / "jobs" / f"job-{job_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        subprocess.Popen([sys.executable, "-m", "hwsearch.cli", "jobs", "run", str(job_id), "--db", db_url],
+        subprocess.Popen([sys.executable, "-m", "hwsearch.cli", "jobs", "run", str(job_id)],
+                         env={**os.environ, "HWSEARCH_DB": db_url},
                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -841,22 +880,25 @@ def dashboard(
     address: str = typer.Option("127.0.0.1", "--address", help="Interface to bind (default: this machine only)."),
     db: str | None = DB_OPTION,
 ) -> None:
-    """Start the Streamlit dashboard (jobs, Pareto explorer, compare, devices) over the database."""
+    """Start the Streamlit dashboard (jobs, Pareto explorer, compare, devices) over the database.
+
+    The dashboard only reads: it opens the database read-only and never migrates it."""
     import os
     import socket
     import subprocess
     from pathlib import Path
 
-    from hwsearch.db.engine import database_url
+    from hwsearch.db.engine import database_url, open_db
+    from hwsearch.processes import forwarding_signals
 
     url = database_url(db)
-    open_engine(url)  # a database that does not answer is one line here, not a page later
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
         try:
             probe.bind((address, port))
         except OSError as err:
             raise HwsearchError(f"cannot serve on {address}:{port} ({err.strerror or err}); accepted: a free port "
                                 "(--port) on an address of this machine (--address)") from None
+    open_db(url, read_only=True).dispose()  # a database that does not answer is one line here, not a page later
     app_path = Path(__file__).with_name("dashboard") / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", address,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
@@ -864,12 +906,9 @@ def dashboard(
            "--server.fileWatcherType", "none"]  # nor a "source file changed, rerun?" prompt when hwsearch is upgraded
     typer.echo(f"dashboard on http://{address}:{port} (Ctrl+C stops it)", err=True)
     proc = subprocess.Popen(cmd, env={**os.environ, "HWSEARCH_DB": url})
-    try:
+    with forwarding_signals(proc):  # SIGTERM, SIGHUP, Ctrl+C: Streamlit stops with this command
         code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        code = proc.wait()
-    raise SystemExit(code)
+    raise SystemExit(128 - code if code < 0 else code)  # killed by signal N: the shell's 128 + N
 
 
 cluster_app = typer.Typer(help="The Ray cluster devices are profiled in: start or stop its head, see its nodes.",
@@ -889,24 +928,30 @@ def worker(
     backend: str = typer.Option("cpu", "--backend", help="cpu | cuda: which kernels this device runs."),
     num_cpus: int = typer.Option(0, "--num-cpus", min=0, help="CPU slots offered to other Ray work (0: only profiling runs here)."),
     detach: bool = typer.Option(False, "--detach", help="Return once the node runs (stop it with `hwsearch cluster stop`)."),
-    node_ip: str | None = typer.Option(None, "--node-ip-address", help="Address other nodes reach this one on (default: Ray's choice)."),
+    node_ip: str | None = typer.Option(None, "--node-ip-address", help="Address other nodes reach this one on (default: this machine's interface toward the head)."),
     temp_dir: str | None = typer.Option(None, "--temp-dir", help="Ray's folder for this node (default: Ray's, /tmp/ray)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Join a head started with --insecure (no token authentication)."),
 ) -> None:
     """Join a Ray cluster as a node offering device:NAME, after checking that every kernel runs here.
 
-    Options after `--` go to `ray start` unchanged (ports, object store size ...).
+    The node authenticates with the head's token: a copy of the head's `ray-auth-token` in this
+    machine's hwsearch data folder (or RAY_AUTH_TOKEN_PATH). Options after `--` go to `ray start`
+    unchanged (ports, object store size ...).
     """
-    from hwsearch.profilers.cluster import check_device_name, check_reachable
+    from hwsearch import ray_auth
+    from hwsearch.profilers.cluster import check_device_name, check_reachable, check_threads
     from hwsearch.profilers.worker import self_check, start_worker
 
     check_device_name(device)
+    check_threads(threads)
+    ray_auth.ray_env(insecure, create=False)  # no token: one line now, not after the self-check
     check_reachable(address)
     typer.echo(f"self-check: every {backend} kernel against the fp64 reference ...", err=True)
     report = self_check(backend, threads)
     typer.echo(f"self-check passed: {len(report.kernels)} implementations on {report.cases} shapes", err=True)
     typer.echo(f"joining {address} as device:{device}" + ("" if detach else " (Ctrl+C stops this node)"), err=True)
     code = start_worker(device, address, threads=threads, num_cpus=num_cpus, backend=backend, block=not detach,
-                        node_ip=node_ip, temp_dir=temp_dir, extra_args=list(ctx.args))
+                        node_ip=node_ip, temp_dir=temp_dir, extra_args=list(ctx.args), insecure=insecure)
     if code != 0:
         raise HwsearchError(f"`ray start` exited with status {code} (its output is above); accepted: a reachable head "
                             "and a Ray version equal to the head's")
@@ -921,26 +966,32 @@ def cluster_start(
     ctx: typer.Context,
     port: int = typer.Option(6379, "--port", min=1, max=65535, help="Port workers and drivers connect to."),
     num_cpus: int | None = typer.Option(None, "--num-cpus", min=0, help="CPU slots of the head (default: its cores)."),
-    node_ip: str | None = typer.Option(None, "--node-ip-address", help="Address workers reach the head on (default: Ray's choice)."),
+    node_ip: str | None = typer.Option(None, "--node-ip-address", help="Address workers reach the head on (default: this machine's outgoing interface)."),
     block: bool = typer.Option(False, "--block", help="Stay in the foreground (Ctrl+C stops the head)."),
     dashboard: bool = typer.Option(False, "--dashboard", help="Also start Ray's dashboard."),
     temp_dir: str | None = typer.Option(None, "--temp-dir", help="Ray's folder for this node (default: Ray's, /tmp/ray)."),
+    insecure: bool = typer.Option(False, "--insecure", help="No token authentication (only on a network you trust)."),
 ) -> None:
     """Start the head of a Ray cluster on this machine (`ray start --head`).
 
-    Options after `--` go to `ray start` unchanged (ports, object store size ...).
+    Clients and workers must present this installation's Ray token (generated on first use in the
+    hwsearch data folder, mode 0600) unless --insecure. Options after `--` go to `ray start`
+    unchanged (ports, object store size ...).
     """
-    from hwsearch.profilers.worker import start_head
+    from hwsearch import ray_auth
+    from hwsearch.profilers.worker import reachable_ip, start_head
 
+    node_ip = node_ip or reachable_ip()
     code = start_head(port=port, num_cpus=num_cpus, node_ip=node_ip, block=block, temp_dir=temp_dir, dashboard=dashboard,
-                      extra_args=list(ctx.args))
+                      extra_args=list(ctx.args), insecure=insecure)
     if code != 0:
         raise HwsearchError(f"`ray start --head` exited with status {code} (its output is above); accepted: a free --port")
     if not block:
-        from hwsearch.profilers.worker import reachable_ip
-
-        typer.echo(f"head running at {node_ip or reachable_ip()}:{port}; on each device run: "
-                   f"hwsearch worker --device NAME --address {node_ip or reachable_ip()}:{port}")
+        typer.echo(f"head running at {node_ip}:{port}; on each device run: "
+                   f"hwsearch worker --device NAME --address {node_ip}:{port}")
+        if not ray_auth.opted_out(insecure):
+            typer.echo(f"token: {ray_auth.token_in_use()} (copy it, mode 0600, to `{ray_auth.TOKEN_FILE}` in each "
+                       "device's hwsearch data folder, or point RAY_AUTH_TOKEN_PATH at a copy)")
 
 
 @cluster_app.command("stop")

@@ -7,6 +7,7 @@ accepted. The CLI prints that line and exits with status 2; nothing else is show
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
 
@@ -21,3 +22,15 @@ def unknown(what: str, value: object, accepted: Iterable[object]) -> HwsearchErr
     """`unknown format 'int3'; accepted: fp32, bf16, ...`"""
     choices = ", ".join(str(a) for a in accepted)
     return HwsearchError(f"unknown {what} {value!r}; accepted: {choices}")
+
+
+def check_range(what: str, value: int, low: int, high: int, why: str = "") -> int:
+    """`value` as an int if `low <= value <= high`, else one line naming the limits (and why the upper one)."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or not low <= number <= high:
+        reason = f" ({why})" if why else ""
+        raise HwsearchError(f"{what}={value!r} is out of range; accepted: an integer from {low} to {high}{reason}")
+    return number

@@ -299,7 +299,7 @@ def test_get_or_create(engine):
 
 
 def test_fresh_database_is_at_head_and_matches_models(engine):
-    assert current_revision(engine) == head_revision() == "0003"
+    assert current_revision(engine) == head_revision() == "0004"
     assert schema_differences(engine) == []
     tables = set(inspect(engine).get_table_names())
     assert {
@@ -335,7 +335,7 @@ def test_database_from_older_revision_opens_with_its_data(db_url):
 
     eng = open_db(db_url)
     try:
-        assert current_revision(eng) == "0003"
+        assert current_revision(eng) == "0004"
         assert schema_differences(eng) == []
         with session_scope(eng) as s:
             device = s.scalars(select(Device)).one()
@@ -464,7 +464,7 @@ def test_concurrent_open_db_on_fresh_database(db_url):
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     for out, err, rc in results:
         assert rc == 0, err
-        assert out.strip() == "0003"
+        assert out.strip() == "0004"
     eng = make_engine(db_url)
     try:
         assert schema_differences(eng) == []

@@ -211,7 +211,7 @@ def test_database_from_before_rounds_upgrades_and_stays_readable(db_url):
     old.dispose()
     eng = open_db(db_url)
     try:
-        assert current_revision(eng) == "0003"
+        assert current_revision(eng) == "0004"
         with session_scope(eng) as s:
             m = s.scalars(select(Measurement)).one()
             assert m.rounds is None and m.spread is None and m.unstable is False and m.median_us == 10.0

@@ -36,6 +36,7 @@ PG_CONNECT_TIMEOUT_S = 5
 # Any constant works; it only has to be the same in every process that migrates.
 PG_MIGRATION_LOCK = 0x6877_7365_6172  # "hwsear"
 _BEGIN_OPTION = "hwsearch_sqlite_begin"
+PG_READ_ONLY = "-c default_transaction_read_only=on"  # every transaction of the session refuses writes
 
 Session = sessionmaker(expire_on_commit=False)
 """Unbound session factory: ``Session(bind=engine)``; objects stay usable after commit."""
@@ -101,17 +102,29 @@ def _retry_locked(statement: Any, timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> N
             delay = min(delay * 2, 0.25)
 
 
-def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
+def sqlite_read_only(url: URL) -> URL:
+    """The URL of an SQLite file opened read-only (SQLite's URI form): nothing an engine on it
+    runs can change the file."""
+    path = Path(url.database).expanduser()
+    if not path.is_file():
+        raise HwsearchError(f"no database file at {path}; accepted: {ACCEPTED} naming an existing database")
+    return url.set(database=f"file:{path}", query={**url.query, "mode": "ro", "uri": "true"})
+
+
+def _sqlite_engine(url: URL, read_only: bool = False, **kwargs: Any) -> Engine:
     if not _is_memory(url):
         path = Path(url.database).expanduser()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise HwsearchError(
-                f"cannot create the folder {path.parent} for database {_shown(url)} "
-                f"({err.strerror or err}); accepted: {ACCEPTED}"
-            ) from err
-        url = url.set(database=str(path))
+        if read_only:
+            url = sqlite_read_only(url)
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise HwsearchError(
+                    f"cannot create the folder {path.parent} for database {_shown(url)} "
+                    f"({err.strerror or err}); accepted: {ACCEPTED}"
+                ) from err
+            url = url.set(database=str(path))
     connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
     if _is_memory(url):
         kwargs.setdefault("poolclass", StaticPool)  # one shared in-memory database
@@ -125,7 +138,8 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        _retry_locked(lambda: cur.execute("PRAGMA journal_mode = WAL"))
+        if not read_only:  # a reader takes the file as the writers left it
+            _retry_locked(lambda: cur.execute("PRAGMA journal_mode = WAL"))
         cur.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, much faster
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -137,19 +151,23 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     return engine
 
 
-def make_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
+def make_engine(url: str | URL | None = None, read_only: bool = False, **kwargs: Any) -> Engine:
     """An engine for ``url`` (default :func:`hwsearch.config.default_db_url`), tuned per dialect.
 
     SQLite: parent folder created, WAL, 30 s busy timeout, foreign keys on, usable from threads.
     PostgreSQL (psycopg2): short connect timeout and ``pool_pre_ping`` so a restarted server is
-    noticed. Extra ``kwargs`` go to :func:`sqlalchemy.create_engine`.
+    noticed. ``read_only``: the database refuses every write from this engine (SQLite opens the
+    file read-only, PostgreSQL makes each transaction read-only). Extra ``kwargs`` go to
+    :func:`sqlalchemy.create_engine`.
     """
     parsed = make_url(database_url(url))
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, **kwargs)
+        return _sqlite_engine(parsed, read_only, **kwargs)
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
     connect_args.setdefault("application_name", "hwsearch")
+    if read_only:
+        connect_args["options"] = f"{connect_args.get('options', '')} {PG_READ_ONLY}".strip()
     kwargs.setdefault("pool_pre_ping", True)
     try:
         return create_engine(parsed, connect_args=connect_args, **kwargs)
@@ -203,6 +221,42 @@ def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None for an empty database)."""
     with engine.connect() as conn:
         return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of the migrations shipped with this version of hwsearch."""
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def check_revision(engine: Engine, shown: str, read_only: bool) -> None:
+    """A database this hwsearch can use: none newer than its code, and (read-only) one at head.
+
+    A newer database was migrated by a newer hwsearch; this code would misread it, and its
+    migrations cannot go backwards, so it says so instead of failing inside Alembic.
+    """
+    from hwsearch import __version__
+
+    current, head = current_revision(engine), head_revision()
+    if current is not None and not known_revision(current):
+        raise HwsearchError(
+            f"database {shown} is at schema revision {current!r}, newer than this hwsearch {__version__} knows "
+            f"(its newest is {head!r}); accepted: upgrade hwsearch here to the version that migrated it "
+            "(pip install -U hwsearch), the same version on every machine that uses the database"
+        )
+    if not read_only or current == head:
+        return
+    if current is None:
+        raise HwsearchError(f"database {shown} holds no hwsearch tables yet; accepted: a database hwsearch has written "
+                            "(profile a device first: `hwsearch profile --local`)")
+    raise HwsearchError(
+        f"database {shown} is at schema revision {current!r}, older than this hwsearch's {head!r}, and a reader "
+        "does not migrate it; accepted: migrate it once with any other command (e.g. `hwsearch devices --db URL`)"
+    )
 
 
 def schema_differences(engine: Engine) -> list[Any]:
@@ -265,15 +319,22 @@ def upgrade_schema(engine: Engine, revision: str = "head", retries: int = 5) -> 
             time.sleep(0.2 * (attempt + 1))
 
 
-def open_db(url: str | URL | None = None, upgrade: bool = True, **kwargs: Any) -> Engine:
+def open_db(url: str | URL | None = None, upgrade: bool = True, read_only: bool = False, **kwargs: Any) -> Engine:
     """Connect to ``url`` (default: ``HWSEARCH_DB`` or the SQLite file in the data folder).
 
-    Raises a one-line :class:`HwsearchError` within a few seconds when the URL is malformed or
-    the database does not answer; with ``upgrade`` the schema is brought to head.
+    Raises a one-line :class:`HwsearchError` within a few seconds when the URL is malformed, the
+    database does not answer or was migrated by a newer hwsearch; with ``upgrade`` the schema is
+    brought to head. ``read_only`` (the dashboard): nothing is written, nothing migrated, and
+    the schema must already be at head.
     """
-    engine = make_engine(url, **kwargs)
-    check_connection(engine, shown=_shown(parse_url(url)) if url is not None else None)
-    if upgrade:
+    engine = make_engine(url, read_only=read_only, **kwargs)
+    shown = _shown(parse_url(url)) if url is not None else _shown(engine.url)
+    check_connection(engine, shown=shown)
+    try:
+        check_revision(engine, shown, read_only)
+    except DBAPIError as err:
+        raise HwsearchError(f"cannot read database {shown} ({_reason(err)}); accepted: {ACCEPTED}") from err
+    if upgrade and not read_only:
         try:
             upgrade_schema(engine)
         except HwsearchError:

@@ -248,7 +248,7 @@ class Verification(Base):
     """A plan from a job's trial, built and timed on a device: predicted vs measured."""
 
     __tablename__ = "verifications"
-    __table_args__ = (Index(None, "job_id", "trial_number"),)
+    __table_args__ = (UniqueConstraint("job_id", "trial_number", "device_id"),)  # a resumed job stores nothing twice
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -24,10 +24,10 @@ def identify(text: str) -> str | None:
         return "modelopt"
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         try:
             doc = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # nesting too deep is no export either
             return None
         return "modelopt" if isinstance(doc, dict) and "quant_cfg" in doc else None
     if isinstance(doc, dict) and doc.get("quant_method") == compressed_tensors.QUANT_METHOD:

@@ -343,8 +343,6 @@ def device_overhead(engine: Any, device_id: int) -> tuple[Overhead, int | None]:
 
 def predict_model(engine: Any, device: str, model: str, plan_file: str | None = None) -> dict[str, Any]:
     """`hwsearch predict`: a model's (and plan's) predicted latency on a device, and who answered."""
-    from pathlib import Path
-
     from hwsearch.predictors.registry import best_predictor
     from hwsearch.spaces.catalog import get_model
     from hwsearch.spaces.plan import validate_plan
@@ -352,10 +350,7 @@ def predict_model(engine: Any, device: str, model: str, plan_file: str | None = 
     spec = get_model(model)
     plan = None
     if plan_file is not None:
-        path = Path(plan_file)
-        if not path.is_file():
-            raise HwsearchError(f"plan file {plan_file!r} does not exist; accepted: a hwsearch.plan/v1 JSON file")
-        plan = Plan.from_json(path.read_text(encoding="utf-8"))
+        plan = Plan.from_file(plan_file)
         if plan.model.partition(":")[0] != model.partition(":")[0]:
             raise HwsearchError(f"plan is for model {plan.model!r}, not {model!r}; accepted: a plan made for {model!r}")
         validate_plan(plan, spec)

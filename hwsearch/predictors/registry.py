@@ -147,7 +147,19 @@ class StoredPredictor:
     artefact_format: str = ""
 
     def load(self) -> Any:
-        """The predictor object (never unpickled)."""
+        """The predictor object (never unpickled); an artefact that does not load is one line."""
+        try:
+            return self._load()
+        except HwsearchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - xgboost, torch and json each fail their own way on bad bytes
+            reason = " ".join(str(err).split())[:200]
+            raise HwsearchError(
+                f"stored {self.kind} predictor #{self.id} ({self.name}) cannot be read ({type(err).__name__}: {reason}); "
+                f"accepted: retrain it (`hwsearch train --device DEVICE`), which stores a new one"
+            ) from None
+
+    def _load(self) -> Any:
         if self.kind == XGB_KIND:
             return XGBoostPredictor.from_bytes(self.artefact)
         if self.kind == META_KIND:

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hwsearch.errors import HwsearchError
+from hwsearch.errors import HwsearchError, check_range
 
 if TYPE_CHECKING:  # torch comes with these; `hwsearch worker` checks its arguments before loading it
     from sqlalchemy.engine import Engine
@@ -43,6 +43,7 @@ CONNECT_TIMEOUT_S = 3.0
 START_GRACE_S = 15.0  # how long nodes that start together wait for each other
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 WORKER_HINT = "hwsearch worker --device {name} --address {address}"
+MAX_THREADS = 1024
 
 
 def check_device_name(name: str) -> str:
@@ -52,6 +53,13 @@ def check_device_name(name: str) -> str:
             f"invalid device name {name!r}; accepted: 1-64 letters, digits, '_', '.', '-' starting with a letter or digit"
         )
     return name
+
+
+def check_threads(threads: int | None) -> int | None:
+    """Threads per kernel a user asked for (None: the node's cores), within `MAX_THREADS`."""
+    if threads is not None:
+        check_range("threads", threads, 1, MAX_THREADS, "threads per kernel; more than any machine has cores")
+    return threads
 
 
 def resource_name(device: str) -> str:
@@ -87,16 +95,20 @@ def connect(address: str | None = None) -> str:
     import ray
 
     if not ray.is_initialized():
+        from hwsearch import ray_auth
+
         target = address or os.environ.get("RAY_ADDRESS") or "auto"
         if target != "auto" and not target.startswith("ray://"):
             check_reachable(target)
+        ray_auth.apply_to_driver(create=False)  # the head's token, never a new one
         try:
             ray.init(address=target, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            reason = " ".join(str(err).split())[:200]
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
+            reason = " ".join(str(getattr(err, "message", None) or err).split())[:200]
             raise HwsearchError(
                 f"cannot join a Ray cluster at {target} ({reason}); accepted: --address HOST:PORT of a running head "
-                "(start one with `hwsearch cluster start`), run from a machine that is a node of the cluster"
+                "(start one with `hwsearch cluster start`), run from a machine that is a node of the cluster, with "
+                f"the head's token ({ray_auth.token_in_use()})"
             ) from err
     return ray.get_runtime_context().gcs_address
 
@@ -310,6 +322,8 @@ def profile_cluster(
     """
     import ray
 
+    check_device_name(device)
+    check_threads(threads)
     joined = not ray.is_initialized()
     try:
         with contextlib.redirect_stdout(sys.stderr):

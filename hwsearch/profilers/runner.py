@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from hwsearch.kernels import registry
 from hwsearch.kernels.specs import OpSpec
 from hwsearch.profilers import machine, sampling, store
+from hwsearch.profilers.cluster import check_threads
 from hwsearch.profilers.fingerprint import device_kind, fingerprint
 from hwsearch.profilers.limits import probe
 from hwsearch.profilers.measure import measure_many
@@ -109,7 +110,7 @@ def profile_local(
     device's fingerprint; during: the load from other processes after every chunk.
     """
     budget = sampling.parse_budget(budget)
-    threads = threads or default_threads()
+    threads = check_threads(threads) or default_threads()
     name = name or default_device_name(backend)
     device_id = store.ensure_device(engine, name, device_kind(backend), fingerprint(backend, threads))
     tasks = plan_tasks(budget, backend, seed, max_flops, models)

@@ -25,6 +25,7 @@ from hwsearch.spaces.knobs import Knobs
 from hwsearch.spaces.model import ModelSpec
 
 BUDGETS = ("quick", "standard", "full")
+MAX_BUDGET = 100_000  # kernel configurations; the full plan holds a few thousand
 # The shapes the kernel benchmark reports: a ViT-B MLP and an LLM decode GEMM.
 BENCH_SHAPES: tuple[tuple[int, int, int], ...] = ((197, 768, 3072), (1, 4096, 4096))
 BENCH_FORMATS = ("bf16", "int8", "int4", "fp8")
@@ -183,10 +184,11 @@ def dedupe(specs: Iterable[OpSpec]) -> list[OpSpec]:
 
 def parse_budget(budget: str | int) -> str | int:
     """'quick' | 'standard' | 'full' | a positive number of configurations."""
-    if isinstance(budget, int) or str(budget).isdigit():
+    if isinstance(budget, int) or str(budget).strip().lstrip("-").isdigit():
         n = int(budget)
-        if n < 1:
-            raise HwsearchError(f"budget {budget!r} is out of range; accepted: quick, standard, full or a positive number")
+        if not 1 <= n <= MAX_BUDGET:
+            raise HwsearchError(f"budget {budget!r} is out of range; accepted: quick, standard, full or a positive number "
+                                f"of configurations up to {MAX_BUDGET} (more than any plan holds)")
         return n
     if budget not in BUDGETS:
         raise HwsearchError(f"unknown budget {budget!r}; accepted: quick, standard, full or a positive number")

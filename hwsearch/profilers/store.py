@@ -102,14 +102,20 @@ def write_chunk(engine: Engine, device_id: int, run_id: int | None, results: Seq
     if not results:
         return 0
     with session_scope(engine) as session:
-        ids = _kernel_ids(session, [spec for spec, _ in results])
-        rows = [
-            {**fields, "device_id": device_id, "kernel_id": ids[kernel_key(spec)], "profile_run_id": run_id}
-            for spec, fields in results
-        ]
-        inserted = insert_ignore(session, Measurement, rows)
-        if run_id is not None:
-            session.execute(update(ProfileRun).where(ProfileRun.id == run_id).values(n_done=ProfileRun.n_done + inserted))
+        return insert_measurements(session, device_id, run_id, results)
+
+
+def insert_measurements(session: Session, device_id: int, run_id: int | None,
+                        results: Sequence[tuple[OpSpec, dict[str, Any]]]) -> int:
+    """`write_chunk` inside the caller's transaction (an import stores a whole file in one)."""
+    ids = _kernel_ids(session, [spec for spec, _ in results])
+    rows = [
+        {**fields, "device_id": device_id, "kernel_id": ids[kernel_key(spec)], "profile_run_id": run_id}
+        for spec, fields in results
+    ]
+    inserted = insert_ignore(session, Measurement, rows)
+    if run_id is not None:
+        session.execute(update(ProfileRun).where(ProfileRun.id == run_id).values(n_done=ProfileRun.n_done + inserted))
     return inserted
 
 

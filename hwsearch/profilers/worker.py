@@ -8,14 +8,14 @@ install is refused here, with the kernel named, rather than found half-way throu
 Worker nodes offer no CPU slots by default (`--num-cpus 0`): only work that asks for
 `device:NAME` lands there, so nothing else runs beside the kernels being timed.
 
-Nodes started with `--detach` are recorded (their process group) in the data folder, so
-`hwsearch cluster stop` stops exactly those and never Ray processes someone else started.
+Nodes started with `--detach` are recorded (their processes, with their start times) in the data
+folder, so `hwsearch cluster stop` stops exactly those and never Ray processes someone else
+started, nor a process that took a recorded pid later.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from hwsearch.errors import HwsearchError
-from hwsearch.profilers.cluster import check_device_name, check_reachable, resource_name
+from hwsearch.processes import group_members, still_ours
+from hwsearch.profilers.cluster import check_device_name, check_reachable, check_threads, resource_name
 
 BACKENDS = ("cpu", "cuda")
 STOP_GRACE_S = 10.0
@@ -140,18 +141,25 @@ def nodes_file() -> Path:
 
 def _load_nodes() -> list[dict[str, Any]]:
     try:
-        return json.loads(nodes_file().read_text())
+        nodes = json.loads(nodes_file().read_text())
     except (OSError, ValueError):
         return []
+    return [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else []
 
 
 def _save_nodes(nodes: list[dict[str, Any]]) -> None:
     nodes_file().write_text(json.dumps(nodes, indent=2))
 
 
-def _ray_env(extra: dict[str, str]) -> dict[str, str]:
-    """Ray's processes inherit this: the node's actors read HWSEARCH_* from it."""
-    return {**os.environ, **extra}
+def _ray_env(extra: dict[str, str], insecure: bool, create_token: bool) -> dict[str, str]:
+    """Ray's processes inherit this: the node's actors read HWSEARCH_* from it, Ray finds its token
+    through it (`ray_auth`), and no secret of this shell (the database URL) reaches them."""
+    from hwsearch import ray_auth
+
+    why = ray_auth.opted_out(insecure)
+    if why:
+        sys.stderr.write(ray_auth.INSECURE_WARNING.format(why=why) + "\n")
+    return {**ray_auth.node_env(insecure, create_token), **extra}
 
 
 def _run_ray(args: list[str], env: dict[str, str], block: bool, record: dict[str, Any]) -> int:
@@ -173,17 +181,26 @@ def _run_ray(args: list[str], env: dict[str, str], block: bool, record: dict[str
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
     code = proc.wait()
     if code == 0:
-        _save_nodes([*_load_nodes(), {**record, "pgid": proc.pid, "started": time.time()}])
+        # each daemon of the node with its start time: `stop_recorded` signals only those still running
+        _save_nodes([*_load_nodes(), {**record, "pgid": proc.pid, "started": time.time(),
+                                      "processes": group_members(proc.pid)}])
     return code
 
 
-def reachable_ip() -> str:
-    """The address other machines reach this one on (the one Ray picks by default)."""
+def reachable_ip(toward: str = "8.8.8.8") -> str:
+    """The address of this machine's interface toward `toward` (default: the outgoing one, Ray's
+    own choice): what other machines reach this one on."""
+    import ipaddress
     import socket
 
+    try:
+        if ipaddress.ip_address(toward).is_loopback:
+            return toward  # a head on loopback (a one-machine cluster): the node is reached there too
+    except ValueError:
+        pass  # a host name
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            probe.connect(("8.8.8.8", 80))  # UDP: picks the outgoing interface, sends nothing
+            probe.connect((toward, 80))  # UDP: picks the interface, sends nothing
             return probe.getsockname()[0]
         except OSError:
             return "127.0.0.1"
@@ -191,57 +208,52 @@ def reachable_ip() -> str:
 
 def start_worker(device: str, address: str, *, threads: int | None = None, num_cpus: int = 0, backend: str = "cpu",
                  block: bool = True, node_ip: str | None = None, temp_dir: str | None = None,
-                 extra_args: list[str] | None = None) -> int:
-    """Join the cluster at `address` as a node offering `device:NAME` (after `self_check`)."""
+                 extra_args: list[str] | None = None, insecure: bool = False) -> int:
+    """Join the cluster at `address` as a node offering `device:NAME` (after `self_check`), with the
+    head's token (`ray_auth`) unless `insecure`; this node is reached on `node_ip` (default: this
+    machine's interface toward the head)."""
     check_device_name(device)
+    check_threads(threads)
     check_reachable(address)
-    args = ["--address", address, "--resources", json.dumps({resource_name(device): 1}), "--num-cpus", str(num_cpus)]
-    if node_ip:
-        args += ["--node-ip-address", node_ip]
+    env = _ray_env({}, insecure, create_token=False)
+    node_ip = node_ip or reachable_ip(address.rpartition(":")[0].strip("[]"))
+    args = ["--address", address, "--resources", json.dumps({resource_name(device): 1}), "--num-cpus", str(num_cpus),
+            "--node-ip-address", node_ip]
     if temp_dir:
         args += ["--temp-dir", temp_dir]
-    env = {"HWSEARCH_DEVICE": device, "HWSEARCH_BACKEND": backend}
+    env.update(HWSEARCH_DEVICE=device, HWSEARCH_BACKEND=backend)
     if threads:
         env["HWSEARCH_THREADS"] = str(threads)
-    return _run_ray([*args, *(extra_args or [])], _ray_env(env), block,
-                    {"role": "worker", "device": device, "address": address})
+    return _run_ray([*args, *(extra_args or [])], env, block,
+                    {"role": "worker", "device": device, "address": address, "node_ip": node_ip})
 
 
 def start_head(*, port: int = 6379, num_cpus: int | None = None, node_ip: str | None = None, block: bool = False,
-               temp_dir: str | None = None, dashboard: bool = False, extra_args: list[str] | None = None) -> int:
-    """Start the head: it schedules, it measures nothing unless it also offers a device."""
-    args = ["--head", "--port", str(port), f"--include-dashboard={str(dashboard).lower()}"]
+               temp_dir: str | None = None, dashboard: bool = False, extra_args: list[str] | None = None,
+               insecure: bool = False) -> int:
+    """Start the head: it schedules, it measures nothing unless it also offers a device. It requires
+    this installation's token (generated on first use, `ray_auth`) unless `insecure`, and is
+    reached on `node_ip` (default: `reachable_ip()`)."""
+    env = _ray_env({}, insecure, create_token=True)
+    node_ip = node_ip or reachable_ip()
+    args = ["--head", "--port", str(port), f"--include-dashboard={str(dashboard).lower()}", "--node-ip-address", node_ip]
     if num_cpus is not None:
         args += ["--num-cpus", str(num_cpus)]
-    if node_ip:
-        args += ["--node-ip-address", node_ip]
     if temp_dir:
         args += ["--temp-dir", temp_dir]
-    return _run_ray([*args, *(extra_args or [])], _ray_env({}), block,
-                    {"role": "head", "port": port, "node_ip": node_ip})
-
-
-def _group_processes(pgid: int) -> list[Any]:
-    """The processes of a node's process group, and their descendants (Ray's workers setsid)."""
-    import psutil
-
-    found: dict[int, Any] = {}
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return list(found.values())
+    return _run_ray([*args, *(extra_args or [])], env, block, {"role": "head", "port": port, "node_ip": node_ip})
 
 
 def stop_group(pgid: int, grace: float = STOP_GRACE_S) -> int:
-    """SIGTERM a recorded node's processes, SIGKILL what is left after `grace`; returns how many."""
+    """SIGTERM the processes of a process group this caller started (and what they started),
+    SIGKILL what is left after `grace`; returns how many."""
+    return stop_processes(still_ours(group_members(pgid)), grace)
+
+
+def stop_processes(procs: list[Any], grace: float = STOP_GRACE_S) -> int:
+    """SIGTERM `procs` (psutil handles), SIGKILL what is left after `grace`; returns how many."""
     import psutil
 
-    procs = _group_processes(pgid)
     for proc in procs:
         try:
             proc.send_signal(signal.SIGTERM)
@@ -258,10 +270,15 @@ def stop_group(pgid: int, grace: float = STOP_GRACE_S) -> int:
 
 
 def stop_recorded() -> list[dict[str, Any]]:
-    """Stop every node this machine started with hwsearch (detached); returns their records."""
+    """Stop every node this machine started with hwsearch (detached); returns their records.
+
+    Only the processes recorded when the node started that still run as themselves (same pid
+    and start time, `processes.still_ours`) and what they started are signalled: a pid reused
+    by another program since is left alone. A record from before start times were kept is
+    dropped without signalling anything."""
     nodes = list(reversed(_load_nodes()))  # workers before the head
     for node in nodes:
-        node["processes"] = stop_group(int(node["pgid"]))
+        node["processes"] = stop_processes(still_ours(node.get("processes") or []))
     _save_nodes([])
     return nodes
 

@@ -14,7 +14,6 @@ stale heartbeat and `resume()` continues it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,21 +28,25 @@ from hwsearch.spaces.plan import Figure, Plan, Provenance
 
 
 def connect_ray(address: str | None) -> None:
-    """Connect to `address`, or start a local Ray (loopback, no dashboard) once per process; Ray's
-    own INFO lines ("Started a local Ray instance") only with `config.verbose()`."""
+    """Connect to the cluster at `address` (`profilers.cluster.connect`: its head's token, one line
+    when it cannot), or start a local Ray (loopback, no dashboard, this installation's token:
+    `ray_auth`) once per process; Ray's own INFO lines ("Started a local Ray instance") only
+    with `config.verbose()`."""
     import ray
 
+    from hwsearch import ray_auth
     from hwsearch.config import verbose
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    level = logging.INFO if verbose() else logging.WARNING
     if address:
-        ray.init(address=address, namespace=jobs.NAMESPACE, log_to_driver=False, logging_level=level)
-    else:
-        ray.init(namespace=jobs.NAMESPACE, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", logging_level=level)
+        from hwsearch.profilers.cluster import connect
+
+        connect(address)
+        return
+    ray_auth.apply_to_driver(create=True)
+    ray.init(namespace=jobs.NAMESPACE, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+             logging_level=logging.INFO if verbose() else logging.WARNING)
 
 
 class JobHandle:

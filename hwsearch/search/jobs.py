@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 
 from hwsearch.db.engine import make_engine, session_scope
 from hwsearch.db.models import Job, utcnow
-from hwsearch.errors import HwsearchError
+from hwsearch.errors import HwsearchError, check_range
 from hwsearch.search import pareto
 from hwsearch.search.objectives import OBJECTIVES
 from hwsearch.search.spec import SearchSpec
@@ -43,6 +43,7 @@ STALE_AFTER_S = float(os.environ.get("HWSEARCH_JOB_STALE_S", "20"))
 NAMESPACE = "hwsearch"
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed", "cancelled")
+MAX_ID = 2**31 - 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,7 +97,13 @@ def _status(job: Job) -> JobStatus:
     )
 
 
+def check_job_id(job_id: int) -> int:
+    """A job id the database can hold (its column is a 32-bit integer on PostgreSQL)."""
+    return check_range("job id", job_id, 1, MAX_ID, "job ids are numbered from 1")
+
+
 def get_job(engine: Engine, job_id: int) -> Job:
+    check_job_id(job_id)
     with session_scope(engine) as s:
         job = s.get(Job, int(job_id))
         if job is None:
@@ -143,6 +150,7 @@ def create_job(engine: Engine, db_url: str, spec: SearchSpec) -> int:
 
 def cancel_job(engine: Engine, job_id: int) -> JobStatus:
     """Ask a queued or running job to stop (its runner and workers notice within a batch)."""
+    check_job_id(job_id)
     with session_scope(engine, immediate=True) as s:
         job = s.get(Job, int(job_id))
         if job is None:
@@ -155,6 +163,7 @@ def cancel_job(engine: Engine, job_id: int) -> JobStatus:
 
 def claim_resume(engine: Engine, job_id: int) -> int:
     """Make a stopped job runnable again; returns the new attempt number."""
+    check_job_id(job_id)
     with session_scope(engine, immediate=True) as s:
         job = s.get(Job, int(job_id))
         if job is None:
@@ -222,6 +231,41 @@ def ray_launcher(calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 # the runner
 # ----------------------------------------------------------------------------------------------
+class StudyProgress:
+    """A study's trial count, feasible count and feasible front, kept up to date by reading only
+    the trials stored since the last update (`trials.values_since`): the heartbeat's cost stays
+    flat however many trials are done. The front is all progress needs: the hypervolume and the
+    best point of the feasible trials are those of their front."""
+
+    def __init__(self, engine: Engine, study_id: int, objectives: Sequence[str]) -> None:
+        self.engine, self.study_id, self.objectives = engine, study_id, list(objectives)
+        self.directions = [OBJECTIVES[o].direction for o in self.objectives]
+        self.last_id, self.count, self.feasible = -1, 0, 0
+        self.front = np.empty((0, len(self.objectives)))
+        self._lock = threading.Lock()  # the runner's final beat may meet the thread's
+
+    def update(self) -> StudyProgress:
+        from hwsearch.search.trials import values_since
+
+        with self._lock:
+            ids, _, values, feasible = values_since(self.engine, self.study_id, len(self.objectives), self.last_id)
+            if len(ids):
+                self.last_id = int(ids.max())
+                self.count += len(ids)
+                self.feasible += int(feasible.sum())
+                points = np.vstack([self.front, values[feasible]])
+                self.front = points[pareto.front_mask(points, self.directions)]
+        return self
+
+    def as_dict(self, bounds: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+        progress: dict[str, Any] = {"hypervolume": 0.0, "best": None, "feasible": self.feasible}
+        if len(self.front):
+            progress["hypervolume"] = pareto.hypervolume(self.front, self.objectives, *bounds)
+            best = self.front[int(np.argmin(self.front[:, 0] * OBJECTIVES[self.objectives[0]].sign))]
+            progress["best"] = {OBJECTIVES[o].column: float(v) for o, v in zip(self.objectives, best, strict=True)}
+        return progress
+
+
 class _Heartbeat(threading.Thread):
     """Every HEARTBEAT_S: heartbeat, trial count, best feasible point and hypervolume into the row."""
 
@@ -230,24 +274,17 @@ class _Heartbeat(threading.Thread):
         super().__init__(daemon=True, name=f"hwsearch-heartbeat-{job_id}")
         self.engine, self.job_id, self.attempt, self.study_id = engine, job_id, attempt, study_id
         self.objectives, self.bounds = objectives, bounds
+        self.study = StudyProgress(engine, study_id, objectives)
         self.done = threading.Event()
 
     def beat(self) -> None:
-        from hwsearch.search.trials import study_values
-
-        _, values, feasible = study_values(self.engine, self.study_id, len(self.objectives))
-        progress: dict[str, Any] = {"hypervolume": 0.0, "best": None, "feasible": int(feasible.sum())}
-        if feasible.any():
-            ok = values[feasible]
-            progress["hypervolume"] = pareto.hypervolume(ok, self.objectives, *self.bounds)
-            first = OBJECTIVES[self.objectives[0]]
-            best = ok[int(np.argmin(ok[:, 0] * first.sign))]
-            progress["best"] = {OBJECTIVES[o].column: float(v) for o, v in zip(self.objectives, best, strict=True)}
+        study = self.study.update()
+        progress = study.as_dict(self.bounds)
         with session_scope(self.engine, immediate=True) as s:
             job = s.get(Job, self.job_id)
             if job is None or int((job.result or {}).get("attempt", 0)) != self.attempt:
                 return
-            job.n_trials_done = len(values)
+            job.n_trials_done = study.count
             if job.status in ACTIVE:
                 job.heartbeat_at = utcnow()
             job.result = {**(job.result or {}), "progress": progress}

@@ -16,13 +16,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hwsearch.errors import HwsearchError, unknown
+from hwsearch.errors import HwsearchError, check_range, unknown
 from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES
 from hwsearch.spaces.knobs import Knobs
 from hwsearch.spaces.model import Block, Layer, LayerGroup, ModelSpec
 
 SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "gp", "random")
 SPEC_VERSION = 1
+NAME_MAX = 200  # the jobs table's name column
+# (low, high, why the upper bound): every size a spec sets is bounded, so a typo cannot queue a
+# job that never ends or exhausts the database's connections.
+LIMITS: dict[str, tuple[int, int, str]] = {
+    "n_trials": (1, 1_000_000, "a study's trials live in the database"),
+    "n_workers": (1, 64, "each worker holds a database connection"),
+    "verify_top_k": (0, 50, "each plan is timed end to end on the device"),
+    "seed": (0, 2**30, "samplers take 32-bit seeds, and each worker and attempt adds to it"),
+}
 
 
 def knobs_from_doc(doc: dict[str, Any]) -> Knobs:
@@ -70,7 +79,7 @@ class SearchSpec(BaseModel):
     seed: int = 0
     verify_top_k: int = 3
     warm_start: bool = True
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=NAME_MAX)
     example_inputs: Any = Field(default=None, exclude=True)
     evaluate: Callable[[Any], float] | None = Field(default=None, exclude=True)
     model_spec: dict[str, Any] | None = None  # traced torch model (filled in from `model`)
@@ -113,12 +122,11 @@ class SearchSpec(BaseModel):
             raise unknown("sampler", value, SAMPLERS)
         return value
 
-    @field_validator("n_trials", "n_workers", "verify_top_k")
+    @field_validator("n_trials", "n_workers", "verify_top_k", "seed")
     @classmethod
-    def _positive(cls, value: int, info: Any) -> int:
-        low = 0 if info.field_name == "verify_top_k" else 1
-        if value < low:
-            raise ValueError(f"{info.field_name}={value} is out of range; accepted: an integer >= {low}")
+    def _bounded(cls, value: int, info: Any) -> int:
+        low, high, why = LIMITS[info.field_name]
+        check_range(info.field_name, value, low, high, why)
         return value
 
     @model_validator(mode="after")
@@ -180,7 +188,7 @@ class SearchSpec(BaseModel):
         return [OBJECTIVES[o].direction for o in self.objectives]
 
     def job_name(self) -> str:
-        return self.name or f"{self.model_name}@{self.device} {'x'.join(self.objectives)}"
+        return (self.name or f"{self.model_name}@{self.device} {'x'.join(self.objectives)}")[:NAME_MAX]
 
     def to_doc(self) -> dict[str, Any]:
         """JSON for the Job row (a torch model is kept as its traced layers)."""

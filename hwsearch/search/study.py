@@ -21,11 +21,11 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from hwsearch.db.engine import database_url, make_engine, parse_url
+from hwsearch.db.engine import PG_READ_ONLY, database_url, make_engine, parse_url, sqlite_read_only
 from hwsearch.errors import unknown
 from hwsearch.search.objectives import CONSTRAINTS, MERGE_PARAM, OBJECTIVES, Tables, merge_label
 from hwsearch.search.spec import SAMPLERS
-from hwsearch.search.trials import write_trials
+from hwsearch.search.trials import read_trials, write_trials
 from hwsearch.search.warmstart import warm_start
 
 BATCH = 10
@@ -48,14 +48,20 @@ def make_sampler(name: str, seed: int, n_startup: int | None = None) -> optuna.s
     raise unknown("sampler", name, SAMPLERS)
 
 
-def rdb_storage(db_url: str | None) -> optuna.storages.RDBStorage:
-    """Optuna's storage on the job database (psycopg2 for PostgreSQL, a busy timeout for SQLite)."""
+def rdb_storage(db_url: str | None, read_only: bool = False) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the job database (psycopg2 for PostgreSQL, a busy timeout for SQLite);
+    `read_only` (the dashboard): the database refuses every write, and no table is created."""
     url = database_url(db_url)
-    if parse_url(url).get_backend_name() == "sqlite":
-        kwargs = {"connect_args": {"timeout": 30}}
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        kwargs: dict = {"connect_args": {"timeout": 30}}
+        if read_only:
+            url = sqlite_read_only(parsed).render_as_string(hide_password=False)
     else:
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        if read_only:
+            kwargs["connect_args"]["options"] = PG_READ_ONLY
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=read_only)
 
 
 def distributions(tables: Tables) -> dict[str, CategoricalDistribution]:
@@ -143,19 +149,24 @@ def run_worker(
     engine = make_engine(db_url)
     try:
         study_id = storage.get_study_id_from_name(study_name)
-        shared = optuna.load_study(study_name=study_name, storage=storage)
         directions = [OBJECTIVES[o].direction for o in objectives]
         mem = optuna.create_study(directions=directions, sampler=make_sampler(sampler, seed))
         dists = distributions(tables)
-        known: set[int] = set()
+        mine: set[int] = set()  # ids this worker wrote (already in `mem`) and has not read back yet
+        last, n_stored = -1, 0
 
         def pull() -> int:
-            done = shared.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            new = [t for t in done if t._trial_id not in known]
-            known.update(t._trial_id for t in new)
+            """Only the trials stored since the last pull (`read_trials`): a batch costs the same
+            at the 20,000th trial as at the first."""
+            nonlocal last, n_stored
+            new = read_trials(engine, study_id, last)
             if new:
-                mem.add_trials(new)
-            return len(done)
+                last = new[-1]._trial_id
+                n_stored += len(new)
+                theirs = [t for t in new if t._trial_id not in mine]
+                mine.difference_update(t._trial_id for t in new)
+                mem.add_trials(theirs)
+            return n_stored
 
         done = pull()
         if warm:  # the warm-start plans not in the study yet (a resumed job has some already)
@@ -173,7 +184,7 @@ def run_worker(
                 return WorkerResult(written, "budget")
             frozen = ask_tell(mem, tables, dists, objectives, constraints, min(batch, remaining))
             ids = write_trials(engine, study_id, frozen, limit=n_total)
-            known.update(ids)
+            mine.update(ids)
             written += len(ids)
             if on_batch:
                 on_batch(len(ids))

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Verification
+from hwsearch.db.ops import insert_ignore
 from hwsearch.errors import HwsearchError
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import Plan
@@ -85,13 +86,14 @@ def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, p
     return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs, dispatch))
 
 
-def store_verifications(engine: Engine, job_id: int, device_id: int, rows: Sequence[dict[str, Any]]) -> None:
-    """One transaction: a row per verified plan (trial, plan, predicted vs measured)."""
+def store_verifications(engine: Engine, job_id: int, device_id: int, rows: Sequence[dict[str, Any]]) -> int:
+    """One transaction: a row per verified plan (trial, plan, predicted vs measured); a trial the
+    job already verified on the device (an earlier attempt) keeps its row. Returns rows stored."""
     with session_scope(engine) as s:
-        for r in rows:
-            s.add(Verification(job_id=job_id, trial_number=r["trial"], device_id=device_id, plan=r["plan"],
-                               predicted_ms=r.get("predicted_ms"), measured_ms=r["measured_ms"],
-                               measured_p10_ms=r.get("p10_ms"), measured_p90_ms=r.get("p90_ms")))
+        return insert_ignore(s, Verification, [
+            {"job_id": job_id, "trial_number": r["trial"], "device_id": device_id, "plan": r["plan"],
+             "predicted_ms": r.get("predicted_ms"), "measured_ms": r["measured_ms"],
+             "measured_p10_ms": r.get("p10_ms"), "measured_p90_ms": r.get("p90_ms")} for r in rows])
 
 
 def verifications(engine: Engine, job_id: int) -> list[dict[str, Any]]:

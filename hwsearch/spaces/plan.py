@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +22,27 @@ from hwsearch.spaces.model import ModelSpec
 
 PLAN_SCHEMA = "hwsearch.plan/v1"
 SOURCES = ("predictor", "measurement", "sensitivity", "eval", "analytic")
+MAX_PLAN_BYTES = 16 << 20  # a plan of the largest catalogue model is well under 1 MB
+
+
+def read_plan_text(path: str | Path) -> str:
+    """A plan file's text (or an export's): one line when it is missing, a folder, too big or not UTF-8."""
+    file, accepted = Path(path), f"accepted: a path to a {PLAN_SCHEMA} JSON file"
+    if file.is_dir():
+        raise HwsearchError(f"{str(path)!r} is a folder; {accepted}")
+    if not file.is_file():
+        raise HwsearchError(f"no plan file at {str(path)!r}; {accepted}")
+    try:
+        with file.open("rb") as fh:
+            data = fh.read(MAX_PLAN_BYTES + 1)
+    except OSError as err:
+        raise HwsearchError(f"cannot read {str(path)!r} ({err.strerror or err}); {accepted}") from None
+    if len(data) > MAX_PLAN_BYTES:
+        raise HwsearchError(f"{str(path)!r} is larger than {MAX_PLAN_BYTES >> 20} MiB; {accepted}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HwsearchError(f"{str(path)!r} is not UTF-8 text (byte {err.start}); {accepted}") from None
 
 
 class LayerChoice(BaseModel):
@@ -122,7 +144,16 @@ class Plan(BaseModel):
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise HwsearchError(f"plan is not JSON ({err.msg} at line {err.lineno}); accepted: a {PLAN_SCHEMA} document") from None
+        except UnicodeDecodeError as err:
+            raise HwsearchError(f"plan is not UTF-8 text (byte {err.start}); accepted: a {PLAN_SCHEMA} document") from None
+        except RecursionError:
+            raise HwsearchError(f"plan nests too deep to be a plan; accepted: a {PLAN_SCHEMA} document") from None
         return cls.parse(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Plan:
+        """A plan file, read with `read_plan_text` (size, encoding) and validated."""
+        return cls.from_json(read_plan_text(path))
 
     @classmethod
     def parse(cls, data: Any) -> Plan:
