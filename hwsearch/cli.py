@@ -173,6 +173,7 @@ def profile(
     threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per kernel (default: all cores)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling plan."),
     max_gflops: float | None = typer.Option(None, "--max-gflops", min=0, help="Skip kernels above this many GFLOP."),
+    for_models: str | None = typer.Option(None, "--for", help="Also measure what these models' searches score, e.g. vit_base,digits_vit (--local)."),
     address: str | None = typer.Option(None, "--address", help="Ray head HOST:PORT for --device (default: RAY_ADDRESS or the local cluster)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     db: str | None = DB_OPTION,
@@ -180,6 +181,7 @@ def profile(
     """Measure kernels on a device and store them (resumable: stored ones are not measured again)."""
     from hwsearch.profilers.runner import profile_local
     from hwsearch.profilers.sampling import parse_budget
+    from hwsearch.spaces.catalog import get_model
 
     if local == (device is not None):
         raise HwsearchError("say where to profile; accepted: --local, or --device NAME (a Ray node offering device:NAME)")
@@ -187,6 +189,11 @@ def profile(
         raise HwsearchError("--name goes with --local; a --device is stored under its own NAME; accepted: --device NAME alone")
     parsed = parse_budget(budget)
     max_flops = None if max_gflops is None else max_gflops * 1e9
+    models = [m.strip() for m in (for_models or "").split(",") if m.strip()]
+    if models and device is not None:
+        raise HwsearchError("--for measures on this machine; accepted: --local --for MODEL[,MODEL]")
+    for m in models:
+        get_model(m)  # an unknown model: one line listing the catalogue
     engine = open_engine(db)
     if device is not None:
         from hwsearch.profilers.cluster import profile_cluster
@@ -195,7 +202,7 @@ def profile(
                                   show_progress=not as_json, max_flops=max_flops, address=address)
     else:
         summary = profile_local(engine, name=name, budget=parsed, threads=threads, seed=seed,
-                                show_progress=not as_json, max_flops=max_flops)
+                                show_progress=not as_json, max_flops=max_flops, models=models)
     doc = summary.as_dict()
     if as_json:
         emit_json(doc)
@@ -473,6 +480,7 @@ def predict(
         return
     typer.echo(f"{model} on {device}: {doc['latency_ms']:.3f} ms predicted "
                f"(kernels {doc['kernel_ms']:.3f} ms + overhead {doc['overhead_ms']:.3f} ms, {doc['kernels']} kernels)")
+    typer.echo(f"{100 * doc['measured_share']:.0f} % of the kernel time from measurements on {device}, the rest predicted")
     typer.echo(f"answered by: {doc['predictor']['detail']}")
 
 

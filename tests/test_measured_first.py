@@ -147,3 +147,15 @@ def test_client_profiles_what_a_traced_models_search_scores(tmp_path):
     got = {r.spec for r in rows}
     assert wanted and set(wanted) <= got
     assert {s.K for s in wanted} == {32, 64} and {s.format for s in wanted} == {"fp32", "int8"}
+
+
+def test_cli_profile_for_checks_its_models_first(tmp_path):
+    from typer.testing import CliRunner
+
+    from hwsearch.cli import app
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    res = CliRunner().invoke(app, ["profile", "--local", "--for", "vit_tiny,nomodel", "--db", db])
+    assert res.exit_code != 0 and "unknown model 'nomodel'" in str(res.exception or res.output)
+    res = CliRunner().invoke(app, ["profile", "--device", "orin", "--for", "vit_tiny", "--db", db])
+    assert res.exit_code != 0 and "--for measures on this machine" in str(res.exception or res.output)
