@@ -1,8 +1,10 @@
 """`hwsearch bench kernels`: measured speed-ups over bf16 dense at two reference shapes.
 
 Shapes: a ViT-B MLP GEMM (197×768×3072) and an LLM decode GEMM (1×4096×4096), each in int8,
-int4, fp8, 2:4 and low rank (rank = min(K, N)/4). Numbers come from the device's stored
-measurements; on the machine the device was profiled on, missing ones are measured first.
+int4, fp8, 2:4 and low rank (rank = min(K, N)/4), each on the implementation the device's
+dispatch runs (`kernels.dispatch`: the one measured fastest there). Numbers come from the
+device's stored measurements; on the machine the device was profiled on, missing ones are
+measured first.
 Emulated kernels are marked native = false: their "speed-up" is not a real one.
 """
 
@@ -17,8 +19,8 @@ from sqlalchemy.engine import Engine
 from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Device, KernelConfig, Measurement
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels import registry
 from hwsearch.kernels.specs import LinearSpec
+from hwsearch.predictors.dataset import device_dispatch
 from hwsearch.profilers import store
 from hwsearch.profilers.coverage import device_id as find_device
 from hwsearch.profilers.limits import Limits, achieved
@@ -43,8 +45,9 @@ def run(engine: Engine, device: str, threads: int | None = None) -> dict[str, An
     backend = fp.get("backend", "cpu")
     local = fp.get("host") == socket.gethostname()
     rows = []
+    dispatch = device_dispatch(engine, device)  # what this device runs: the implementation measured fastest
     for spec in bench_set():
-        impl = registry.select(spec, backend).name
+        impl = dispatch.choose(spec).name
         found = _stored(engine, dev, spec, impl)
         if found is None:
             if not local:
