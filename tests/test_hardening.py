@@ -276,3 +276,25 @@ def test_sigterm_to_the_dashboard_command_stops_its_streamlit_child(sqlite_url: 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
+
+
+def test_a_workers_mirror_keeps_its_latest_trials_the_front_and_what_is_enqueued() -> None:
+    from hwsearch.search.study import feasible_trial, make_sampler, recent_and_front
+
+    mem = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler("nsga2", 0))
+    mem.add_trials(_trials(300, 3))
+    mem.enqueue_trial({"a": "x", "b": 2})
+    kept = recent_and_front(mem, 50)
+    old = mem.get_trials(deepcopy=False)
+    done = [t for t in old if t.state == optuna.trial.TrialState.COMPLETE]
+    values = np.array([t.values for t in done])
+    from hwsearch.search.pareto import front_mask
+
+    front = {tuple(v) for v, f in zip(values, front_mask(values, ["minimize", "minimize"],
+                                                        np.array([feasible_trial(t) for t in done])), strict=True) if f}
+    new = kept.get_trials(deepcopy=False)
+    complete = [tuple(t.values) for t in new if t.state == optuna.trial.TrialState.COMPLETE]
+    assert kept.sampler is mem.sampler and 50 <= len(complete) <= 50 + len(front)
+    assert {tuple(t.values) for t in done[-50:]} <= set(complete) and front <= set(complete)
+    assert [t.system_attrs.get("fixed_params") for t in new if t.state == optuna.trial.TrialState.WAITING] == \
+        [{"a": "x", "b": 2}]

@@ -44,7 +44,8 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 180) -> subproces
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def _leftovers(root: Path) -> None:
+def _leftovers(root: Path) -> int:
+    """Kill what is left whose command line names `root`; returns how many there were."""
     import psutil
 
     mine = []
@@ -60,6 +61,7 @@ def _leftovers(root: Path) -> None:
         except psutil.Error:
             continue
     psutil.wait_procs(mine, timeout=10)
+    return len(mine)
 
 
 @pytest.mark.ray
@@ -107,6 +109,7 @@ def test_cluster_start_refuses_clients_without_the_token_and_admits_those_with_i
         assert driver.stdout.startswith("admitted 1"), (driver.stdout, driver.stderr[-2000:])
     finally:
         stop = _run([*HWSEARCH, "cluster", "stop"], head_env)
-        _leftovers(root)
+        left = _leftovers(root)
         shutil.rmtree(root, ignore_errors=True)
     assert stop.returncode == 0 and "stopped head" in stop.stdout, stop.stdout + stop.stderr
+    assert left == 0  # `cluster stop` stopped every process of the head it had recorded, and what they started
