@@ -150,12 +150,12 @@ class StoredPredictor:
         """The predictor object (never unpickled); an artefact that does not load is one line."""
         try:
             return self._load()
-        except HwsearchError:
-            raise
         except Exception as err:  # noqa: BLE001 - xgboost, torch and json each fail their own way on bad bytes
             reason = " ".join(str(err).split())[:200]
+            if not isinstance(err, HwsearchError):
+                reason = f"{type(err).__name__}: {reason}"
             raise HwsearchError(
-                f"stored {self.kind} predictor #{self.id} ({self.name}) cannot be read ({type(err).__name__}: {reason}); "
+                f"stored {self.kind} predictor #{self.id} ({self.name}) cannot be read ({reason}); "
                 f"accepted: retrain it (`hwsearch train --device DEVICE`), which stores a new one"
             ) from None
 
