@@ -952,8 +952,8 @@ def worker(
 
     check_device_name(device)
     check_threads(threads)
-    ray_auth.ray_env(insecure, create=False)  # no token: one line now, not after the self-check
     check_reachable(address)
+    ray_auth.ray_env(insecure, create=False)  # no token: one line now, not after the self-check
     typer.echo(f"self-check: every {backend} kernel against the fp64 reference ...", err=True)
     report = self_check(backend, threads)
     typer.echo(f"self-check passed: {len(report.kernels)} implementations on {report.cases} shapes", err=True)
