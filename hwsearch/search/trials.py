@@ -91,10 +91,14 @@ def read_trials(engine: Engine, study_id: int, after_id: int = -1) -> list[Froze
         ).all()
         if not rows:
             return []
+        # another worker may commit trials between these statements (READ COMMITTED): read the
+        # children of exactly the trials listed above, no later ones
+        last = rows[-1].trial_id
 
         def children(model: Any, *cols: Any) -> list[Any]:
             return s.execute(select(model.trial_id, *cols).join(om.TrialModel, om.TrialModel.trial_id == model.trial_id)
-                             .where(*new, om.TrialModel.state == TrialState.COMPLETE)).all()
+                             .where(*new, om.TrialModel.trial_id <= last,
+                                    om.TrialModel.state == TrialState.COMPLETE)).all()
 
         params = children(om.TrialParamModel, om.TrialParamModel.param_name, om.TrialParamModel.param_value,
                           om.TrialParamModel.distribution_json)
