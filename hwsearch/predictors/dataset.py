@@ -119,11 +119,17 @@ def device_dispatch(engine: Engine, name: str) -> Dispatch:
     return _dispatch(_measured(engine, dev), backend)
 
 
-def load_rows(engine: Engine, name: str, dispatch: Dispatch | None = None) -> tuple[str, list[Row]]:
+def load_rows(engine: Engine, name: str) -> tuple[str, list[Row]]:
     """(backend, one Row per measured kernel of the device, with the dispatched implementation)."""
+    backend, rows, _ = measured_rows(engine, name)
+    return backend, rows
+
+
+def measured_rows(engine: Engine, name: str) -> tuple[str, list[Row], Dispatch]:
+    """`load_rows` and the dispatch table they were picked with, from one read of the measurements."""
     dev, backend = device_backend(engine, name)
     found = _measured(engine, dev)
-    dispatch = dispatch or _dispatch(found, backend)
+    dispatch = _dispatch(found, backend)
     by_kernel: dict[int, list[Any]] = {}
     for r in found:
         by_kernel.setdefault(r.id, []).append(r)
@@ -138,7 +144,7 @@ def load_rows(engine: Engine, name: str, dispatch: Dispatch | None = None) -> tu
         flags = (pick.environment or {}).get("flags", [])
         suspect = bool(pick.unstable) or any(str(f).startswith("beyond_") for f in flags)
         rows.append(Row(spec, pick.implementation, bool(pick.native), pick.median_us / 1e3, float(pick.cov), suspect))
-    return backend, rows
+    return backend, rows, dispatch
 
 
 def reference_pairs(rows: list[Row]) -> tuple[list[tuple[OpSpec, float]], list[OpSpec]]:

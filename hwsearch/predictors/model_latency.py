@@ -259,7 +259,9 @@ class PlanTable:
             merged = model.with_merge(list(sched)) if model.blocks else model
             rest = [s for owner, s in model_kernels(model, full_choices(model, None), list(sched) if model.blocks else None,
                                                     dtype=model.dtype) if owner not in names]
-            self.base_ms[mi] = float(ml.predictor.predict_specs(rest).sum()) if rest else 0.0
+            rest_ms = ml.predictor.predict_specs(rest) if rest else np.zeros(0)
+            self.base_ms[mi] = float(rest_ms.sum())
+            self.base_measured_ms[mi] = float(rest_ms[measured_mask(ml.predictor, rest)].sum()) if rest else 0.0
             self.base_launches[mi] = len(rest)
             specs: list[LinearSpec] = []
             for layer, opts in zip(merged.layers, self.choices, strict=True):
@@ -268,12 +270,16 @@ class PlanTable:
             self.launches[mi] = [_launches(s) for s in specs]
             self.casts[mi] = [_cast_melems(s, model.dtype) for s in specs]
             self.measured[mi] = measured_mask(ml.predictor, specs)
-            self.base_measured_ms[mi] = float(ml.predictor.predict_specs(rest)[measured_mask(ml.predictor, rest)].sum()) \
-                if rest else 0.0
         oh = ml.overhead
         own = np.array([[oh.scale_of(layer_spec(layer, layer.tokens, c)) or np.nan
                          for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
         self.own = np.broadcast_to(own, self.ms.shape)  # a layer family's own scale, NaN where `scale` applies
+        # the overhead folded into the entries once: scoring a batch of plans is then only sums
+        scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms)
+        self._entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
+        merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
+        self._base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
+                      + oh.per_merge_block_ms * merging)
 
     def encode(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray]:
         """(merge index per plan, global column per plan and layer) for `predict_encoded`."""
@@ -297,13 +303,7 @@ class PlanTable:
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
         """(per (merge, column) end-to-end ms, per merge ms of the rest): the overhead folded in,
         so a plan's estimate is its merge's base plus one entry per layer."""
-        oh = self.ml.overhead
-        scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms)
-        entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
-        merging = np.array([merge_blocks(self.ml.model, list(s)) for s in self.schedules], dtype=float)
-        base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
-                + oh.per_merge_block_ms * merging)
-        return entry, base
+        return self._entry, self._base
 
     def predict_encoded(self, m_idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Total ms per encoded plan: base + Σ layer-choice latencies, overhead folded in."""

@@ -33,10 +33,10 @@ from hwsearch.predictors.base import LatencyPredictor
 from hwsearch.predictors.dataset import (
     Dataset,
     device_backend,
-    device_dispatch,
     hardware_embedding,
     load_dataset,
     load_rows,
+    measured_rows,
     no_measurements,
 )
 from hwsearch.predictors.features import FEATURE_VERSION, OFFSET_FEATURE, Roofline, featurize
@@ -380,8 +380,7 @@ def best_predictor(engine: Engine, device: str) -> Answer:
     """The device's measurements, and for the rest its XGBoost predictor if trained on enough
     kernels, else the adapted meta-predictor."""
     dev_id, _ = device_backend(engine, device)
-    dispatch = device_dispatch(engine, device)
-    _, rows = load_rows(engine, device, dispatch)
+    _, rows, dispatch = measured_rows(engine, device)
     if not rows:
         raise no_measurements(device)
     measured = MeasuredTable({r.spec: r.ms for r in rows})
