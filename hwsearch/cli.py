@@ -204,6 +204,10 @@ def profile(
         summary = profile_local(engine, name=name, budget=parsed, threads=threads, seed=seed,
                                 show_progress=not as_json, max_flops=max_flops, models=models)
     doc = summary.as_dict()
+    if models:  # each model uncompressed, timed end to end: the anchor its plans are predicted from
+        from hwsearch.search.anchors import measure_anchors
+
+        doc["anchors_ms"] = measure_anchors(engine, summary.device, models, warn=lambda m: typer.echo(m, err=True))
     if as_json:
         emit_json(doc)
         return
@@ -215,6 +219,8 @@ def profile(
             f"({summary.already_stored} of {summary.planned} were already stored; "
             f"{summary.unstable} unstable after re-measuring, stored with the flag)"
         )
+    for key, ms in (doc.get("anchors_ms") or {}).items():
+        typer.echo(f"{key.partition('@')[0]}: uncompressed {ms:.2f} ms end to end (the anchor its plans are predicted from)")
 
 
 devices_app = typer.Typer(help="Devices: list them, move their measurements between installations.")
@@ -481,6 +487,8 @@ def predict(
     typer.echo(f"{model} on {device}: {doc['latency_ms']:.3f} ms predicted "
                f"(kernels {doc['kernel_ms']:.3f} ms + overhead {doc['overhead_ms']:.3f} ms, {doc['kernels']} kernels)")
     typer.echo(f"{100 * doc['measured_share']:.0f} % of the kernel time from measurements on {device}, the rest predicted")
+    typer.echo("anchored on the uncompressed model timed end to end" if doc["anchored"] else
+               f"not anchored: `hwsearch profile --local --for {model}` times the uncompressed model here")
     typer.echo(f"answered by: {doc['predictor']['detail']}")
 
 

@@ -147,6 +147,13 @@ def test_client_profiles_what_a_traced_models_search_scores(tmp_path):
     got = {r.spec for r in rows}
     assert wanted and set(wanted) <= got
     assert {s.K for s in wanted} == {32, 64} and {s.format for s in wanted} == {"fp32", "int8"}
+    # the model itself, uncompressed, timed end to end: the anchor its plans are predicted from
+    from hwsearch.predictors.dataset import device_backend
+    from hwsearch.predictors.model_latency import anchor_key, device_overhead
+
+    assert set(doc["anchors_ms"]) == {anchor_key(model)} and doc["anchors_ms"][anchor_key(model)] > 0
+    stored, _ = device_overhead(client.engine, device_backend(client.engine, "here")[0])
+    assert stored.anchors == doc["anchors_ms"]
 
 
 def test_cli_profile_for_checks_its_models_first(tmp_path):

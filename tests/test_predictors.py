@@ -40,7 +40,7 @@ from hwsearch.predictors.features import (
     roofline_ms,
 )
 from hwsearch.predictors.meta import MetaPredictor, MetaTask
-from hwsearch.predictors.model_latency import ModelLatency, Overhead, full_choices
+from hwsearch.predictors.model_latency import ModelLatency, Overhead, anchor_key, full_choices
 from hwsearch.predictors.xgb import XGBoostPredictor
 from hwsearch.profilers import store
 from hwsearch.profilers.sampling import random_set, reference_set
@@ -283,6 +283,25 @@ def test_vectorised_model_latency_is_the_sum_of_kernel_predictions(world):
         ml.table({}, [None]).predict([plans[-1]])
 
 
+def test_an_anchored_model_predicts_its_measured_latency_plus_the_plan_difference(world):
+    answer = registry.best_predictor(world["engine"], "syn")
+    model = get_model("vit_tiny")
+    space = SearchSpace(model, Capabilities(), Knobs(rank_step=64, allow_emulated=True))
+    plans = [space.sample(random.Random(i), 0.7) for i in range(6)]
+    oh = Overhead(scale=1.1, per_forward_ms=0.3, per_kernel_ms=0.01, per_cast_melem_ms=0.2)
+    bare = ModelLatency(model, answer, oh)
+    anchored = ModelLatency(model, answer, Overhead.from_bytes(oh.with_anchors({anchor_key(model): 42.0}).to_bytes()))
+    assert anchored.anchored and not bare.anchored
+    assert anchored.plan(None).total_ms == pytest.approx(42.0)
+    for plan in plans:  # the composed difference a plan makes is kept; the constant comes from the measurement
+        diff = bare.plan(plan).total_ms - bare.plan(None).total_ms
+        assert anchored.plan(plan).total_ms == pytest.approx(42.0 + diff)
+    table = anchored.table({n: s.choices() for n, s in space.layers.items()}, list(space.merge_options))
+    np.testing.assert_allclose(table.predict(plans), anchored.plans(plans), rtol=1e-9)
+    other = get_model("vit_small")  # another model (or the same name with other shapes) is not anchored by it
+    assert anchor_key(other) != anchor_key(model) and not ModelLatency(other, answer, anchored.overhead).anchored
+
+
 def test_overhead_fit_recovers_its_terms_and_round_trips():
     rng = np.random.default_rng(0)
     k, n, c = rng.uniform(10, 100, 30), rng.integers(100, 140, 30).astype(float), rng.uniform(0, 5, 30)
@@ -340,6 +359,10 @@ def test_cli_bench_model_latency_times_real_plans(world):
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["layers_in_model_ms"] > 0 for r in doc["rows"])
     stored = registry.latest(world["engine"], "overhead", registry.device_backend(world["engine"], "syn")[0])
     assert stored is not None and stored.target == "model-overhead" and stored.load().band_pct == doc["band_pct"]
+    # each model's uncompressed latency, timed beside its plans, anchors its predictions
+    assert set(doc["anchors_ms"]) == {"digits_vit", "vit_tiny"} and all(v > 0 for v in doc["anchors_ms"].values())
+    assert set(stored.load().anchors) == {anchor_key(get_model(m)) for m in ("digits_vit", "vit_tiny")}
+    assert set(doc["unanchored"]["per_model"]) == set(doc["per_model"])
 
 
 def test_cli_errors_are_one_line(world):

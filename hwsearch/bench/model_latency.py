@@ -37,7 +37,7 @@ from hwsearch.predictors.calibration import (
     plan_parts,
 )
 from hwsearch.predictors.metrics import mape, spearman, within_pct
-from hwsearch.predictors.model_latency import ModelLatency, store_overhead
+from hwsearch.predictors.model_latency import ModelLatency, anchor_key, device_overhead, store_overhead
 from hwsearch.predictors.registry import Answer, best_predictor
 from hwsearch.profilers.coverage import local_fingerprint
 from hwsearch.spaces.catalog import get_model
@@ -90,7 +90,7 @@ def run(
     from hwsearch.kernels.apply import apply_plan
     from hwsearch.profilers.inmodel import layer_times
     from hwsearch.profilers.noise import stored_noise
-    from hwsearch.profilers.timing import MODEL_PROTOCOL, time_calls
+    from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
     from hwsearch.spaces.knobs import Capabilities, SearchSpace
 
     if plans < 3:
@@ -120,9 +120,17 @@ def run(
         base, _ = built_models[name]
         return apply_plan(base, plan, specs[name], backend=backend, dispatch=answer.dispatch).eval()
 
-    def timed(module: Any, x: Any) -> Any:
+    seen_anchor: dict[str, list[float]] = {m: [] for m in models}
+
+    def timed(module: Any, name: str) -> Any:
+        """The plan's module timed in interleaved rounds beside its uncompressed model (the
+        anchor, measured all through the run: its median over the run is what is stored)."""
+        base, x = built_models[name]
         with torch.inference_mode():
-            return time_calls([lambda m=module, x=x: m(x)], threads=threads, protocol=MODEL_PROTOCOL)
+            plan_t, anchor_t = time_items([[lambda m=module: m(x)], [lambda: base(x)]], threads=threads,
+                                          protocol=MODEL_PROTOCOL)
+        seen_anchor[name].append(anchor_t.median_us / 1e3)
+        return plan_t
 
     parts: list[PlanParts] = []
     parts_alone: list[PlanParts] = []
@@ -130,7 +138,7 @@ def run(
     for i, (name, plan) in enumerate(drawn):
         est = latencies[name].plan(plan)
         module, x = build(name, plan), built_models[name][1]
-        timing = timed(module, x)
+        timing = timed(module, name)
         part = plan_parts(latencies[name], plan, est)
         inside = layer_times(module, (x,), list(part.layer_ms), threads=threads)
         records.append([(part.family[n], inside[n], part.layer_ms[n]) for n in part.layer_ms])
@@ -145,32 +153,52 @@ def run(
                      "layers_isolated_ms": float(sum(part.layer_ms.values())),
                      "measured_ms": timing.median_us / 1e3,
                      "measured_p10_ms": timing.p10_us / 1e3, "measured_p90_ms": timing.p90_us / 1e3,
-                     "measured_cov": timing.cov, "measured_spread": timing.spread})
+                     "measured_cov": timing.cov, "measured_spread": timing.spread,
+                     "parts": {"rest_ms": part.rest_ms, "launches": part.launches, "merge_blocks": part.merge_blocks,
+                               "layers": {n: [part.family[n], inside[n], part.layer_ms[n]] for n in part.layer_ms}}})
         del module
         if progress:
             progress("timing plans (end to end and layer by layer)", i + 1, plans)
     # The noise floor: every plan built and timed a second time, after all the others.
     again = []
     for i, (name, plan) in enumerate(drawn):
-        again.append(timed(build(name, plan), built_models[name][1]).median_us / 1e3)
+        again.append(timed(build(name, plan), name).median_us / 1e3)
         if progress:
             progress("timing plans again (noise floor)", i + 1, plans)
+    # Each model uncompressed, timed end to end beside every plan: the anchor its plans are predicted
+    # from (`Overhead.anchors`; `profile --for` stores the same measurement for a user's model).
+    anchor_ms = {m: float(np.median(seen_anchor[m])) for m in models}
+    anchors = [(plan_parts(latencies[name], None), anchor_ms[name]) for name, _ in drawn]
+    anchors_alone = [(plan_parts(predicted_only[name], None), anchor_ms[name]) for name, _ in drawn]
     y, y2 = np.array(measured), np.array(again)
     names = np.array([name for name, _ in drawn])
     k = np.array([p.kernel_ms for p in parts])
     everyone = np.arange(len(y))
+
+    def held_out(variant: str, ps: list[PlanParts], recs: list[Any], anchored: list[Any] | None,
+                 train: Callable[[int], np.ndarray]) -> np.ndarray:
+        """Each plan predicted by `variant` fitted on the plans `train(i)` selects."""
+        return np.array([fit_compose(variant, ps, recs, y, train(i)).predict(ps[i], None if anchored is None else anchored[i])
+                         for i in everyone])
+
+    def others(i: int) -> np.ndarray:
+        return everyone != i
+
+    def other_models(i: int) -> np.ndarray:
+        return names != names[i]
+
     # held-out predictions of each way to compose: each plan from a fit on the other plans
-    loo = {v: np.array([fit_compose(v, parts, records, y, everyone != i).predict(parts[i]) for i in everyone])
-           for v in VARIANTS}
+    loo = {v: held_out(v, parts, records, anchors, others) for v in VARIANTS}
     scores = {v: {"mape": mape(p, y), "within_10pct": within_pct(p, y, 10.0)} for v, p in loo.items()}
     chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS})
     pred = loo[chosen]
-    lomo = {m: float(mape(np.array([fit_compose(chosen, parts, records, y, names != m).predict(parts[i])
-                                    for i in np.flatnonzero(names == m)]), y[names == m]))
-            for m in models} if len(models) > 1 else None
+    lomo_pred = held_out(chosen, parts, records, anchors, other_models) if len(models) > 1 else None
+    lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
+    bare = held_out(chosen, parts, records, None, others)
+    bare_lomo = held_out(chosen, parts, records, None, other_models) if len(models) > 1 else None
     full = fit_compose(chosen, parts, records, y, everyone == everyone).overhead
-    loo_alone = {v: np.array([fit_compose(v, parts_alone, records_alone, y, everyone != i).predict(parts_alone[i])
-                              for i in everyone]) for v in VARIANTS}
+    full.anchors = {anchor_key(specs[m]): anchor_ms[m] for m in models}
+    loo_alone = {v: held_out(v, parts_alone, records_alone, anchors_alone, others) for v in VARIANTS}
     chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS})
     pred_alone = loo_alone[chosen_alone]
     full.band_pct = conformal_band(pred, y)
@@ -201,12 +229,20 @@ def run(
         "overhead": full.as_dict(),
         "per_model": {m: _scores(pred[names == m], y[names == m], y2[names == m]) for m in models},
         "leave_one_model_out": lomo,
+        "anchors_ms": anchor_ms,
+        "unanchored": {"mape": mape(bare, y), "spearman": spearman(bare, y),
+                       "per_model": {m: _scores(bare[names == m], y[names == m], y2[names == m]) for m in models},
+                       "leave_one_model_out": None if bare_lomo is None else
+                       {m: mape(bare_lomo[names == m], y[names == m]) for m in models},
+                       "note": "the same composition without the measured uncompressed model (anchor)"},
         "noise_floor_mape": mape(y2, y),
         "scoring": ("leave-one-out: each plan predicted by a composition fitted on the other plans (family scales "
                     "from their layers timed in place, overhead by NNLS); of the compositions "
                     f"({', '.join(VARIANTS)}) the richest within {TIE_POINTS:g} point(s) of the lowest held-out MAPE "
                     "is scored and stored; "
-                    "leave_one_model_out fits it on the other models' plans only"),
+                    "leave_one_model_out fits it on the other models' plans only; every prediction is anchored: "
+                    "the model's uncompressed latency measured end to end plus the composed difference the plan "
+                    "makes (`unanchored` scores the same without it)"),
         "target": {"mape_max": 5.0, "met": bool(mape(pred, y) <= max(5.0, mape(y2, y) + 2.0))},
         "measurement_noise_median_cov": float(np.median([r["measured_cov"] for r in rows])),
         "noise_floor": {
@@ -219,6 +255,7 @@ def run(
         "rows": rows,
     }
     if store:
+        full.anchors = {**device_overhead(engine, answer.device_id)[0].anchors, **full.anchors}
         doc["overhead_id"] = store_overhead(engine, device, full, {"mape_loo": doc["mape"], "within_10pct_loo": doc["within_10pct"],
                                                                    "composition": chosen, "band_pct": full.band_pct},
                                             {"model": model, "plans": plans, "seed": seed, "kernel_predictor": answer.describe()})

@@ -126,10 +126,16 @@ class Composition:
 
     overhead: Overhead
 
-    def predict(self, part: PlanParts) -> float:
+    def predict(self, part: PlanParts, anchor: tuple[PlanParts, float] | None = None) -> float:
+        """End-to-end ms of a plan; with `anchor` (the uncompressed model's parts and its measured
+        ms), that measurement plus the composed difference the plan makes (`Overhead.anchors`)."""
         fixed, free = split_by_family(part.layer_ms, part.family, self.overhead.family_scale)
-        return float(self.overhead.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
-                                         np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
+        total = float(self.overhead.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
+                                          np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
+        if anchor is not None:
+            base, measured_ms = anchor
+            total += measured_ms - self.predict(base)
+        return total
 
 
 def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequence[tuple[str, float, float]]],

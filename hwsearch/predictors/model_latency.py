@@ -17,9 +17,10 @@ non-negative least squares, fitted per device from timed plans and stored as a p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -79,6 +80,10 @@ class Overhead:
     # a block from the first merging one on runs as a `TomeBlock` (size-weighted attention, the
     # matching itself under vmap): in place it costs far more than the isolated merge kernel
     per_merge_block_ms: float = 0.0
+    # measured end-to-end ms of uncompressed models (`anchor_key` -> ms): a plan of an anchored
+    # model is predicted as that measurement plus the composed *difference* its choices make, so
+    # what the composition cannot see (glue ops, per-forward costs of this model) cancels out
+    anchors: dict[str, float] = field(default_factory=dict)
 
     def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
         """A layer kernel's own family scale, or None where `scale` applies."""
@@ -115,6 +120,10 @@ class Overhead:
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)),
                    dict(family_scale or {}), per_merge_block_ms=float(coef[4]))
 
+    def with_anchors(self, anchors: Mapping[str, float]) -> Overhead:
+        """A copy with `anchors` added (a new measurement of a model replaces the old one)."""
+        return replace(self, anchors={**self.anchors, **{k: float(v) for k, v in anchors.items()}})
+
     def to_bytes(self) -> bytes:
         return pack({"kind": OVERHEAD_KIND}, json.dumps(self.as_dict(), sort_keys=True).encode())
 
@@ -127,7 +136,14 @@ class Overhead:
         return {"scale": self.scale, "per_forward_ms": self.per_forward_ms, "per_kernel_ms": self.per_kernel_ms,
                 "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on,
                 "family_scale": dict(self.family_scale), "band_pct": self.band_pct,
-                "per_merge_block_ms": self.per_merge_block_ms}
+                "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors)}
+
+
+def anchor_key(model: ModelSpec) -> str:
+    """Which anchor a model takes: its name and a digest of its shapes (a retraced or resized
+    model with the same name is another model)."""
+    digest = hashlib.sha1(repr((model.layers, model.blocks, model.dtype)).encode()).hexdigest()[:12]
+    return f"{model.name}@{digest}"
 
 
 def merge_blocks(model: ModelSpec, merge: Any) -> int:
@@ -186,6 +202,15 @@ class ModelLatency:
         self.model = model
         self.predictor = predictor
         self.overhead = overhead or Overhead()
+        self.offset_ms = 0.0  # measured anchor minus the composed uncompressed model (0: not anchored)
+        anchor = self.overhead.anchors.get(anchor_key(model))
+        if anchor is not None:
+            self.offset_ms = float(anchor) - self.plan(None).total_ms
+
+    @property
+    def anchored(self) -> bool:
+        """Whether this model's uncompressed latency was measured (`Overhead.anchors`)."""
+        return anchor_key(self.model) in self.overhead.anchors
 
     def kernels(self, plan: Plan | None) -> list[tuple[str, OpSpec]]:
         return model_kernels(self.model, full_choices(self.model, plan), None if plan is None else plan.merge,
@@ -208,6 +233,7 @@ class ModelLatency:
         kernel_ms = float(ms.sum())
         merging = merge_blocks(self.model, None if plan is None else plan.merge)
         total = float(self.overhead.apply(np.array([free]), np.array([launches]), np.array([casts]), fixed, merging)[0])
+        total += self.offset_ms
         from_measurements = float(ms[measured_mask(self.predictor, specs)].sum())
         return PlanLatency(total, kernel_ms, total - kernel_ms, launches, casts, by_op, from_measurements,
                            fixed, free)
@@ -279,7 +305,7 @@ class PlanTable:
         self._entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
         self._base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
-                      + oh.per_merge_block_ms * merging)
+                      + oh.per_merge_block_ms * merging + ml.offset_ms)
 
     def encode(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray]:
         """(merge index per plan, global column per plan and layer) for `predict_encoded`."""
@@ -333,6 +359,20 @@ def store_overhead(engine: Any, device: str, overhead: Overhead, metrics: dict[s
                            artefact=overhead.to_bytes(), artefact_format="json")
 
 
+def add_anchors(engine: Any, device: str, anchors: Mapping[str, float]) -> int:
+    """Store the device's overhead term again with `anchors` (measured uncompressed models) added;
+    the composition and its metrics are kept as they were. Returns the new row's id."""
+    from hwsearch.predictors.dataset import device_backend
+    from hwsearch.predictors.registry import latest
+
+    dev_id, _ = device_backend(engine, device)
+    row = latest(engine, OVERHEAD_KIND, dev_id, target="model-overhead")
+    overhead = (Overhead() if row is None else row.load()).with_anchors(anchors)
+    summary = {} if row is None else {k: v for k, v in row.train_summary.items() if k not in overhead.as_dict()}
+    return store_overhead(engine, device, overhead, {} if row is None else row.metrics,
+                          {**summary, "anchors_added": sorted(anchors)})
+
+
 def device_overhead(engine: Any, device_id: int) -> tuple[Overhead, int | None]:
     """The device's latest overhead term and its row id; none fitted yet: no overhead (scale 1)."""
     from hwsearch.predictors.registry import latest
@@ -356,7 +396,8 @@ def predict_model(engine: Any, device: str, model: str, plan_file: str | None = 
         validate_plan(plan, spec)
     answer = best_predictor(engine, device)
     overhead, overhead_id = device_overhead(engine, answer.device_id)
-    est = ModelLatency(spec, answer, overhead).plan(plan)
+    ml = ModelLatency(spec, answer, overhead)
+    est = ml.plan(plan)
     return {
         "device": device,
         "model": model,
@@ -366,6 +407,7 @@ def predict_model(engine: Any, device: str, model: str, plan_file: str | None = 
         "overhead_ms": est.overhead_ms,
         "kernels": est.kernels,
         "measured_share": est.measured_share,
+        "anchored": ml.anchored,
         "by_op_ms": est.by_op,
         "predictor": answer.describe(),
         "overhead": {"id": overhead_id, **overhead.as_dict()},

@@ -14,6 +14,7 @@ stale heartbeat and `resume()` continues it.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -159,12 +160,15 @@ class Client:
         `for_models` score (`hwsearch profile --local --for`). Each entry is a catalogue name, a
         ModelSpec, or a SearchSpec (its model, a traced torch module included, with its knobs)."""
         from hwsearch.profilers.runner import profile_local
+        from hwsearch.search.anchors import measure_anchors
 
         requests: list[Any] = []
         for m in for_models:
             requests.append((m.model_description(), m.knob_values()) if isinstance(m, SearchSpec) else m)
-        return profile_local(self.engine, name=name, budget=budget, threads=threads, models=requests,
-                             show_progress=show_progress).as_dict()
+        summary = profile_local(self.engine, name=name, budget=budget, threads=threads, models=requests,
+                                show_progress=show_progress)
+        anchors = measure_anchors(self.engine, summary.device, list(for_models), warn=lambda m: warnings.warn(m, stacklevel=3)) if for_models else {}
+        return {**summary.as_dict(), "anchors_ms": anchors}
 
     def submit(self, spec: SearchSpec, progress: Callable[[int, int], None] | None = None) -> JobHandle:
         """Check the spec against the database (device, predictor, constraints), store the job, start it."""

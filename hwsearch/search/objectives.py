@@ -292,7 +292,11 @@ def build_tables(
             terms[name], base[name], share = latency_terms(model, variables, merges, predictor, overhead)
             # how much of the space the device's measurements answer (the rest is predicted)
             provenance = {**(provenance or {})}
-            provenance["latency"] = {**provenance.get("latency", {}), "measured_share": share}
+            from hwsearch.predictors.model_latency import anchor_key
+
+            # anchored: the uncompressed model was timed here (`hwsearch profile --local --for MODEL`)
+            anchored = overhead is not None and anchor_key(model) in overhead.anchors
+            provenance["latency"] = {**provenance.get("latency", {}), "measured_share": share, "anchored": anchored}
         elif name == "size":
             per_var = size_terms(model, variables)
             terms[name] = np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy()
