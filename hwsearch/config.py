@@ -7,12 +7,20 @@ from pathlib import Path
 
 from platformdirs import user_data_dir
 
+EXTERNAL_DATA_ENV = "HWSEARCH_EXTERNAL_DATA"
+
 
 def data_dir() -> Path:
     """The user's hwsearch data directory (override with HWSEARCH_HOME)."""
     path = Path(os.environ.get("HWSEARCH_HOME") or user_data_dir("hwsearch", appauthor=False))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def external_data_dir() -> Path:
+    """Where external benchmark data is read from by default (`bench help`, `bench gemm-transfer`):
+    HWSEARCH_EXTERNAL_DATA, else `external` in the data directory. It is not shipped (see README)."""
+    return Path(os.environ.get(EXTERNAL_DATA_ENV) or data_dir() / "external")
 
 
 def default_db_url() -> str:

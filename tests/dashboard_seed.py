@@ -24,7 +24,7 @@ from hwsearch.db.engine import database_url, open_db, session_scope
 from hwsearch.db.models import Device, Job, KernelConfig, Measurement, Verification, utcnow
 from hwsearch.predictors.registry import store_predictor
 from hwsearch.profilers.runner import profile_local
-from hwsearch.search.objectives import MERGE_PARAM, decision_variables, merge_label
+from hwsearch.search.objectives import MERGE_PARAM, decision_variables
 from hwsearch.search.results import plan_of, search_space
 from hwsearch.search.spec import SearchSpec
 from hwsearch.search.trials import write_trials
@@ -80,7 +80,7 @@ def search_trials(url: str, device: str, constraints: dict[str, float], n: int, 
     space = search_space(open_db(url), spec)
     variables = decision_variables(space)
     dists: dict[str, Any] = {v.name: CategoricalDistribution(v.labels) for v in variables}
-    merges = tuple(merge_label(m) for m in space.merge_options)
+    merges = tuple(m.label() for m in space.merge_options)
     if len(merges) > 1:
         dists[MERGE_PARAM] = CategoricalDistribution(merges)
     rng = random.Random(seed)

@@ -1,6 +1,7 @@
 """External benchmarks: encoders, loaders, HELP query sets, bad input, and the CLI JSON contract.
 
-Reads ``../shared/data/external`` (relative to the repository root) and skips when it is absent.
+Reads the external data where `hwsearch bench` does (`config.external_data_dir()`: HWSEARCH_EXTERNAL_DATA,
+else ``external`` in the data folder) and skips when it is absent.
 The CLI runs use tiny settings (few devices, few training steps) through the benchmark's
 ``DEFAULT_PARAMS`` so they stay fast; the real numbers come from ``hwsearch bench ...``.
 """
@@ -30,11 +31,12 @@ from hwsearch.bench.external import (
 )
 from hwsearch.bench.help import PROTOCOLS, query_indices, run_help
 from hwsearch.cli import app
+from hwsearch.config import external_data_dir
 from hwsearch.errors import HwsearchError
 from hwsearch.predictors.gemm_tiles import RooflineFit, gemm_terms
 from hwsearch.profilers.gpu_specs import gpu_spec
 
-EXTERNAL = Path(__file__).resolve().parents[2] / "shared/data/external"
+EXTERNAL = external_data_dir()
 HELP_DIR = EXTERNAL / "help"
 VIDUR = EXTERNAL / "vidur" / "gemm_fp16.csv"
 needs_help = pytest.mark.skipif(not HELP_DIR.is_dir(), reason=f"HELP data not found at {HELP_DIR}")

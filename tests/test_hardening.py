@@ -196,7 +196,7 @@ def test_joining_without_the_heads_token_is_one_line_and_opting_out_is_explicit(
 
 def test_a_detached_job_runner_gets_the_database_url_from_its_environment(
         home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hwsearch import cli
+    from hwsearch.search.client import run_in_background
 
     started: list[tuple[list[str], dict[str, str]]] = []
 
@@ -205,7 +205,7 @@ def test_a_detached_job_runner_gets_the_database_url_from_its_environment(
             started.append((cmd, env))
 
     monkeypatch.setattr(subprocess, "Popen", Recorder)
-    cli._spawn_runner("postgresql+psycopg2://u:secret@db/x", 7)
+    run_in_background("postgresql+psycopg2://u:secret@db/x", 7)
     (cmd, env), = started
     assert not any("secret" in part for part in cmd) and cmd[-3:] == ["jobs", "run", "7"]
     assert env["HWSEARCH_DB"] == "postgresql+psycopg2://u:secret@db/x"
@@ -279,7 +279,8 @@ def test_sigterm_to_the_dashboard_command_stops_its_streamlit_child(sqlite_url: 
 
 
 def test_a_workers_mirror_keeps_its_latest_trials_the_front_and_what_is_enqueued() -> None:
-    from hwsearch.search.study import feasible_trial, make_sampler, recent_and_front
+    from hwsearch.search.samplers import make_sampler
+    from hwsearch.search.study import feasible_trial, recent_and_front
 
     mem = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler("nsga2", 0))
     mem.add_trials(_trials(300, 3))

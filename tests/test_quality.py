@@ -10,17 +10,14 @@ import sys
 import pytest
 
 from hwsearch.errors import HwsearchError
-from hwsearch.search.quality import (
+from hwsearch.search.quality_tasks import (
     DigitsConfig,
     QualityTask,
-    SensitivityTable,
     digits_cache_path,
     digits_data,
-    quality_space,
     quality_task,
-    sensitivity_path,
-    sensitivity_table,
 )
+from hwsearch.search.sensitivity import SensitivityTable, quality_space, sensitivity_path, sensitivity_table
 from hwsearch.spaces import Knobs, LayerChoice, MergePlan, Plan
 
 SMALL_KNOBS = Knobs(

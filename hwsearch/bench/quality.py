@@ -19,7 +19,8 @@ import numpy as np
 
 from hwsearch.errors import HwsearchError
 from hwsearch.predictors.metrics import spearman
-from hwsearch.search.quality import quality_space, quality_task, sensitivity_table
+from hwsearch.search.quality_tasks import quality_task
+from hwsearch.search.sensitivity import quality_space, sensitivity_table
 from hwsearch.spaces.knobs import Knobs
 
 AGGRESSIVENESS = (0.05, 0.6)

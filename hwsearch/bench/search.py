@@ -30,7 +30,8 @@ from hwsearch.search import pareto
 from hwsearch.search.objectives import OBJECTIVES
 from hwsearch.search.problem import build_problem
 from hwsearch.search.reference import exact_front
-from hwsearch.search.spec import SAMPLERS, SearchSpec
+from hwsearch.search.samplers import SAMPLERS
+from hwsearch.search.spec import SearchSpec
 from hwsearch.search.study import optimize_in_memory
 
 QUANTUNE = ("Quantune (Lee et al., 2022, Future Generation Computer Systems 'Quantune: Post-training quantization of "

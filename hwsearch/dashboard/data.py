@@ -7,7 +7,8 @@ read only the columns a page shows: a 10,000-trial study is one query for its ob
 running job still moves; a trial's plan, the only large thing, is read one trial at a time,
 when it is chosen. Which trials are on the front, and a prediction's error, are the search
 package's definitions (`pareto.front_mask`, `accuracy.error_pct`), applied here to those values
-so a job mid-run shows too.
+so a job mid-run shows too. Optuna's tables are read only through `search.trials` (which reaches
+them through `search.optuna_compat`), never with SQL of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from hwsearch.dashboard import ENV_DB
@@ -33,7 +34,6 @@ TTL_LIVE_S = 5  # jobs and studies: a running job's progress shows within a few 
 TTL_SLOW_S = 60  # devices, predictors: change only when someone profiles or trains
 TTL_FIXED_S = 3600  # a finished trial's plan never changes
 PLAN_ATTR = "plan"  # the trial user attribute holding the plan document
-METRIC_NAMES_ATTR = "study:metric_names"  # where Optuna keeps `study.set_metric_names`
 PAGE_SIZE = 100
 PARCOORDS_MAX = 2000  # lines in the parallel-coordinates view (the newest trials beyond it)
 PARCOORDS_AXES = 12  # decisions shown at first beside the objectives (more do not fit side by side)
@@ -151,33 +151,13 @@ def constraint_bounds(spec: dict[str, Any] | None) -> dict[str, tuple[str, float
 @st.cache_data(ttl=TTL_LIVE_S, show_spinner=False)
 def study_meta(url: str, study_name: str | None, spec: dict[str, Any] | None = None) -> StudyMeta | None:
     """Objectives and trial counts of an Optuna study in this database (None if it is not there yet)."""
-    if not study_name:
+    from hwsearch.search.trials import study_summary
+
+    found = study_summary(engine(url), study_name) if study_name else None
+    if found is None:
         return None
-    with engine(url).connect() as conn:
-        if not _has_optuna_tables(conn):
-            return None
-        sid = conn.execute(text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": study_name}).scalar()
-        if sid is None:
-            return None
-        dirs = conn.execute(
-            text("SELECT objective, direction FROM study_directions WHERE study_id = :s ORDER BY objective"), {"s": sid}
-        ).all()
-        raw = conn.execute(
-            text("SELECT value_json FROM study_system_attributes WHERE study_id = :s AND key = :k"),
-            {"s": sid, "k": METRIC_NAMES_ATTR},
-        ).scalar()
-        states = dict(conn.execute(
-            text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"), {"s": sid}
-        ).all())
-    directions = tuple(str(d).lower() for _, d in dirs)
-    names = _objective_names(spec, json.loads(raw) if raw else None, len(directions))
-    return StudyMeta(int(sid), names, directions, {str(k): int(v) for k, v in states.items()})
-
-
-def _has_optuna_tables(conn: Any) -> bool:
-    from sqlalchemy import inspect
-
-    return inspect(conn).has_table("studies") and inspect(conn).has_table("trial_values")
+    names = _objective_names(spec, found.metric_names, len(found.directions))
+    return StudyMeta(found.study_id, names, found.directions, found.states)
 
 
 @st.cache_data(ttl=TTL_LIVE_S, show_spinner=False)
@@ -268,20 +248,13 @@ def trial_plan(url: str, job_id: int, number: int) -> dict[str, Any] | None:
     row = job(url, job_id)
     if row is None:
         return None
-    found = None
-    if row.get("study_name"):
-        with engine(url).connect() as conn:
-            if _has_optuna_tables(conn):
-                found = conn.execute(text(
-                    "SELECT t.trial_id, (SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = t.trial_id "
-                    "AND a.key = :k) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                    "WHERE s.study_name = :n AND t.number = :num AND t.state = 'COMPLETE'"
-                ), {"n": row["study_name"], "num": int(number), "k": PLAN_ATTR}).first()
+    from hwsearch.search.trials import trial_attr
+
+    found = trial_attr(engine(url), row["study_name"], number, PLAN_ATTR) if row.get("study_name") else None
     if found is not None and found[1]:
-        value = json.loads(found[1])
-        return json.loads(value) if isinstance(value, str) else value
+        return json.loads(found[1]) if isinstance(found[1], str) else found[1]
     if found is not None:
-        trial = _storage(url).get_trial(int(found[0]))
+        trial = _storage(url).get_trial(found[0])
         if trial.params:
             from hwsearch.search.results import plan_of
 
@@ -347,20 +320,13 @@ def hypervolume_history(url: str, job_id: int, n_trials: int) -> tuple[pd.DataFr
 def trial_choices(url: str, job_id: int, numbers: tuple[int, ...]) -> tuple[pd.DataFrame, dict[str, tuple[str, ...]]]:
     """What each of the trials `numbers` chose per decision: a `number` column and one column per
     decision (the index of its choice), in the study's order; and each decision's choice labels."""
-    from sqlalchemy import bindparam
+    from hwsearch.search.trials import trial_params
 
     row = job(url, job_id)
     empty: tuple[pd.DataFrame, dict[str, tuple[str, ...]]] = (pd.DataFrame(columns=["number"]), {})
     if row is None or not row.get("study_name") or not numbers:
         return empty
-    q = text("SELECT t.number, p.param_name, p.param_value, p.distribution_json FROM trial_params p "
-             "JOIN trials t ON t.trial_id = p.trial_id JOIN studies s ON s.study_id = t.study_id "
-             "WHERE s.study_name = :n AND t.state = 'COMPLETE' AND t.number IN :nums ORDER BY p.param_id"
-             ).bindparams(bindparam("nums", expanding=True))
-    with engine(url).connect() as conn:
-        if not _has_optuna_tables(conn):
-            return empty
-        rows = conn.execute(q, {"n": row["study_name"], "nums": [int(n) for n in numbers]}).all()
+    rows = trial_params(engine(url), row["study_name"], numbers)
     if not rows:
         return empty
     labels: dict[str, tuple[str, ...]] = {}

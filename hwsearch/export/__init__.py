@@ -65,7 +65,16 @@ class ExportResult:
 
 def export(plan: Plan | Mapping[str, Any], format: str, path: str | Path) -> ExportResult:
     """Write `plan` in `format` to `path` (and the plan beside it); one-line HwsearchError on bad
-    input; an `ExportWarning` for each thing the format cannot express."""
+    input; an `ExportWarning` for each thing the format cannot express.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import hwsearch as hw
+    >>> plan = hw.Plan(model="vit_tiny", layers={"blocks.0.mlp.fc1": hw.LayerChoice(format="int8")})
+    >>> result = hw.export(plan, "compressed-tensors", Path(tempfile.mkdtemp()) / "plan.ct.json")
+    >>> result.format, result.path.name, result.plan_path.name, result.warnings
+    ('compressed-tensors', 'plan.ct.json', 'plan.ct.plan.json', ())
+    """
     return _export(plan, format, path)
 
 

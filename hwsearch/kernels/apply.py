@@ -63,6 +63,15 @@ def apply_plan(
     each layer its rows; without it, layer names are checked against the module itself.
     `validate=False` skips the group constraints (sensitivity measurements change one layer
     of a group on purpose).
+
+    >>> import torch
+    >>> import hwsearch as hw
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    >>> spec = hw.from_torch(net, torch.randn(1, 16, 64), name="mlp")
+    >>> plan = hw.Plan(model="mlp", layers={"0": hw.LayerChoice(format="int8"), "2": hw.LayerChoice(rank=32)})
+    >>> small = hw.apply_plan(net, plan, spec)
+    >>> type(small[0]).__name__, small(torch.randn(1, 16, 64)).shape
+    ('CompressedLinear', torch.Size([1, 16, 64]))
     """
     if spec is None and plan.model.partition(":")[0] in CATALOG:
         spec = get_model(plan.model)

@@ -45,9 +45,10 @@ def family(spec: OpSpec) -> str:
 
 
 def spec_key(spec: OpSpec) -> str:
-    from hwsearch.profilers.store import kernel_key
+    """The kernel's stored key (`KernelConfig.make_key`), so a dispatch table reads back from any database."""
+    from hwsearch.db.models import KernelConfig
 
-    return kernel_key(spec)
+    return KernelConfig.make_key(spec.op, spec.params())
 
 
 @dataclass(frozen=True)

@@ -18,21 +18,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from hwsearch.kernels.interpolation import MAX_RANK_RATIO, MAX_TOKEN_RATIO, family_key, token_axis
 from hwsearch.kernels.specs import LinearSpec, OpSpec
-
-MAX_TOKEN_RATIO = 2.0
-MAX_RANK_RATIO = 3.0
-
-
-def token_axis(spec: OpSpec) -> str:
-    """The field that counts tokens (rows) in a spec."""
-    return "M" if isinstance(spec, LinearSpec) else "tokens"
-
-
-def family_key(spec: OpSpec) -> tuple[Any, ...]:
-    """Everything but the token count and the rank: kernels that interpolate into each other."""
-    drop = {token_axis(spec), "rank"}
-    return (spec.op, tuple(sorted((k, v) for k, v in spec.params().items() if k not in drop)))
 
 
 def _rank(spec: OpSpec) -> int | None:

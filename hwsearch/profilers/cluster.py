@@ -24,7 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hwsearch.errors import HwsearchError, check_range
+from hwsearch.errors import HwsearchError
+from hwsearch.profilers.threads import check_threads
 
 if TYPE_CHECKING:  # torch comes with these; `hwsearch worker` checks its arguments before loading it
     from sqlalchemy.engine import Engine
@@ -43,7 +44,6 @@ CONNECT_TIMEOUT_S = 3.0
 START_GRACE_S = 15.0  # how long nodes that start together wait for each other
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 WORKER_HINT = "hwsearch worker --device {name} --address {address}"
-MAX_THREADS = 1024
 
 
 def check_device_name(name: str) -> str:
@@ -53,13 +53,6 @@ def check_device_name(name: str) -> str:
             f"invalid device name {name!r}; accepted: 1-64 letters, digits, '_', '.', '-' starting with a letter or digit"
         )
     return name
-
-
-def check_threads(threads: int | None) -> int | None:
-    """Threads per kernel a user asked for (None: the node's cores), within `MAX_THREADS`."""
-    if threads is not None:
-        check_range("threads", threads, 1, MAX_THREADS, "threads per kernel; more than any machine has cores")
-    return threads
 
 
 def resource_name(device: str) -> str:

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hwsearch.errors import HwsearchError
-from hwsearch.profilers.cluster import MAX_THREADS, check_device_name
+from hwsearch.profilers.cluster import check_device_name
+from hwsearch.profilers.threads import MAX_THREADS
 
 SCHEMA = "hwsearch.device-profile/v1"
 MAX_BYTES = 256 << 20  # after decompression: a full profile of a device is a few MB

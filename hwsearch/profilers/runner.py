@@ -23,11 +23,11 @@ from sqlalchemy.engine import Engine
 from hwsearch.kernels import registry
 from hwsearch.kernels.specs import OpSpec
 from hwsearch.profilers import machine, sampling, store
-from hwsearch.profilers.cluster import check_threads
 from hwsearch.profilers.fingerprint import device_kind, fingerprint
 from hwsearch.profilers.limits import probe
 from hwsearch.profilers.measure import measure_many
 from hwsearch.profilers.progress import progress_bar
+from hwsearch.profilers.threads import check_threads
 from hwsearch.spaces.knobs import Knobs
 from hwsearch.spaces.model import ModelSpec
 

@@ -244,7 +244,7 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     """
     from hwsearch.kernels import registry
     from hwsearch.kernels.expand import space_kernels
-    from hwsearch.predictors.measured import MAX_RANK_RATIO, MAX_TOKEN_RATIO, family_key, token_axis
+    from hwsearch.kernels.interpolation import MAX_RANK_RATIO, MAX_TOKEN_RATIO, family_key, token_axis
     from hwsearch.spaces.knobs import Capabilities, SearchSpace
 
     spec = get_model(model) if isinstance(model, str) else model

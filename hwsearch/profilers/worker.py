@@ -28,7 +28,8 @@ from typing import Any
 
 from hwsearch.errors import HwsearchError
 from hwsearch.processes import group_members, still_ours
-from hwsearch.profilers.cluster import check_device_name, check_reachable, check_threads, resource_name
+from hwsearch.profilers.cluster import check_device_name, check_reachable, resource_name
+from hwsearch.profilers.threads import check_threads
 
 BACKENDS = ("cpu", "cuda")
 STOP_GRACE_S = 10.0

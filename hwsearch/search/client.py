@@ -50,6 +50,26 @@ def connect_ray(address: str | None) -> None:
              logging_level=logging.INFO if verbose() else logging.WARNING)
 
 
+def run_in_background(db_url: str, job_id: int) -> None:
+    """A background process that runs the job's current attempt with its own local Ray and
+    outlives this one (`hwsearch jobs run`, its output in the data folder's `jobs/job-ID.log`).
+
+    The database URL (and any password in it) goes through that process's environment, never its
+    command line, which every user of the machine can read."""
+    import os
+    import subprocess
+    import sys
+
+    from hwsearch.config import data_dir
+
+    log = data_dir() / "jobs" / f"job-{job_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        subprocess.Popen([sys.executable, "-m", "hwsearch.cli", "jobs", "run", str(job_id)],
+                         env={**os.environ, "HWSEARCH_DB": db_url},
+                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 class JobHandle:
     """One job, read from the database on every call (so it works from any process)."""
 
@@ -74,9 +94,8 @@ class JobHandle:
         return jobs.cancel_job(self.client.engine, self.id)
 
     def resume(self, spec: SearchSpec | None = None) -> JobHandle:
-        """Continue a failed, cancelled or stale job; finished trials are kept."""
-        attempt = jobs.claim_resume(self.client.engine, self.id)
-        self.client._launch(self.id, attempt, spec or self._spec)
+        """Continue a failed, cancelled or stale job; finished trials are kept (`Client.resume`)."""
+        self.client.resume(self.id, spec or self._spec)
         return self
 
     # -- results ---------------------------------------------------------------------------------
@@ -146,7 +165,22 @@ class JobHandle:
 
 
 class Client:
-    """Submits search jobs and finds them again; one database, one Ray cluster (or local Ray)."""
+    """Submits search jobs and finds them again; one database, one Ray cluster (or local Ray).
+
+    `db_url`: any SQLAlchemy URL (default: HWSEARCH_DB, else the SQLite file in the data folder);
+    the schema is created or upgraded on first use.
+
+    >>> import tempfile
+    >>> import hwsearch as hw
+    >>> client = hw.Client(f"sqlite:///{tempfile.mkdtemp()}/hwsearch.db")  # a new, empty database
+    >>> client.jobs()
+    []
+    >>> client.close()
+
+    With a device profiled and its predictor trained (`hwsearch profile --local`, `hwsearch
+    train`), `job = client.submit(hw.SearchSpec(model="vit_base", device=...))` starts a search;
+    `job.wait()`, `job.pareto()` and `job.best(max_latency_ms=...)` read it back.
+    """
 
     def __init__(self, db_url: str | None = None, ray_address: str | None = None) -> None:
         self.db_url = database_url(db_url)
@@ -170,11 +204,18 @@ class Client:
         anchors = measure_anchors(self.engine, summary.device, list(for_models), warn=lambda m: warnings.warn(m, stacklevel=3)) if for_models else {}
         return {**summary.as_dict(), "anchors_ms": anchors}
 
-    def submit(self, spec: SearchSpec, progress: Callable[[int, int], None] | None = None) -> JobHandle:
-        """Check the spec against the database (device, predictor, constraints), store the job, start it."""
+    def submit(self, spec: SearchSpec, progress: Callable[[int, int], None] | None = None,
+               detach: bool = False) -> JobHandle:
+        """Check the spec against the database (device, predictor, constraints), store the job, start it.
 
+        The job runs on local Ray in this process, or as a detached actor on `ray_address`'s
+        cluster; `detach` without a cluster runs it in a background process that outlives this one
+        (`run_in_background`)."""
         handle = self.create(spec, progress)
-        self._launch(handle.id, 1, spec)
+        if detach and not self.ray_address:
+            run_in_background(self.db_url, handle.id)
+        else:
+            self._launch(handle.id, 1, spec)
         return handle
 
     def create(self, spec: SearchSpec, progress: Callable[[int, int], None] | None = None) -> JobHandle:
@@ -190,6 +231,16 @@ class Client:
         status = jobs.job_status(self.engine, job_id)
         self._launch(job_id, status.attempt, None)
         return jobs.wait_for(self.engine, job_id, on_poll=on_poll)
+
+    def resume(self, job_id: int, spec: SearchSpec | None = None, detach: bool = False) -> JobHandle:
+        """Continue a failed, cancelled or stale job without losing its finished trials; it runs
+        where `submit` would run it (`detach`: a background process when there is no cluster)."""
+        attempt = jobs.claim_resume(self.engine, job_id)
+        if detach and not self.ray_address:
+            run_in_background(self.db_url, job_id)
+        else:
+            self._launch(job_id, attempt, spec)
+        return JobHandle(self, job_id, spec)
 
     def _launch(self, job_id: int, attempt: int, spec: SearchSpec | None) -> None:
         connect_ray(self.ray_address)

@@ -82,10 +82,6 @@ class Variable:
         return tuple(c.label() for c in self.choices)
 
 
-def merge_label(merge: MergePlan) -> str:
-    return "none" if not merge.r else f"r{merge.r}@{merge.start_block}"
-
-
 def decision_variables(space: SearchSpace) -> tuple[Variable, ...]:
     """The variables of a space: one per layer, one per group constraint (members move together)."""
     model = space.model
@@ -159,14 +155,14 @@ class Tables:
         """Optuna parameters (categorical labels) of an encoded plan."""
         out = {v.name: v.labels[int(i)] for v, i in zip(self.variables, idx, strict=True)}
         if len(self.merges) > 1:
-            out[MERGE_PARAM] = merge_label(self.merges[int(merge)])
+            out[MERGE_PARAM] = self.merges[int(merge)].label()
         return out
 
     def encode_params(self, params: Mapping[str, Any]) -> tuple[np.ndarray, int]:
         idx = np.array([v.labels.index(params[v.name]) for v in self.variables], dtype=np.int64)
         merge = 0
         if len(self.merges) > 1:
-            merge = [merge_label(m) for m in self.merges].index(params[MERGE_PARAM])
+            merge = [m.label() for m in self.merges].index(params[MERGE_PARAM])
         return idx, merge
 
     def plan(self, idx: Sequence[int], merge: int) -> Plan:
@@ -242,8 +238,6 @@ def quality_terms(
     table: Any, model: ModelSpec, variables: Sequence[Variable], merges: Sequence[MergePlan]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minus the output divergence per (variable, choice), broadcast over merges, and per merge."""
-    from hwsearch.search.quality import merge_key
-
     dtype = model.dtype
     width = max(len(v.choices) for v in variables)
     rows = []
@@ -253,7 +247,7 @@ def quality_terms(
             row.append(0.0 if c.is_identity(dtype) else -sum(table.divergence[n][c.label()] for n in var.layers))
         rows.append(row)
     per_var = _pad(rows, width)
-    base = np.array([-table.merge_divergence[merge_key(m)] if m.r else 0.0 for m in merges])
+    base = np.array([-table.merge_divergence[m.label()] if m.r else 0.0 for m in merges])
     return np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy(), base
 
 

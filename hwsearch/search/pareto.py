@@ -1,6 +1,6 @@
 """Pareto fronts and hypervolume, normalised to the space's own bounds.
 
-Hypervolume is computed with Optuna's exact `compute_hypervolume` on points rescaled so the
+Hypervolume is computed with Optuna's exact `compute_hypervolume` (through `optuna_compat`) on points rescaled so the
 space's ideal point (every objective at its best, which the additive tables give exactly) is 0
 and its nadir (every objective at its worst) is 1; the reference point is (1, ..., 1). The
 number is therefore the share of the [ideal, nadir] box a front dominates, comparable between
@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from optuna._hypervolume import compute_hypervolume
-from optuna.study._multi_objective import _is_pareto_front
 
 from hwsearch.errors import HwsearchError, unknown
 from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, Tables
+from hwsearch.search.optuna_compat import hypervolume as exact_hypervolume
+from hwsearch.search.optuna_compat import is_pareto_front
 
 
 def signs(objectives: Sequence[str]) -> np.ndarray:
@@ -33,7 +33,7 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
     pts = np.asarray(points, dtype=float)
     if len(pts) == 0:
         return np.zeros(0, dtype=bool)
-    return _is_pareto_front(pts, assume_unique_lexsorted=False)
+    return is_pareto_front(pts)
 
 
 def front_mask(values: np.ndarray, directions: Sequence[str], feasible: np.ndarray | None = None) -> np.ndarray:
@@ -125,7 +125,7 @@ def hypervolume(values: np.ndarray, objectives: Sequence[str], ideal: Sequence[f
     z = z[np.all(z <= 1.0, axis=1)]
     if len(z) == 0:
         return 0.0
-    return float(compute_hypervolume(z, np.ones(z.shape[1])))
+    return exact_hypervolume(z, np.ones(z.shape[1]))
 
 
 def hv_curve(values: np.ndarray, feasible: np.ndarray, objectives: Sequence[str], ideal: Sequence[float],
@@ -139,7 +139,7 @@ def hv_curve(values: np.ndarray, feasible: np.ndarray, objectives: Sequence[str]
         p = z[t]
         if feasible[t] and np.all(p <= 1.0) and not np.any(np.all(front <= p, axis=1)):
             front = np.vstack([front[~np.all(p <= front, axis=1)], p])
-            hv = float(compute_hypervolume(front, np.ones(z.shape[1]), assume_pareto=True))
+            hv = exact_hypervolume(front, np.ones(z.shape[1]), assume_pareto=True)
         out[t] = hv
     return out
 

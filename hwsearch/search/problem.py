@@ -56,7 +56,7 @@ def device_capabilities(name: str, fingerprint: dict[str, Any]) -> Capabilities:
 
 
 def _custom_task(spec: SearchSpec, model_spec: Any) -> Any:
-    from hwsearch.search.quality import QualityTask, weights_hash
+    from hwsearch.search.quality_tasks import QualityTask, weights_hash
 
     evaluate = spec.evaluate
 
@@ -98,13 +98,14 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
             if "latency" not in needed:
                 needed.append("latency")
     if "quality" in needed:
-        from hwsearch.search import quality
+        from hwsearch.search.quality_tasks import quality_task
+        from hwsearch.search.sensitivity import measure_sensitivity, sensitivity_table
 
-        task = _custom_task(spec, model) if spec.custom else quality.quality_task(spec.model)
+        task = _custom_task(spec, model) if spec.custom else quality_task(spec.model)
         if spec.custom:
-            sensitivity = quality.measure_sensitivity(task, space, progress)
+            sensitivity = measure_sensitivity(task, space, progress)
         else:
-            sensitivity = quality.sensitivity_table(task, space, progress)
+            sensitivity = sensitivity_table(task, space, progress)
         provenance["quality"] = {"source": "sensitivity", "kind": task.metric,
                                  "detail": f"base {sensitivity.base_test:.4f} + per-layer calibration deltas"}
     provenance["size"] = {"source": "analytic", "detail": "exact bytes of the compressed linear layers"}

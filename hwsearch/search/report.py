@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -10,21 +9,14 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from hwsearch.console import wide_console
 from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL, error_pct
 from hwsearch.search.jobs import JobStatus
 
 COLUMN_FORMAT = {"latency_ms": "{:.3f}", "size_mb": "{:.2f}", "quality": "{:.4f}"}
-FILE_WIDTH = 200
 NO_QUALITY = ("This search did not look at accuracy: its plans are the fastest and smallest whatever they do to the "
               "model's output. Search with quality (--objectives latency,quality, a model with weights such as "
               "digits_vit) before shipping a plan.")
-
-
-def wide_console(stderr: bool = False) -> Console:
-    """A console as wide as the terminal, or FILE_WIDTH columns when output goes to a file or pipe:
-    rich's 80-column default there squeezes tables and splits paths mid-name."""
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=FILE_WIDTH)
 
 
 class JobProgress:
@@ -123,3 +115,41 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
     grid.caption = "; ".join(parts)
     console.print(grid)
     console.print(f"{ERROR_LABEL} = {ERROR_HELP}")
+
+
+def job_doc(st: JobStatus, front: pd.DataFrame, verifications: pd.DataFrame | None = None) -> dict[str, Any]:
+    """A job as one JSON document: its status, its front and (when given) its verified plans."""
+    doc = {**status_doc(st), "pareto": front.to_dict(orient="records")}
+    if verifications is not None:
+        doc["verifications"] = verifications.to_dict(orient="records")
+    return doc
+
+
+def print_finished(st: JobStatus, front: pd.DataFrame, console: Console | None = None) -> None:
+    """A finished job: its front (titled with model, device, trials and hypervolume) and its verification."""
+    print_front(front, f"Pareto front of job {st.id} ({st.model} on {st.device}, {st.n_trials_done} trials, "
+                       f"HV {st.result.get('hypervolume', 0):.4f})", console)
+    print_verification(st.result, console)
+
+
+def print_job(st: JobStatus, front: pd.DataFrame, console: Console | None = None) -> None:
+    """One job as `hwsearch jobs show` prints it: its row, its error, its front so far, its verification."""
+    print_jobs([st], console)
+    if st.error:
+        print(f"error: {st.error}")
+    if len(front):
+        print_front(front, f"Pareto front of job {st.id} so far" if not st.finished else f"Pareto front of job {st.id}",
+                    console)
+    if st.result:
+        print_verification(st.result, console)
+
+
+BOUND_TEXT = {"max_latency_ms": "latency_ms <= {:g}", "max_size_mb": "size_mb <= {:g}", "min_quality": "quality >= {:g}"}
+
+
+def chosen_plan(job_id: int, trial: int, bounds: dict[str, float] | None = None) -> str:
+    """Which plan of a job was taken, in words: "job 2 trial 17 (the best Pareto plan with quality >= 0.95)";
+    `bounds` None: the trial was named, not chosen."""
+    why = "" if bounds is None else " (the best Pareto plan" + "".join(
+        f"{' with' if i == 0 else ','} {BOUND_TEXT[k].format(v)}" for i, (k, v) in enumerate(bounds.items())) + ")"
+    return f"job {job_id} trial {trial}{why}"

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from hwsearch.errors import HwsearchError
 from hwsearch.search import pareto, verify
-from hwsearch.search.objectives import MERGE_PARAM, OBJECTIVES, decision_variables, merge_label
+from hwsearch.search.objectives import MERGE_PARAM, OBJECTIVES, decision_variables
 from hwsearch.search.spec import SearchSpec
 from hwsearch.spaces.knobs import SearchSpace
 from hwsearch.spaces.plan import Figure, Plan, Provenance
@@ -63,7 +63,7 @@ def plan_of(trial: FrozenTrial, space: SearchSpace, spec: SearchSpec, provenance
     merge = None
     label = trial.params.get(MERGE_PARAM, "none")
     if label != "none":
-        merge = next(m for m in space.merge_options if merge_label(m) == label)
+        merge = next(m for m in space.merge_options if m.label() == label)
     predicted = {}
     for name, obj in OBJECTIVES.items():
         value = trial.user_attrs.get(obj.column)

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hwsearch.errors import HwsearchError, check_range, unknown
 from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES
+from hwsearch.search.samplers import check_sampler
 from hwsearch.spaces.knobs import Knobs
 from hwsearch.spaces.model import Block, Layer, LayerGroup, ModelSpec
 
-SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "gp", "random")
 SPEC_VERSION = 1
 NAME_MAX = 200  # the jobs table's name column
 # (low, high, why the upper bound): every size a spec sets is bounded, so a typo cannot queue a
@@ -64,7 +64,20 @@ def spec_from_doc(doc: dict[str, Any]) -> ModelSpec:
 
 
 class SearchSpec(BaseModel):
-    """A search: model × device, objectives, constraints, knobs, sampler and budget."""
+    """A search: model × device, objectives, constraints, knobs, sampler and budget.
+
+    Checked when built (a bad field is one line naming what is accepted); `Client.submit`
+    checks it against the database (device, predictor) before storing the job.
+
+    >>> import hwsearch as hw
+    >>> spec = hw.SearchSpec(model="vit_tiny", device="my-cpu", constraints={"latency_ms": 5.0}, n_trials=200)
+    >>> spec.objectives, spec.directions, spec.sampler
+    (['latency', 'size'], ['minimize', 'minimize'], 'nsga2')
+    >>> hw.SearchSpec(model="vit_tiny", device="my-cpu", sampler="annealing")
+    Traceback (most recent call last):
+    ...
+    hwsearch.errors.HwsearchError: bad search spec field sampler: unknown sampler 'annealing'; accepted: nsga2, tpe, gp, random
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
@@ -118,9 +131,7 @@ class SearchSpec(BaseModel):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise unknown("sampler", value, SAMPLERS)
-        return value
+        return check_sampler(value)
 
     @field_validator("n_trials", "n_workers", "verify_top_k", "seed")
     @classmethod
@@ -137,7 +148,7 @@ class SearchSpec(BaseModel):
 
             spec = get_model(self.model)
             if "quality" in self.objectives and not spec.has_weights:
-                from hwsearch.search.quality import no_quality
+                from hwsearch.search.quality_tasks import no_quality
 
                 raise no_quality(spec.name)
             return self

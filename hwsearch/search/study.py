@@ -1,4 +1,4 @@
-"""Optuna studies for a search: samplers, the RDB study, and the worker loop that fills it.
+"""Optuna studies for a search: the RDB study, and the worker loop that fills it.
 
 The study lives in the job's database (Optuna's RDB storage, beside our tables). Each worker
 samples with its own sampler against an in-memory mirror of that study (ask/tell, a batch at a
@@ -7,12 +7,11 @@ study in one transaction (`trials.write_trials`); before each batch it pulls the
 workers stored, so every sampler sees the whole study. Constraints go through Optuna's own
 constraint support (`Trial.set_constraint`), which NSGA-II, TPE and GP use to rank feasible
 points first; every objective's value is also kept as a user attribute so a Pareto table can
-show the ones that are only constrained.
+show the ones that are only constrained. Samplers come by name from `search.samplers`.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,32 +21,16 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from hwsearch.db.engine import PG_READ_ONLY, database_url, make_engine, parse_url, sqlite_read_only
-from hwsearch.errors import unknown
-from hwsearch.search.objectives import CONSTRAINTS, MERGE_PARAM, OBJECTIVES, Tables, merge_label
+from hwsearch.search.objectives import CONSTRAINTS, MERGE_PARAM, OBJECTIVES, Tables
+from hwsearch.search.optuna_compat import start_generation, trial_id
 from hwsearch.search.pareto import front_mask
-from hwsearch.search.spec import SAMPLERS
+from hwsearch.search.samplers import make_sampler
 from hwsearch.search.trials import read_trials, write_trials
 from hwsearch.search.warmstart import warm_start
 
 BATCH = 10
 MEMORY = 1000  # the latest trials a worker's sampler sees, with the front of all (`recent_and_front`)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def make_sampler(name: str, seed: int, n_startup: int | None = None) -> optuna.samplers.BaseSampler:
-    """A sampler by name; `seed` makes a worker's proposals reproducible."""
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup or 10)
-    if name == "gp":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True,
-                                             n_startup_trials=n_startup or 10, warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise unknown("sampler", name, SAMPLERS)
 
 
 def rdb_storage(db_url: str | None, read_only: bool = False) -> optuna.storages.RDBStorage:
@@ -69,7 +52,7 @@ def rdb_storage(db_url: str | None, read_only: bool = False) -> optuna.storages.
 def distributions(tables: Tables) -> dict[str, CategoricalDistribution]:
     out = {v.name: CategoricalDistribution(v.labels) for v in tables.variables}
     if len(tables.merges) > 1:
-        out[MERGE_PARAM] = CategoricalDistribution(tuple(merge_label(m) for m in tables.merges))
+        out[MERGE_PARAM] = CategoricalDistribution(tuple(m.label() for m in tables.merges))
     return out
 
 
@@ -89,15 +72,7 @@ def ask_tell(mem: optuna.Study, tables: Tables, dists: Mapping[str, CategoricalD
              constraints: Mapping[str, float], n: int) -> list[optuna.trial.FrozenTrial]:
     """Ask `n` trials, score them as one batch from the tables, tell them; returns them finished."""
     asked = [mem.ask(dict(dists)) for _ in range(n)]
-    if isinstance(mem.sampler, optuna.samplers.NSGAIISampler):
-        # Enqueued (warm-start) trials get no generation from NSGA-II, so it would never select
-        # them as parents: the warm start would be lost on the evolution. They are the initial
-        # population, so they are generation 0.
-        key = mem.sampler._get_generation_key()
-        for trial in asked:
-            attrs = mem._storage.get_trial_system_attrs(trial._trial_id)
-            if "fixed_params" in attrs and key not in attrs:
-                mem._storage.set_trial_system_attr(trial._trial_id, key, 0)
+    start_generation(mem, asked)  # warm-start trials are NSGA-II's initial population
     enc = [tables.encode_params(t.params) for t in asked]
     scores = tables.score(np.stack([e[0] for e in enc]), np.array([e[1] for e in enc]))
     cons = constraint_values(constraints, scores, tables)
@@ -196,10 +171,10 @@ def run_worker(
             nonlocal last, n_stored
             new = read_trials(engine, study_id, last)
             if new:
-                last = new[-1]._trial_id
+                last = trial_id(new[-1])
                 n_stored += len(new)
-                theirs = [t for t in new if t._trial_id not in mine]
-                mine.difference_update(t._trial_id for t in new)
+                theirs = [t for t in new if trial_id(t) not in mine]
+                mine.difference_update(trial_id(t) for t in new)
                 mem.add_trials(theirs)
             return n_stored
 

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
-from optuna.storages._rdb import models as om
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.engine import Engine
 
 from hwsearch.db.engine import session_scope
+from hwsearch.search.optuna_compat import METRIC_NAMES_ATTR
+from hwsearch.search.optuna_compat import models as om
 
 
 def count_complete(engine: Engine, study_id: int) -> int:
@@ -177,3 +179,70 @@ def values_since(engine: Engine, study_id: int, n_objectives: int,
     vals = np.array([by_id[t] for t in ids], dtype=float).reshape(-1, n_objectives)
     feasible = np.array([t not in infeasible for t in ids], dtype=bool)
     return np.array(ids, dtype=np.int64), nums, vals, feasible
+
+
+# -- what the dashboard reads of a study (read-only engines: no session, no commit) -----------------
+@dataclass(frozen=True)
+class StudySummary:
+    """A study's id, objective directions ("minimize"/"maximize"), stored metric names and trial counts per state."""
+
+    study_id: int
+    directions: tuple[str, ...]
+    metric_names: list[str] | None
+    states: dict[str, int]
+
+
+def has_study_tables(engine: Engine) -> bool:
+    """Whether the database holds Optuna's tables yet (a database no search ran on has none)."""
+    found = inspect(engine)
+    return found.has_table(om.StudyModel.__tablename__) and found.has_table(om.TrialValueModel.__tablename__)
+
+
+def study_summary(engine: Engine, study_name: str) -> StudySummary | None:
+    """The study `study_name` (None when the database has no such study, or no Optuna tables)."""
+    if not has_study_tables(engine):
+        return None
+    with engine.connect() as conn:
+        sid = conn.execute(select(om.StudyModel.study_id).where(om.StudyModel.study_name == study_name)).scalar()
+        if sid is None:
+            return None
+        dirs = conn.execute(select(om.StudyDirectionModel.direction).where(om.StudyDirectionModel.study_id == sid)
+                            .order_by(om.StudyDirectionModel.objective)).scalars().all()
+        raw = conn.execute(select(om.StudySystemAttributeModel.value_json).where(
+            om.StudySystemAttributeModel.study_id == sid, om.StudySystemAttributeModel.key == METRIC_NAMES_ATTR)).scalar()
+        states = conn.execute(select(om.TrialModel.state, func.count()).where(om.TrialModel.study_id == sid)
+                              .group_by(om.TrialModel.state)).all()
+    return StudySummary(int(sid), tuple(d.name.lower() for d in dirs), json.loads(raw) if raw else None,
+                        {s.name: int(n) for s, n in states})
+
+
+def trial_attr(engine: Engine, study_name: str, number: int, key: str) -> tuple[int, Any] | None:
+    """(trial id, its user attribute `key` or None) of the complete trial `number`; None when there is none."""
+    if not has_study_tables(engine):
+        return None
+    attr = (select(om.TrialUserAttributeModel.value_json)
+            .where(om.TrialUserAttributeModel.trial_id == om.TrialModel.trial_id, om.TrialUserAttributeModel.key == key)
+            .scalar_subquery())
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(om.TrialModel.trial_id, attr).join(om.StudyModel, om.StudyModel.study_id == om.TrialModel.study_id)
+            .where(om.StudyModel.study_name == study_name, om.TrialModel.number == int(number),
+                   om.TrialModel.state == TrialState.COMPLETE)).first()
+    if found is None:
+        return None
+    return int(found[0]), (json.loads(found[1]) if found[1] else None)
+
+
+def trial_params(engine: Engine, study_name: str, numbers: Sequence[int]) -> list[tuple[int, str, float, str]]:
+    """(trial number, parameter, internal value, distribution JSON) of the complete trials `numbers`,
+    in the order the parameters were stored."""
+    if not has_study_tables(engine) or not numbers:
+        return []
+    p, t = om.TrialParamModel, om.TrialModel
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.number, p.param_name, p.param_value, p.distribution_json).join(t, t.trial_id == p.trial_id)
+            .join(om.StudyModel, om.StudyModel.study_id == t.study_id)
+            .where(om.StudyModel.study_name == study_name, t.state == TrialState.COMPLETE,
+                   t.number.in_([int(n) for n in numbers])).order_by(p.param_id)).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]

@@ -198,7 +198,15 @@ def parse_model_ref(ref: str) -> tuple[str, dict[str, int]]:
 
 
 def get_model(ref: str, **options: int) -> ModelSpec:
-    """A catalogue model by name (options as keywords or after a colon)."""
+    """A catalogue model by name (options as keywords or after a colon).
+
+    >>> import hwsearch as hw
+    >>> spec = hw.get_model("vit_tiny")
+    >>> spec.name, len(spec.layers), spec.layers[0].name
+    ('vit_tiny', 49, 'blocks.0.attn.qkv')
+    >>> hw.get_model("llama3_8b:tokens=16").layers[0].tokens
+    16
+    """
     name, parsed = parse_model_ref(ref)
     if name not in CATALOG:
         raise unknown("model", name, CATALOG)

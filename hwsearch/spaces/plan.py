@@ -93,6 +93,10 @@ class MergePlan(BaseModel):
     r: int = Field(default=0, ge=0)
     start_block: int = Field(default=0, ge=0)
 
+    def label(self) -> str:
+        """The schedule's name: the search's choice label and the sensitivity table's key ("none", "r8@2")."""
+        return "none" if not self.r else f"r{self.r}@{self.start_block}"
+
 
 class Provenance(BaseModel):
     """Where a figure comes from: a predictor (id, kind), a measurement, an evaluation ..."""
@@ -119,7 +123,16 @@ class Figure(BaseModel):
 
 
 class Plan(BaseModel):
-    """A compression plan (`hwsearch.plan/v1`)."""
+    """A compression plan (`hwsearch.plan/v1`): a choice per layer, a token-merge schedule, and
+    the figures predicted (and measured) for it. Layers left out stay uncompressed.
+
+    >>> import hwsearch as hw
+    >>> plan = hw.Plan(model="vit_tiny", layers={"blocks.0.mlp.fc1": hw.LayerChoice(format="int4", sparsity="2:4")})
+    >>> plan.choice("blocks.0.mlp.fc1").label(), plan.choice("blocks.0.mlp.fc2").label()
+    ('int4g128/2:4', 'fp32')
+    >>> hw.Plan.from_json(plan.to_json()) == plan
+    True
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

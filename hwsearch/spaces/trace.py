@@ -58,6 +58,13 @@ def from_torch(module: Any, example_inputs: Any, name: str | None = None, has_we
 
     Rows per layer are per sample: the second-to-last dimension of a layer's input when it has
     three or more dimensions (batch, tokens, features), else 1.
+
+    >>> import torch
+    >>> import hwsearch as hw
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    >>> spec = hw.from_torch(net, torch.randn(1, 16, 64), name="mlp")
+    >>> [(layer.name, layer.K, layer.N, layer.tokens) for layer in spec.layers]
+    [('0', 64, 256, 16), ('2', 256, 64, 16)]
     """
     import torch
     from torch import nn

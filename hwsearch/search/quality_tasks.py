@@ -1,6 +1,5 @@
-"""Quality of a compressed model, measured for real, and a cheap additive proxy for it.
+"""Models with weights and a real quality task: what a compressed copy of them scores.
 
-Two models have weights and a real quality task:
 - `digits_vit`: a small timm-style ViT trained deterministically on scikit-learn's digits (no
   download) and cached in the data directory, keyed by a hash of its config. Quality is top-1
   on a held-out split that neither training nor calibration sees.
@@ -8,11 +7,8 @@ Two models have weights and a real quality task:
   Quality is the mean cosine between the compressed and the uncompressed model's sentence
   embeddings over a fixed sentence set.
 
-The proxy is a sensitivity table: for each layer × choice (and each merge schedule), the
-quality change when only that is changed, measured once on calibration data and stored as JSON
-in the data directory (keyed by model, weights hash and space). A plan's quality is predicted
-as the base quality plus the sum of its entries. The catalogue models without weights have no
-quality: asking for it is an error that says so.
+The catalogue models without weights have no quality: asking for it is an error that says so
+(`no_quality`). The cheap additive proxy a search scores is in `search.sensitivity`.
 """
 
 from __future__ import annotations
@@ -22,10 +18,9 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,15 +31,11 @@ from hwsearch.config import data_dir
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.apply import apply_plan
 from hwsearch.kernels.models import ViT
-from hwsearch.kernels.modules import CompressedLinear
-from hwsearch.search.objectives import divergence_curve
 from hwsearch.spaces.catalog import DIGITS_VIT, MINILM_PACKAGE, get_model, parse_model_ref
-from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.model import ModelSpec
-from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan
+from hwsearch.spaces.plan import Plan
 
 QUALITY_MODELS = ("digits_vit", "minilm")
-SENSITIVITY_VERSION = 2
 
 
 @contextmanager
@@ -306,190 +297,3 @@ def quality_task(ref: str, digits: DigitsConfig = DigitsConfig(), progress: Call
 
         return QualityTask(name, "cosine", spec, minilm.model, cosine, weights_hash(minilm.model))
     raise no_quality(name)
-
-
-# ----------------------------------------------------------------------------------------------
-# sensitivity table and additive proxy
-# ----------------------------------------------------------------------------------------------
-def merge_key(merge: MergePlan) -> str:
-    return f"r{merge.r}@{merge.start_block}"
-
-
-@dataclass
-class SensitivityTable:
-    """Per (layer, choice) and per merge schedule, measured on calibration data with only that
-    changed: the quality change (`layers`, `merge`) and the output divergence from the
-    uncompressed model (`divergence`, `merge_divergence`).
-
-    Two additive predictions of a plan's held-out quality:
-    - `additive`: base quality + the sum of the single-change quality deltas;
-    - `divergence` (default): the single-change divergences (KL of the output distribution, or
-      1 - cosine) add up far better than top-1 deltas, which are coarse and saturate; their sum
-      D is mapped to quality by q = floor + (base - floor)·exp(-alpha·D), with alpha fitted once
-      on the table's own single-change entries.
-    """
-
-    model: str
-    metric: str
-    weights_hash: str
-    space_key: str
-    base_calib: float
-    base_test: float
-    floor: float
-    layers: dict[str, dict[str, float]] = field(default_factory=dict)
-    merge: dict[str, float] = field(default_factory=dict)
-    divergence: dict[str, dict[str, float]] = field(default_factory=dict)
-    merge_divergence: dict[str, float] = field(default_factory=dict)
-    alpha: float = 1.0
-    version: int = SENSITIVITY_VERSION
-
-    def entries(self, plan: Plan, dtype: str = "fp32") -> list[tuple[float, float]]:
-        """(quality change, divergence) of every changed layer and of the merge schedule."""
-        out = []
-        for name, choice in plan.layers.items():
-            if choice.is_identity(dtype):
-                continue
-            row = self.layers.get(name)
-            if row is None:
-                raise HwsearchError(f"layer {name!r} is not in the sensitivity table of {self.model!r}; accepted: its layers")
-            key = choice.label()
-            if key not in row:
-                raise HwsearchError(f"choice {key} of layer {name!r} was not measured; accepted: {', '.join(sorted(row))}")
-            out.append((row[key], self.divergence[name][key]))
-        if isinstance(plan.merge, MergePlan) and plan.merge.r:
-            key = merge_key(plan.merge)
-            if key not in self.merge:
-                raise HwsearchError(f"merge {key} was not measured; accepted: {', '.join(sorted(self.merge))}")
-            out.append((self.merge[key], self.merge_divergence[key]))
-        elif isinstance(plan.merge, list) and any(plan.merge):
-            raise HwsearchError("the proxy predicts {r, start_block} merge schedules only; accepted: merge {r, start_block}")
-        return out
-
-    def curve(self, divergence: float | np.ndarray, base: float | None = None) -> float | np.ndarray:
-        """Quality predicted from a summed divergence (monotone decreasing)."""
-        return divergence_curve(divergence, self.floor, self.base_test if base is None else base, self.alpha)
-
-    def predict(self, plan: Plan, dtype: str = "fp32", kind: str = "divergence") -> float:
-        """Predicted held-out quality of `plan`."""
-        found = self.entries(plan, dtype)
-        if kind == "additive":
-            return self.base_test + sum(e[0] for e in found)
-        if kind == "divergence":
-            return float(self.curve(sum(e[1] for e in found)))
-        raise HwsearchError(f"unknown proxy kind {kind!r}; accepted: divergence, additive")
-
-    def fit(self) -> SensitivityTable:
-        """Fit alpha so the curve reproduces the single-change quality deltas (least squares)."""
-        from scipy.optimize import minimize_scalar
-
-        pairs = np.array(
-            [(q, self.divergence[n][k]) for n, row in self.layers.items() for k, q in row.items()]
-            + [(q, self.merge_divergence[k]) for k, q in self.merge.items()]
-        )
-        if len(pairs) == 0:
-            return self
-        dq, div = pairs[:, 0], np.clip(pairs[:, 1], 0.0, None)
-
-        def loss(log_alpha: float) -> float:
-            curve = divergence_curve(div, self.floor, self.base_calib, float(np.exp(log_alpha))) - self.base_calib
-            return float(np.mean((curve - dq) ** 2))
-
-        self.alpha = float(np.exp(minimize_scalar(loss, bounds=(-8, 8), method="bounded").x))
-        return self
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SensitivityTable | None:
-        """The stored table, or None when it was written by another version of this code."""
-        doc = json.loads(text)
-        return cls(**doc) if doc.get("version") == SENSITIVITY_VERSION else None
-
-
-def space_key(space: SearchSpace) -> str:
-    doc = {
-        "layers": {n: [c.label() for c in s.choices()] for n, s in space.layers.items()},
-        "merge": [merge_key(m) for m in space.merge_options],
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _divergence(divergence: float, quality: float, base: float) -> float:
-    """A task without an output divergence (a custom score) uses its quality drop instead."""
-    return divergence if divergence == divergence else max(0.0, base - quality)
-
-
-def _swap(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    parent, _, child = name.rpartition(".")
-    owner = model.get_submodule(parent) if parent else model
-    old = getattr(owner, child)
-    setattr(owner, child, module)
-    return old
-
-
-def measure_sensitivity(
-    task: QualityTask, space: SearchSpace, progress: Callable[[int, int], None] | None = None
-) -> SensitivityTable:
-    """Change one layer (or the merge schedule) at a time and measure quality on `calib`."""
-    model = task.model
-    base = task.pair(model, "calib")[0]
-    floor = 1.0 / task.model_classes if task.metric == "top1" else 0.0
-    table = SensitivityTable(
-        task.name, task.metric, task.weights_hash, space_key(space), base, task.pair(model, "test")[0], floor
-    )
-    dtype = task.spec.dtype
-    jobs = [(n, c) for n, s in space.layers.items() for c in s.choices() if not c.is_identity(dtype)]
-    merges = [m for m in space.merge_options if m.r]
-    total, done = len(jobs) + len(merges), 0
-    for name, choice in jobs:
-        original = model.get_submodule(name)
-        _swap(model, name, CompressedLinear(original, choice, rows=task.spec.layer(name).tokens))
-        try:
-            quality, divergence = task.pair(model, "calib")
-            table.layers.setdefault(name, {})[choice.label()] = quality - base
-            table.divergence.setdefault(name, {})[choice.label()] = _divergence(divergence, quality, base)
-        finally:
-            _swap(model, name, original)
-        done += 1
-        if progress:
-            progress(done, total)
-    for merge in merges:
-        plan = Plan(model=task.spec.name, merge=merge)
-        quality, divergence = task.measure(plan, "calib")
-        table.merge[merge_key(merge)] = quality - base
-        table.merge_divergence[merge_key(merge)] = _divergence(divergence, quality, base)
-        done += 1
-        if progress:
-            progress(done, total)
-    return table.fit()
-
-
-def sensitivity_path(task: QualityTask, space: SearchSpace) -> Path:
-    return data_dir() / "quality" / f"sensitivity-{task.name}-{task.weights_hash}-{space_key(space)}.json"
-
-
-def sensitivity_table(
-    task: QualityTask, space: SearchSpace, progress: Callable[[int, int], None] | None = None
-) -> SensitivityTable:
-    """The stored table for (model, weights, space), measured now if missing."""
-    path = sensitivity_path(task, space)
-    if path.exists():
-        table = SensitivityTable.from_json(path.read_text())
-        if table is not None:
-            return table
-    table = measure_sensitivity(task, space, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(table.to_json())
-    tmp.replace(path)
-    return table
-
-
-def quality_space(task: QualityTask, knobs: Knobs | None = None) -> SearchSpace:
-    """The space quality studies use: every format and pattern, emulated ones included."""
-    return SearchSpace(task.spec, knobs=knobs or Knobs(allow_emulated=True))
-
-
-def describe_choice(choice: LayerChoice) -> dict[str, Any]:
-    return choice.model_dump(exclude_none=True)

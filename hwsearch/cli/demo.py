@@ -14,6 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
+from hwsearch.cli.common import DB_OPTION
+from hwsearch.cli.root import app
+
 DEMO_TRIALS = {"vit_base": 300, "digits_vit": 200}
 
 
@@ -42,11 +45,12 @@ def measured_knobs(model: str) -> dict[str, object]:
 def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, object]:
     from hwsearch.bench.model_latency import run as calibrate
     from hwsearch.config import data_dir
+    from hwsearch.console import wide_console
     from hwsearch.export import ExportWarning, export
     from hwsearch.predictors.registry import train
     from hwsearch.profilers.runner import profile_local
     from hwsearch.search.client import Client
-    from hwsearch.search.report import JobProgress, print_front, print_verification, wide_console
+    from hwsearch.search.report import JobProgress, print_front, print_verification
     from hwsearch.search.results import latency_band
     from hwsearch.search.spec import SearchSpec, knobs_from_doc
 
@@ -108,3 +112,9 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
     console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s; database {client.db_url}; "
                   f"jobs: `hwsearch jobs list`; plans in {out}")
     return done
+
+
+@app.command("demo")
+def demo(db: str | None = DB_OPTION) -> None:
+    """The main job end to end on this machine: profile, train, search two models, verify, export."""
+    run_demo(db)
