@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from hwsearch.db.engine import database_url, open_db, session_scope
 from hwsearch.db.models import Device, Job, KernelConfig, Measurement, Verification, utcnow
-from hwsearch.predictors.registry import store_predictor
+from hwsearch.predictors.store import store_predictor
 from hwsearch.profilers.runner import profile_local
 from hwsearch.search.objectives import MERGE_PARAM, decision_variables
 from hwsearch.search.results import plan_of, search_space

@@ -11,8 +11,8 @@ import socket
 
 from hwsearch.db.engine import open_db
 from hwsearch.kernels import registry as kernel_registry
-from hwsearch.predictors import registry
 from hwsearch.predictors.features import bytes_moved
+from hwsearch.predictors.xgb import train_xgboost
 from hwsearch.profilers import store
 from hwsearch.profilers.sampling import random_set, reference_set
 
@@ -43,7 +43,7 @@ def make_world(url: str, device: str = "syn") -> None:
     rows = [(s, _fields(s)) for s in specs]
     for i in range(0, len(rows), 200):
         store.write_chunk(engine, dev, None, rows[i : i + 200])
-    registry.train_xgboost(engine, device, params={"n_estimators": 200, "learning_rate": 0.1})
+    train_xgboost(engine, device, params={"n_estimators": 200, "learning_rate": 0.1})
     bare = store.ensure_device(engine, "bare", "cpu", {"backend": "cpu", "host": "elsewhere", "threads": 1})
     store.write_chunk(engine, bare, None, rows[:5])
     engine.dispose()

@@ -65,8 +65,8 @@ def test_published_json_schema() -> None:
     [
         ('{"schema": "hwsearch.plan/v9", "model": "m"}', "unknown plan schema 'hwsearch.plan/v9'"),
         ('{"model": "m", "layers": {"a": {"format": "int3"}}}', "layers.a.format: .*unknown format 'int3'"),
-        ('{"model": "m", "layers": {"a": {"format": "int8", "group_size": 64}}}', "group_size given for format 'int8'"),
-        ('{"model": "m", "layers": {"a": {"format": "int4", "group_size": 48}}}', "group_size 48 not accepted"),
+        ('{"model": "m", "layers": {"a": {"format": "int8", "group_size": 64}}}', "group_size=64 given for format 'int8'"),
+        ('{"model": "m", "layers": {"a": {"format": "int4", "group_size": 48}}}', "unknown int4 group size 48; accepted: 32, 64, 128"),
         ('{"model": "m", "layers": {"a": {"sparsity": "5:4"}}}', "unknown sparsity pattern '5:4'"),
         ('{"model": "m", "colour": "red"}', "bad plan field colour"),
         ('{"layers": {}}', "bad plan field model"),

@@ -27,7 +27,7 @@ from hwsearch.kernels.expand import model_kernels
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
 from hwsearch.predictors import registry
 from hwsearch.predictors.base import MAGIC, LatencyPredictor
-from hwsearch.predictors.dataset import device_dispatch, load_dataset
+from hwsearch.predictors.dataset import device_backend, device_dispatch, load_dataset
 from hwsearch.predictors.features import (
     FEATURE_NAMES,
     INDEX,
@@ -39,9 +39,11 @@ from hwsearch.predictors.features import (
     roofline_from_measurements,
     roofline_ms,
 )
-from hwsearch.predictors.meta import MetaPredictor, MetaTask
+from hwsearch.predictors.meta import MetaPredictor, MetaTask, train_meta
+from hwsearch.predictors.metrics import score
 from hwsearch.predictors.model_latency import ModelLatency, Overhead, anchor_key, full_choices
-from hwsearch.predictors.xgb import XGBoostPredictor
+from hwsearch.predictors.store import latest
+from hwsearch.predictors.xgb import XGBoostPredictor, train_xgboost
 from hwsearch.profilers import store
 from hwsearch.profilers.sampling import random_set, reference_set
 from hwsearch.spaces.catalog import get_model
@@ -94,8 +96,8 @@ def world(tmp_path_factory):
     few = reference_set() + [s for s in random_set(40, seed=5, max_flops=2e9) if s not in set(reference_set())][:10]
     write_device(engine, "fresh", few, slow=1.5)
     store.ensure_device(engine, "empty", "cpu", {"backend": "cpu", "host": "elsewhere", "threads": 1})
-    xgb_row = registry.train_xgboost(engine, "syn", params={"n_estimators": 300, "learning_rate": 0.1})
-    meta_row = registry.train_meta(engine, "syn", params={"steps": 40, "hidden": 32, "n_basis": 8, "batch_tasks": 2,
+    xgb_row = train_xgboost(engine, "syn", params={"n_estimators": 300, "learning_rate": 0.1})
+    meta_row = train_meta(engine, "syn", params={"steps": 40, "hidden": 32, "n_basis": 8, "batch_tasks": 2,
                                                           "query": 64})
     return {"url": url, "engine": engine, "xgb": xgb_row, "meta": meta_row}
 
@@ -154,7 +156,7 @@ def test_xgboost_learns_and_uses_early_stopping():
     model = XGBoostPredictor(n_estimators=3000, learning_rate=0.2, early_stopping_rounds=20, offset_feature=OFFSET_FEATURE)
     model.fit(X[:300], y[:300])
     assert model.best_iteration_ < 2999 and model.valid_rmse_log_ is not None
-    assert registry.score(model.predict(X[300:]), y[300:])["within_10pct"] > 0.5
+    assert score(model.predict(X[300:]), y[300:])["within_10pct"] > 0.5
     json_model = XGBoostPredictor(n_estimators=50, raw_format="json").fit(X, y)
     assert b'"learner"' in json_model.to_bytes()
     with pytest.raises(HwsearchError, match="not fitted"):
@@ -229,12 +231,12 @@ def test_stored_xgboost_round_trips_through_the_database(world):
         assert row.artefact_format.startswith("xgboost-ubj") and row.artefact[:4] == MAGIC
         held = row.metrics["held_out"]
         assert set(held["all"]) >= {"n", "within_10pct", "within_5pct", "mape", "spearman"} and "linear" in held
-    stored = registry.latest(engine, "xgboost", row.device_id)
+    stored = latest(engine, "xgboost", row.device_id)
     ds = load_dataset(engine, "syn")
     answer = registry.best_predictor(engine, "syn")
     assert answer.kind == "xgboost" and answer.predictor_id == info["id"] and "xgboost" in answer.detail
     np.testing.assert_array_equal(stored.load().predict(ds.X), answer.predictor.predict(ds.X))
-    assert registry.score(answer.predict_specs(ds.specs), ds.y_ms)["within_10pct"] > 0.8
+    assert score(answer.predict_specs(ds.specs), ds.y_ms)["within_10pct"] > 0.8
 
 
 def test_a_device_with_ten_kernels_gets_the_meta_predictor(world):
@@ -357,7 +359,7 @@ def test_cli_bench_model_latency_times_real_plans(world):
         assert doc["overhead"]["scale"] == 1.0
     assert doc["band_pct"] >= 0 and doc["within_band"] >= 0.5 and set(doc["leave_one_model_out"]) == set(doc["per_model"])
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["layers_in_model_ms"] > 0 for r in doc["rows"])
-    stored = registry.latest(world["engine"], "overhead", registry.device_backend(world["engine"], "syn")[0])
+    stored = latest(world["engine"], "overhead", device_backend(world["engine"], "syn")[0])
     assert stored is not None and stored.target == "model-overhead" and stored.load().band_pct == doc["band_pct"]
     # each model's uncompressed latency, timed beside its plans, anchors its predictions
     assert set(doc["anchors_ms"]) == {"digits_vit", "vit_tiny"} and all(v > 0 for v in doc["anchors_ms"].values())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hwsearch.errors import HwsearchError
+from hwsearch.kernels import cuda
 from hwsearch.kernels.models import LlamaDecoder, ViT
 from hwsearch.spaces import (
     Capabilities,
@@ -137,9 +138,10 @@ def test_capabilities_restrict_choices_and_mark_native() -> None:
     assert "fp8" in loose.formats and "2:4" in loose.sparsities
     assert loose.native[LayerChoice(format="int8")] and not loose.native[LayerChoice(format="fp8")]
     assert not loose.native[LayerChoice(format="int8", sparsity="2:4")]
-    hopper = Capabilities.from_dict({"sm": 90}, "h100")
+    hopper = Capabilities.from_dict(cuda.capabilities_at(90), "h100")
     assert hopper.native(LayerChoice(format="fp8", sparsity="2:4"))
-    assert not Capabilities.from_dict({"sm": 75}).native(LayerChoice(format="fp8"))
+    turing = Capabilities.from_dict(cuda.capabilities_at(75))
+    assert not turing.native(LayerChoice(format="fp8")) and not turing.native(LayerChoice(format="int4"))
 
 
 def test_ranks_are_multiples_of_32_up_to_a_fraction() -> None:

@@ -18,13 +18,9 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from hwsearch.predictors.dataset import Dataset, load_dataset
-from hwsearch.predictors.registry import (
-    TEST_FRACTION,
-    default_xgboost,
-    extrapolation_split,
-    random_split,
-    score,
-)
+from hwsearch.predictors.metrics import score
+from hwsearch.predictors.splits import TEST_FRACTION, extrapolation_split, random_split
+from hwsearch.predictors.xgb import default_xgboost
 from hwsearch.profilers.noise import stored_noise
 
 PUBLISHED = {

@@ -39,8 +39,8 @@ def plan_validate(path: str = typer.Argument(..., help="A plan JSON file (or an 
 
     from hwsearch.export.files import plan_path_for
     from hwsearch.export.identify import describe, identify
-    from hwsearch.spaces.catalog import get_model
-    from hwsearch.spaces.plan import PLAN_SCHEMA, Plan, read_plan_text, validate_plan
+    from hwsearch.spaces.catalog import check_plan_model
+    from hwsearch.spaces.plan import PLAN_SCHEMA, Plan, read_plan_text
 
     file = Path(path)
     text = read_plan_text(file)
@@ -56,5 +56,5 @@ def plan_validate(path: str = typer.Argument(..., help="A plan JSON file (or an 
         plan = Plan.from_json(text)
     except HwsearchError as err:
         raise HwsearchError(f"{path} is neither a plan nor a file `hwsearch export` wrote: {err}") from None
-    validate_plan(plan, get_model(plan.model))
+    check_plan_model(plan)
     typer.echo(f"{path}: valid plan for {plan.model} ({len(plan.layers)} compressed layers)")

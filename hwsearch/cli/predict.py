@@ -42,7 +42,7 @@ def predict(
     db: str | None = DB_OPTION,
 ) -> None:
     """Predicted latency of a model (under a plan) on a device, and which predictor answered."""
-    from hwsearch.predictors.model_latency import predict_model
+    from hwsearch.predictors.registry import predict_model
 
     doc = predict_model(open_engine(db), device, model, plan_file)
     if as_json:

@@ -26,11 +26,6 @@ from hwsearch.spaces.size import linear_bytes
 
 LAYER_COLUMNS = ["layer", "block", "role", "shape (K×N)", "choice", "format", "group_size", "sparsity", "rank",
                  "size %"]
-EXPORT_FILES = {"plan": ("plan.json", "application/json"),
-                "compressed-tensors": ("quantization_config.json", "application/json"),
-                "modelopt": ("modelopt_quant.yaml", "application/x-yaml")}
-
-
 def model_of(plan: Plan) -> ModelSpec | None:
     """The plan's catalogue model, or None for a model outside the catalogue (a traced one)."""
     try:
@@ -93,13 +88,14 @@ class ExportFile:
 @st.cache_data(ttl=3600, show_spinner=False)
 def export_files(plan_json: str) -> list[ExportFile]:
     """The plan in every export format (a format that refuses the plan is left out with its reason)."""
-    from hwsearch.export import FORMATS, ExportWarning, export
+    from hwsearch.export import ExportWarning, export
+    from hwsearch.export.targets import formats, get_target
 
     plan = Plan.from_json(plan_json)
     out = []
     with tempfile.TemporaryDirectory(prefix="hwsearch-dash-") as tmp:
-        for fmt in FORMATS:
-            filename, mime = EXPORT_FILES.get(fmt, (f"{fmt}.json", "application/json"))
+        for fmt in formats():
+            filename, mime = get_target(fmt).filename, get_target(fmt).mime
             try:
                 with warnings.catch_warnings():  # shown on the page, from the result
                     warnings.simplefilter("ignore", ExportWarning)

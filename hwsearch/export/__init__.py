@@ -1,6 +1,6 @@
 """hwsearch.export: a plan -> other tools' formats, saying plainly what each cannot express.
 
-`export(plan, format, path)` writes one of `FORMATS`:
+`export(plan, format, path)` writes one of `formats()` (the registered targets, `targets`):
 - `plan`: the `hwsearch.plan/v1` JSON itself (lossless);
 - `compressed-tensors`: a `quantization_config` (JSON) that compressed-tensors' pydantic
   models accept (see `hwsearch.export.compressed_tensors`);
@@ -25,15 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwsearch.errors import unknown
-from hwsearch.export import compressed_tensors, modelopt
 from hwsearch.export.files import check_out_path, plan_path_for, write_text_atomic
 from hwsearch.export.plan_file import plan_text
 from hwsearch.export.plan_view import PlanView
+from hwsearch.export.targets import formats, get_target
 from hwsearch.spaces.plan import Plan
-
-FORMATS: tuple[str, ...] = ("plan", "compressed-tensors", "modelopt")
-_RENDERERS = {"compressed-tensors": compressed_tensors.render, "modelopt": modelopt.render}
 
 
 class ExportWarning(UserWarning):
@@ -80,19 +76,18 @@ def export(plan: Plan | Mapping[str, Any], format: str, path: str | Path) -> Exp
 
 def _export(plan: Plan | Mapping[str, Any], format: str, path: str | Path) -> ExportResult:
     """`export`, called by it or by the module itself, so warnings point at the caller (3 frames up)."""
-    if format not in FORMATS:
-        raise unknown("export format", format, FORMATS)
+    target = get_target(format)
     plan = plan if isinstance(plan, Plan) else Plan.parse(plan)
     out = Path(path)
     check_out_path(out)
     view = PlanView.of(plan)
     figures = {"predicted": {k: f.value for k, f in plan.predicted.items()},
                "measured": {k: f.value for k, f in plan.measured.items()}}
-    if format == "plan":
+    if target.render is None:
         write_text_atomic(out, plan_text(plan))
         return ExportResult(out, format, out, (), **figures)
     kept = plan_path_for(out)
-    text, lost = _RENDERERS[format](view, out, str(kept))
+    text, lost = target.render(view, out, str(kept))
     write_text_atomic(kept, plan_text(plan))
     write_text_atomic(out, text)
     for line in lost:
@@ -100,7 +95,7 @@ def _export(plan: Plan | Mapping[str, Any], format: str, path: str | Path) -> Ex
     return ExportResult(out, format, kept, tuple(lost), **figures)
 
 
-__all__ = ["FORMATS", "ExportResult", "ExportWarning", "export"]
+__all__ = ["ExportResult", "ExportWarning", "export", "formats"]
 
 
 class _CallableModule(types.ModuleType):

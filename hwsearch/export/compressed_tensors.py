@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hwsearch.export.plan_view import KEPT, PlanView, module_regex, summarize
+from hwsearch.export.targets import Target, register_target
 from hwsearch.spaces.plan import LayerChoice
 
 TARGET = "compressed-tensors"
@@ -116,3 +117,6 @@ def render(view: PlanView, path: Path, kept_in: str) -> tuple[str, list[str]]:
     """The `quantization_config` as JSON text, and the warnings."""
     doc, warnings = quantization_config(view, kept_in)
     return json.dumps(doc, indent=2) + "\n", warnings
+
+
+register_target(Target("compressed-tensors", render, "quantization_config.json"))

@@ -36,6 +36,7 @@ import yaml
 
 from hwsearch.errors import HwsearchError
 from hwsearch.export.plan_view import KEPT, PlanView, summarize
+from hwsearch.export.targets import Target, register_target
 from hwsearch.spaces.plan import LayerChoice
 
 TARGET = "ModelOpt"
@@ -118,3 +119,6 @@ def render(view: PlanView, path: Path, kept_in: str) -> tuple[str, list[str]]:
     check_suffix(path)
     config, warnings = quant_config(view, kept_in)
     return to_yaml(config, view.plan.model), warnings
+
+
+register_target(Target("modelopt", render, "modelopt_quant.yaml", "application/x-yaml"))

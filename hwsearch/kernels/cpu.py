@@ -12,9 +12,9 @@ import contextlib
 import functools
 import platform
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from hwsearch.kernels.quant import (
     quantize_int4_groups,
     quantize_int8_rows,
 )
-from hwsearch.kernels.registry import Kernel, State, register
+from hwsearch.kernels.registry import Backend, Kernel, State, register, register_backend
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
 from hwsearch.kernels.tome import bipartite_merge
 
@@ -46,16 +46,25 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_capabilities() -> dict[str, Any]:
-    """Which formats this CPU runs on a real fast path."""
-    flags = cpu_flags()
-    arm = platform.machine().lower() in ("aarch64", "arm64")
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+FP16_FLAGS = frozenset({"avx512_fp16", "amx_fp16"})
+ARM_FP16_FLAG = "fphp"
+ARM_MACHINES = ("aarch64", "arm64")
+# The flags the capabilities read: a device fingerprint records them, so a CPU read from its
+# stored fingerprint (another host) gets the capabilities it gets on its own host.
+CAPABILITY_FLAGS: tuple[str, ...] = tuple(sorted(BF16_FLAGS | FP16_FLAGS | {ARM_FP16_FLAG}))
+
+
+def capabilities_from_flags(flags: Iterable[str], machine: str) -> dict[str, bool]:
+    """Which formats a CPU with these /proc/cpuinfo flags and this machine type runs on a real
+    fast path (the one rule, for this host and for a stored fingerprint alike)."""
+    flags = frozenset(flags)
+    arm = machine.lower() in ARM_MACHINES
     return {
         "available": True,
-        "isa": torch.backends.cpu.get_cpu_capability(),
         "fp32": True,
-        "bf16": bool({"avx512_bf16", "amx_bf16", "bf16"} & flags),
-        "fp16": bool({"avx512_fp16", "amx_fp16"} & flags) or (arm and "fphp" in flags),
+        "bf16": bool(BF16_FLAGS & flags),
+        "fp16": bool(FP16_FLAGS & flags) or (arm and ARM_FP16_FLAG in flags),
         "int8": True,  # oneDNN/fbgemm integer GEMM (VNNI where present, AVX2/NEON otherwise)
         "int4": True,  # torch's packed int4 CPU kernel
         "fp8": False,
@@ -63,13 +72,23 @@ def cpu_capabilities() -> dict[str, Any]:
     }
 
 
-def _cast_bias(state: State, params: State, dtype: torch.dtype) -> State:
+def cpu_capabilities() -> dict[str, Any]:
+    """Which formats this CPU runs on a real fast path (and its ISA level, as torch sees it)."""
+    caps: dict[str, Any] = capabilities_from_flags(cpu_flags(), platform.machine())
+    return {"available": caps.pop("available"), "isa": torch.backends.cpu.get_cpu_capability(), **caps}
+
+
+register_backend(Backend("cpu", cpu_capabilities, "cpu"))
+
+
+def cast_bias(state: State, params: State, dtype: torch.dtype) -> State:
+    """A linear's prepared state with the bias (if any) in `dtype`."""
     if params.get("bias") is not None:
         state["bias"] = params["bias"].to(dtype)
     return state
 
 
-def _add_bias(y: torch.Tensor, state: State) -> torch.Tensor:
+def add_bias(y: torch.Tensor, state: State) -> torch.Tensor:
     bias = state.get("bias")
     return y if bias is None else y + bias
 
@@ -96,7 +115,7 @@ class DenseFloat(CpuLinear):
     def prepare(self, spec: LinearSpec, params: State) -> State:
         dtype = TORCH_DTYPES[spec.format]
         state = {"weight": apply_nm(params["weight"], spec.nm).to(dtype).contiguous()}
-        return _cast_bias(state, params, dtype)
+        return cast_bias(state, params, dtype)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, state["weight"], state.get("bias"))
@@ -113,12 +132,12 @@ class Int8IntMM(CpuLinear):
     def prepare(self, spec: LinearSpec, params: State) -> State:
         q, scale = quantize_int8_rows(apply_nm(params["weight"], spec.nm))
         state = {"weight_t": q.t().contiguous(), "scale": scale.reshape(1, -1).contiguous()}
-        return _cast_bias(state, params, torch.float32)
+        return cast_bias(state, params, torch.float32)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
         xq, xs = quantize_int8_rows(x)
         acc = torch._int_mm(xq, state["weight_t"])
-        return _add_bias(acc.float() * xs * state["scale"], state).to(x.dtype)
+        return add_bias(acc.float() * xs * state["scale"], state).to(x.dtype)
 
 
 @register
@@ -195,30 +214,43 @@ class Int4Packed(CpuLinear):
             "packed": torch._convert_weight_to_int4pack_for_cpu(q, 1),
             "scales_zeros": int4_scales_and_zeros(scale, lo),
         }
-        return _cast_bias(state, params, torch.bfloat16)
+        return cast_bias(state, params, torch.bfloat16)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
         y = torch._weight_int4pack_mm_for_cpu(x, state["packed"], spec.group_size, state["scales_zeros"])
-        return _add_bias(y, state)
+        return add_bias(y, state)
 
 
 @register
 class Int4Dequant(CpuLinear):
-    """Int4 shapes the packed kernel cannot take (K not a multiple of the group): dequantised bf16."""
+    """Int4 weights dequantised to bf16 for a float GEMM: the emulated fallback (on a CPU, the
+    shapes the packed kernel cannot take, e.g. K not a multiple of the group).
+
+    `per_call`: the int4 values stay in memory and are dequantised on every call (what a device
+    running an int4 checkpoint without a kernel does); otherwise once, in `prepare`, to a bf16 copy.
+    """
 
     name = "cpu.linear.int4_dequant"
     formats = ("int4",)
+    per_call: ClassVar[bool] = False
 
     def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
         return False
 
     def prepare(self, spec: LinearSpec, params: State) -> State:
         q, scale, lo = quantize_int4_groups(apply_nm(params["weight"], spec.nm), spec.group_size)
-        state = {"weight": dequantize_int4_groups(q, scale, lo, spec.group_size).to(torch.bfloat16)}
-        return _cast_bias(state, params, torch.bfloat16)
+        if self.per_call:
+            state = {"q": q.to(torch.uint8), "scale": scale, "lo": lo}
+        else:
+            state = {"weight": dequantize_int4_groups(q, scale, lo, spec.group_size).to(torch.bfloat16)}
+        return cast_bias(state, params, torch.bfloat16)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, state["weight"], state.get("bias"))
+        if self.per_call:
+            weight = dequantize_int4_groups(state["q"], state["scale"], state["lo"], spec.group_size).to(torch.bfloat16)
+        else:
+            weight = state["weight"]
+        return F.linear(x, weight, state.get("bias"))
 
 
 class DequantW8A8(CpuLinear):
@@ -234,12 +266,12 @@ class DequantW8A8(CpuLinear):
     def prepare(self, spec: LinearSpec, params: State) -> State:
         q, scale = self.quantize(apply_nm(params["weight"], spec.nm))
         state = {"weight": q, "scale": scale.reshape(1, -1).contiguous()}
-        return _cast_bias(state, params, torch.float32)
+        return cast_bias(state, params, torch.float32)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
         xq, xs = self.quantize(x)
         y = F.linear(xq.to(x.dtype), state["weight"].to(x.dtype)).float()
-        return _add_bias(y * xs * state["scale"], state).to(x.dtype)
+        return add_bias(y * xs * state["scale"], state).to(x.dtype)
 
 
 @register

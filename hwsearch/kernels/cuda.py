@@ -35,12 +35,11 @@ from hwsearch.kernels import cpu
 from hwsearch.kernels.inputs import TORCH_DTYPES
 from hwsearch.kernels.quant import (
     apply_nm,
-    dequantize_int4_groups,
     quantize_fp8_rows,
     quantize_int4_groups,
     quantize_int8_rows,
 )
-from hwsearch.kernels.registry import Kernel, State, capabilities, register
+from hwsearch.kernels.registry import Backend, Kernel, State, capabilities, register, register_backend
 from hwsearch.kernels.specs import AttentionSpec, LinearSpec, OpSpec
 
 # Minimum compute capability of each fast path (see the table above).
@@ -73,6 +72,24 @@ def native_paths(sm: int) -> dict[str, bool]:
     }
 
 
+def capabilities_at(sm: int) -> dict[str, Any]:
+    """The capability dict of a GPU of compute capability `sm`: its fast paths flagged as spaces
+    read them (`nm`: 2:4 on sparse tensor cores), for this process's GPU or a stored fingerprint's."""
+    paths = native_paths(sm)
+    return {"available": True, "sm": sm, **paths, "nm": paths["2:4"]}
+
+
+def cuda_capabilities() -> dict[str, Any]:
+    """This process's CUDA device: its compute capability (10·major + minor), name and fast paths."""
+    if not torch.cuda.is_available():
+        return {"available": False}
+    major, minor = torch.cuda.get_device_capability()
+    return {**capabilities_at(major * 10 + minor), "name": torch.cuda.get_device_name()}
+
+
+register_backend(Backend("cuda", cuda_capabilities, "cuda", missing="torch sees no CUDA device here"))
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -81,17 +98,6 @@ def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Zero-pad a 2-D tensor at the bottom/right (no copy when already that shape)."""
     pad_r, pad_c = rows - t.shape[0], cols - t.shape[1]
     return t if pad_r == 0 and pad_c == 0 else F.pad(t, (0, pad_c, 0, pad_r))
-
-
-def _cast_bias(state: State, params: State, dtype: torch.dtype) -> State:
-    if params.get("bias") is not None:
-        state["bias"] = params["bias"].to(dtype)
-    return state
-
-
-def _add_bias(y: torch.Tensor, state: State) -> torch.Tensor:
-    bias = state.get("bias")
-    return y if bias is None else y + bias
 
 
 def cusparselt_available() -> bool:
@@ -159,7 +165,7 @@ class Int8IntMM(CudaLinear):
         n_pad, k_pad = _round_up(spec.N, 8), _round_up(spec.K, 8)
         # (N, K) row-major, used as its transpose: the column-major B operand cuBLASLt wants.
         state = {"weight": _pad_to(q, n_pad, k_pad).contiguous(), "scale": scale.reshape(1, -1).contiguous()}
-        return _cast_bias(state, params, torch.float32)
+        return cpu.cast_bias(state, params, torch.float32)
 
     def describe_config(self, spec: OpSpec) -> dict[str, Any]:
         return {"M": _int_mm_rows(spec.M), "K": _round_up(spec.K, 8), "N": _round_up(spec.N, 8)}  # type: ignore[attr-defined]
@@ -170,7 +176,7 @@ class Int8IntMM(CudaLinear):
         m_pad = _int_mm_rows(spec.M)
         acc = torch._int_mm(_pad_to(xq, m_pad, weight.shape[1]), weight.t())
         y = acc[: spec.M, : spec.N].float() * xs * state["scale"]
-        return _add_bias(y, state).to(x.dtype)
+        return cpu.add_bias(y, state).to(x.dtype)
 
 
 @register
@@ -220,7 +226,7 @@ class Fp8ScaledMM(CudaLinear):
             "scale": scale.reshape(1, -1).contiguous(),
             "one": torch.ones((), dtype=torch.float32, device=q.device),
         }
-        return _cast_bias(state, params, torch.float32)
+        return cpu.cast_bias(state, params, torch.float32)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
         weight = state["weight"]
@@ -234,7 +240,7 @@ class Fp8ScaledMM(CudaLinear):
             one = state["one"]
             y = torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
             y = y[:, : spec.N] * xs * state["scale"][:, : spec.N]
-        return _add_bias(y, state).to(x.dtype)
+        return cpu.add_bias(y, state).to(x.dtype)
 
 
 @register
@@ -293,31 +299,19 @@ class Int4Packed(CudaLinear):
             "packed": torch._convert_weight_to_int4pack(pack_int4_for_cuda(q), tiles),
             "scales_zeros": cpu.int4_scales_and_zeros(scale, lo),
         }
-        return _cast_bias(state, params, torch.bfloat16)
+        return cpu.cast_bias(state, params, torch.bfloat16)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
         y = torch._weight_int4pack_mm(x.contiguous(), state["packed"], spec.group_size, state["scales_zeros"])
-        return _add_bias(y, state)
+        return cpu.add_bias(y, state)
 
 
 @register
-class Int4Dequant(CudaLinear):
+class Int4Dequant(CudaLinear, cpu.Int4Dequant):
     """Int4 stored, dequantised to bf16 per call: the emulated fallback for any shape and device."""
 
     name = "cuda.linear.int4_dequant"
-    formats = ("int4",)
-
-    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
-        return False
-
-    def prepare(self, spec: LinearSpec, params: State) -> State:
-        q, scale, lo = quantize_int4_groups(apply_nm(params["weight"], spec.nm), spec.group_size)
-        state = {"q": q.to(torch.uint8), "scale": scale, "lo": lo}
-        return _cast_bias(state, params, torch.bfloat16)
-
-    def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
-        weight = dequantize_int4_groups(state["q"], state["scale"], state["lo"], spec.group_size)
-        return F.linear(x, weight.to(torch.bfloat16), state.get("bias"))
+    per_call = True
 
 
 # cuSPARSELt's and CUTLASS's minimum sparse-operand tile (rows = N, cols = K), from
@@ -367,14 +361,14 @@ class SemiStructured24(CudaLinear):
         if spec.format == "int8":
             q, scale = quantize_int8_rows(pruned)  # rounding keeps zeros zero: still 2:4
             state = {"packed": torch._cslt_compress(q.contiguous()), "scale": scale.reshape(1, -1).contiguous()}
-            return _cast_bias(state, params, torch.float32)
+            return cpu.cast_bias(state, params, torch.float32)
         weight = pruned.to(TORCH_DTYPES[spec.format]).contiguous()
         sparse = (
             to_sparse_semi_structured(weight)
             if cusparselt_available()
             else SparseSemiStructuredTensorCUTLASS.from_dense(weight)
         )
-        return _cast_bias({"weight": sparse}, params, weight.dtype)
+        return cpu.cast_bias({"weight": sparse}, params, weight.dtype)
 
     def run(self, spec: LinearSpec, state: State, x: torch.Tensor) -> torch.Tensor:
         if spec.format != "int8":
@@ -384,7 +378,7 @@ class SemiStructured24(CudaLinear):
         # (N, K) sparse × (K, M) column-major dense → (N, M)
         acc = torch._cslt_sparse_mm(state["packed"], _pad_to(xq, m_pad, spec.K).t(), out_dtype=torch.bfloat16)
         y = acc[:, : spec.M].t().float() * xs * state["scale"]
-        return _add_bias(y, state).to(x.dtype)
+        return cpu.add_bias(y, state).to(x.dtype)
 
 
 # --- the other ops: torch's CUDA kernels ------------------------------------------------------

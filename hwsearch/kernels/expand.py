@@ -18,9 +18,8 @@ from hwsearch.spaces.model import Block, ModelSpec
 DEFAULT_FORMAT = "bf16"
 
 
-def _choice(choices: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
-    """A layer's knob values from a plan (pydantic model, dict or None → bf16 dense full rank)."""
-    found = None if choices is None else choices.get(name)
+def _knobs(found: Any) -> dict[str, Any]:
+    """A layer's knob values from a choice (pydantic model, dict or None → bf16 dense full rank)."""
     if found is None:
         return {"format": DEFAULT_FORMAT, "group_size": None, "sparsity": "dense", "rank": None}
     get = found.get if isinstance(found, Mapping) else lambda k, d=None: getattr(found, k, d)
@@ -32,9 +31,16 @@ def _choice(choices: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
     }
 
 
-def _linear(tokens: int, layer: Any, choice: dict[str, Any]) -> LinearSpec:
-    group = choice["group_size"] if choice["format"] == "int4" else None
-    return LinearSpec(tokens, layer.K, layer.N, choice["format"], group, choice["sparsity"], choice["rank"])
+def linear_spec(tokens: int, K: int, N: int, choice: Any) -> LinearSpec:
+    """The kernel a (K -> N) linear runs at `tokens` rows under a choice (a `LayerChoice`, a dict
+    or None: bf16 dense full rank); the one place a layer choice becomes a `LinearSpec`."""
+    c = _knobs(choice)
+    group = c["group_size"] if c["format"] == "int4" else None
+    return LinearSpec(tokens, K, N, c["format"], group, c["sparsity"], c["rank"])
+
+
+def _linear(tokens: int, layer: Any, choices: Mapping[str, Any] | None) -> LinearSpec:
+    return linear_spec(tokens, layer.K, layer.N, None if choices is None else choices.get(layer.name))
 
 
 def _block_ops(block: Block, dtype: str) -> tuple[list[OpSpec], list[OpSpec], list[OpSpec]]:
@@ -75,7 +81,7 @@ def model_kernels(
     for layer in merged.layers:
         by_block.setdefault(layer.block, []).append(layer)
     for layer in by_block.get(None, []):
-        out.append((layer.name, _linear(layer.tokens, layer, _choice(choices, layer.name))))
+        out.append((layer.name, _linear(layer.tokens, layer, choices)))
     for block in merged.blocks:
         pre, mid, post = _block_ops(block, dtype)
         layers = by_block.get(block.index, [])
@@ -83,16 +89,16 @@ def model_kernels(
         mlp = [lay for lay in layers if lay.after_merge]
         tag = block.prefix or f"blocks.{block.index}"
         out += [(_owner(tag, s), s) for s in pre]
-        out += [(lay.name, _linear(lay.tokens, lay, _choice(choices, lay.name))) for lay in attn]
+        out += [(lay.name, _linear(lay.tokens, lay, choices)) for lay in attn]
         out += [(_owner(tag, s), s) for s in mid + post[:1]]
-        out += [(lay.name, _linear(lay.tokens, lay, _choice(choices, lay.name))) for lay in mlp]
+        out += [(lay.name, _linear(lay.tokens, lay, choices)) for lay in mlp]
         out += [(_owner(tag, s), s) for s in post[1:]]
     return out
 
 
 def layer_kernel(layer: Any, tokens: int, choice: Any) -> LinearSpec:
     """The kernel one layer runs at `tokens` rows under a choice (a `LayerChoice` or a dict)."""
-    return _linear(tokens, layer, _choice({layer.name: choice}, layer.name))
+    return linear_spec(tokens, layer.K, layer.N, choice)
 
 
 def space_kernels(

@@ -23,6 +23,7 @@ from torch import nn
 
 from hwsearch.kernels import registry
 from hwsearch.kernels.dispatch import Dispatch
+from hwsearch.kernels.expand import linear_spec
 from hwsearch.kernels.inputs import TORCH_DTYPES
 from hwsearch.kernels.quant import (
     nm_mask,
@@ -30,7 +31,6 @@ from hwsearch.kernels.quant import (
     quantize_int4_groups,
     quantize_int8_rows,
 )
-from hwsearch.kernels.specs import LinearSpec
 from hwsearch.kernels.tome import bipartite_merge
 from hwsearch.spaces.formats import ACT_DTYPE
 from hwsearch.spaces.plan import LayerChoice
@@ -97,9 +97,7 @@ class CompressedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.choice = choice
-        self.spec = LinearSpec(
-            max(1, rows), linear.in_features, linear.out_features, choice.format, choice.group_size, choice.sparsity, choice.rank
-        )
+        self.spec = linear_spec(max(1, rows), linear.in_features, linear.out_features, choice)
         self.kernel = dispatch.choose(self.spec) if dispatch is not None else registry.select(self.spec, backend)
         self.act_dtype = TORCH_DTYPES[ACT_DTYPE[choice.format]]
         weight = linear.weight.detach().float()

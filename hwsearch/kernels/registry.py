@@ -1,6 +1,12 @@
-"""The kernel registry: (op, format, sparsity, backend) → an implementation.
+"""The kernel registry: backends, and (op, format, sparsity, backend) → an implementation.
 
-A `Kernel` is one implementation of one op on one backend (a device kind: "cpu", "cuda"). It
+A backend (a device kind: "cpu", "cuda") joins with `register_backend` from its own module,
+with its capability function (what the device behind it runs fast, read from the hardware) and
+the torch device its tensors live on. The modules in `BACKEND_MODULES` (the one list of them)
+are imported on first use, so this module imports none of them; each imports this one to
+register itself and its kernels.
+
+A `Kernel` is one implementation of one op on one backend. It
 says which specs it serves (`supports`) and whether it is a real fast path on a given device
 (`native`) — an implementation that emulates a format the device cannot run fast is still
 registered, measured and used, but reported with native = False.
@@ -15,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -22,8 +29,7 @@ import torch
 from hwsearch.errors import HwsearchError, unknown
 from hwsearch.kernels.specs import LinearSpec, OpSpec
 
-BACKENDS: tuple[str, ...] = ("cpu", "cuda")
-# Modules that register kernels on import; missing ones (optional backends) are skipped.
+# Modules that register backends and kernels on import; missing ones (optional backends) are skipped.
 BACKEND_MODULES: tuple[str, ...] = ("hwsearch.kernels.cpu", "hwsearch.kernels.cuda", "hwsearch.kernels.triton")
 
 State = dict[str, torch.Tensor]
@@ -101,7 +107,41 @@ class LowRank(Kernel):
         return self.second.run(b, sb, self.first.run(a, sa, *acts))
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A device kind: its capability function and the torch device its tensors live on.
+
+    `capabilities()` returns a dict with ``available`` and, where available, each format flagged
+    as a real fast path or not, plus ``nm`` for 2:4 (``{"fp32": True, "fp8": False, "nm": False}``,
+    what `hwsearch.spaces.knobs.Capabilities.from_dict` reads), and whatever the backend's own
+    kernels decide by (a GPU's ``sm``). `missing` is what is said when the backend is asked for on
+    a machine that cannot run it.
+    """
+
+    name: str
+    capabilities: Callable[[], dict[str, Any]]
+    torch_device: str = "cpu"
+    missing: str = "this machine cannot run it"
+
+
+_BACKENDS: dict[str, Backend] = {}
 _KERNELS: list[Kernel] = []
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add a backend (its module calls this on import); a name registered twice is an error."""
+    if backend.name in _BACKENDS:
+        raise HwsearchError(f"backend {backend.name!r} is registered twice")
+    _BACKENDS[backend.name] = backend
+    capabilities.cache_clear()
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend and its kernels (for tests that register a toy one)."""
+    _BACKENDS.pop(name, None)
+    _KERNELS[:] = [k for k in _KERNELS if k.backend != name]
+    capabilities.cache_clear()
 
 
 def register(kernel: Kernel | type[Kernel]) -> Kernel | type[Kernel]:
@@ -118,6 +158,35 @@ def _load_backends() -> None:
     for module in BACKEND_MODULES:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
+
+
+def backends() -> tuple[str, ...]:
+    """The registered backend names, in registration order."""
+    _load_backends()
+    return tuple(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    """A backend by name; an unknown one is one line listing the registered ones."""
+    _load_backends()
+    if name not in _BACKENDS:
+        raise unknown("backend", name, tuple(_BACKENDS))
+    return _BACKENDS[name]
+
+
+def torch_device(backend: str) -> str:
+    """The torch device a backend's tensors live on ("cpu", "cuda")."""
+    return get_backend(backend).torch_device
+
+
+def require_backend(backend: str) -> Backend:
+    """A registered backend this machine can run; else one line saying why and what is accepted."""
+    found = get_backend(backend)
+    if not capabilities(backend).get("available"):
+        runnable = [b for b in _BACKENDS if capabilities(b).get("available")]
+        raise HwsearchError(f"backend {backend!r} asked for but {found.missing}; accepted: "
+                            + ", ".join(f"--backend {b}" for b in runnable))
+    return found
 
 
 def all_kernels() -> list[Kernel]:
@@ -140,23 +209,12 @@ def get(name: str) -> Kernel:
 
 @functools.cache
 def capabilities(backend: str) -> dict[str, Any]:
-    """What the device behind `backend` can run fast, read from the hardware."""
-    if backend == "cpu":
-        from hwsearch.kernels.cpu import cpu_capabilities
-
-        return cpu_capabilities()
-    if backend == "cuda":
-        if not torch.cuda.is_available():
-            return {"available": False}
-        major, minor = torch.cuda.get_device_capability()
-        return {"available": True, "sm": major * 10 + minor, "name": torch.cuda.get_device_name()}
-    raise unknown("backend", backend, BACKENDS)
+    """What the device behind `backend` can run fast, read from the hardware (once per process)."""
+    return get_backend(backend).capabilities()
 
 
 def implementations(spec: OpSpec, backend: str = "cpu") -> list[Kernel]:
     """Every available implementation of `spec` on `backend`, best first."""
-    if backend not in BACKENDS:
-        raise unknown("backend", backend, BACKENDS)
     caps = capabilities(backend)
     if isinstance(spec, LinearSpec) and spec.rank is not None:
         a, b = spec.factors()

@@ -13,11 +13,10 @@ from typing import Any, ClassVar
 
 from hwsearch.errors import HwsearchError, unknown
 from hwsearch.spaces.formats import (
-    DEFAULT_INT4_GROUP,
-    INT4_GROUP_SIZES,
     canonical_sparsity,
     check_dtype,
     check_format,
+    int4_group,
     parse_sparsity,
 )
 
@@ -67,15 +66,7 @@ class LinearSpec(OpSpec):
         check_dim("K", self.K)
         check_dim("N", self.N)
         check_format(self.format)
-        if self.format == "int4":
-            if self.group_size is None:
-                object.__setattr__(self, "group_size", DEFAULT_INT4_GROUP)
-            elif self.group_size not in INT4_GROUP_SIZES:
-                raise unknown("int4 group size", self.group_size, INT4_GROUP_SIZES)
-        elif self.group_size is not None:
-            raise HwsearchError(
-                f"group_size={self.group_size} given for format {self.format!r}; accepted: a group size only with int4"
-            )
+        object.__setattr__(self, "group_size", int4_group(self.format, self.group_size))
         object.__setattr__(self, "sparsity", canonical_sparsity(self.sparsity))
         if self.rank is not None:
             limit = min(self.K, self.N) - 1

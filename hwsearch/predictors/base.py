@@ -1,4 +1,10 @@
-"""The protocol every latency predictor obeys, and its storage envelope.
+"""The protocol every latency predictor obeys, the base the trainable ones share, and their
+storage envelope.
+
+`Estimator` is the scikit-learn-style base: hyper-parameters are the dataclass fields a
+subclass declares (so they come from ``__init__``), `get_params` / `set_params` read and set
+them, fitted attributes end in ``_``, and unfitted use is one line. It also writes and reads the
+stored form, so a subclass only says what its fitted state is (`_fitted_state`, `_restore`).
 
 Predictors are stored in the database and read back by other versions of hwsearch, so the
 stored form must be version-stable and safe to load: a JSON header (kind, format version,
@@ -9,10 +15,12 @@ JSON/UBJ model instead of a state_dict but use the same header.
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import io
 import json
 import struct
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -91,19 +99,86 @@ def unpack(data: bytes, kind: str | None = None) -> tuple[dict[str, Any], bytes]
     return header, data[8 + n :]
 
 
-def pack_torch(header: dict[str, Any], state: dict[str, Any]) -> bytes:
-    """Header plus a tensor dict saved with ``torch.save`` (loadable with ``weights_only``)."""
+def torch_payload(state: dict[str, Any]) -> bytes:
+    """A tensor dict saved with ``torch.save`` (loadable with ``weights_only``)."""
     import torch
 
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, buf)
-    return pack(header, buf.getvalue())
+    return buf.getvalue()
+
+
+def torch_state(payload: bytes) -> dict[str, Any]:
+    """Inverse of :func:`torch_payload`; never unpickles arbitrary objects."""
+    import torch
+
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+def pack_torch(header: dict[str, Any], state: dict[str, Any]) -> bytes:
+    """Header plus a tensor dict (see :func:`torch_payload`)."""
+    return pack(header, torch_payload(state))
 
 
 def unpack_torch(data: bytes, kind: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Inverse of :func:`pack_torch`; never unpickles arbitrary objects."""
-    import torch
-
+    """Inverse of :func:`pack_torch`."""
     header, payload = unpack(data, kind)
-    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    return header, state
+    return header, torch_state(payload)
+
+
+class Estimator(abc.ABC):
+    """Base of the trainable predictors; subclasses are ``@dataclass(eq=False)`` whose init fields
+    are the hyper-parameters.
+
+    `fitted_attr` names the attribute that is None until fitted; `unfitted_hint` says what to call.
+    """
+
+    kind: ClassVar[str] = ""
+    fitted_attr: ClassVar[str] = ""
+    unfitted_hint: ClassVar[str] = "is not fitted yet; call fit(X, y) first"
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """The hyper-parameters, in ``__init__`` order."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.init)  # type: ignore[arg-type]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        names = self.param_names()
+        for k, v in params.items():
+            if k not in names:
+                raise HwsearchError(f"unknown {type(self).__name__} parameter {k!r}; accepted: {', '.join(names)}")
+            setattr(self, k, v)
+        return self
+
+    def is_fitted(self) -> bool:
+        return getattr(self, self.fitted_attr, None) is not None
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted():
+            raise HwsearchError(f"{type(self).__name__} {self.unfitted_hint}")
+
+    # -- storage ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _fitted_state(self) -> tuple[dict[str, Any], bytes]:
+        """(header fields beyond kind and params, payload bytes) of a fitted estimator."""
+
+    @abc.abstractmethod
+    def _restore(self, header: dict[str, Any], payload: bytes) -> None:
+        """Set the fitted attributes from what `_fitted_state` wrote."""
+
+    def to_bytes(self) -> bytes:
+        """Version-stable stored form: the common header (kind, params, ...) and the fitted state."""
+        self._require_fitted()
+        header, payload = self._fitted_state()
+        return pack({"kind": self.kind, "params": self.get_params(), **header}, payload)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Inverse of :meth:`to_bytes`: hyper-parameters from the header, then the fitted state."""
+        header, payload = unpack(data, cls.kind)
+        obj = cls(**header["params"])
+        obj._restore(header, payload)
+        return obj

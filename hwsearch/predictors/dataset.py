@@ -89,7 +89,7 @@ def device_backend(engine: Engine, name: str) -> tuple[int, str]:
         device = session.get(Device, dev)
         assert device is not None
         backend = (device.fingerprint or {}).get("backend") or device.kind
-    return dev, backend if backend in registry.BACKENDS else "cpu"
+    return dev, backend if backend in registry.backends() else "cpu"
 
 
 def _measured(engine: Engine, dev: int) -> list[Any]:

@@ -46,12 +46,32 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
 
+from hwsearch.db.engine import session_scope
+from hwsearch.db.models import Device
 from hwsearch.errors import HwsearchError
-from hwsearch.predictors.base import check_latency, check_X, pack_torch, unpack_torch
+from hwsearch.predictors.base import (
+    Estimator,
+    check_latency,
+    check_X,
+    pack_torch,
+    torch_payload,
+    torch_state,
+    unpack_torch,
+)
+from hwsearch.predictors.features import FEATURE_VERSION
+from hwsearch.predictors.kinds import PredictorKind, register_kind
+from hwsearch.predictors.metrics import score_by_op
+from hwsearch.predictors.splits import TEST_FRACTION, random_split
+from hwsearch.predictors.store import store_predictor
+
+if TYPE_CHECKING:
+    from hwsearch.predictors.dataset import Dataset
 
 META_KIND = "meta"
 ADAPTED_KIND = "meta-adapted"
@@ -197,72 +217,49 @@ def _build_net(cfg: _Config):
     return Net()
 
 
-class MetaPredictor:
+@dataclass(eq=False)
+class MetaPredictor(Estimator):
     """Meta-learned, hardware-conditioned latency predictor (HELP-style, closed-form adaptation).
 
     ``meta_fit(tasks)`` learns across devices; ``adapt(hw_embedding, X_shots, y_shots)`` returns a
     :class:`AdaptedMetaPredictor` for one device that predicts milliseconds.
     """
 
-    kind = META_KIND
+    kind: ClassVar[str] = META_KIND
+    fitted_attr: ClassVar[str] = "net_"
+    unfitted_hint: ClassVar[str] = "is not meta-trained yet; call meta_fit(tasks) first"
 
-    def __init__(
-        self,
-        hidden: int = 128,
-        n_basis: int = 32,
-        n_layers: int = 2,
-        film: bool = True,
-        linear: bool = False,
-        steps: int = 500,
-        batch_tasks: int = 8,
-        support_min: int = 5,
-        support_max: int = 30,
-        query: int = 256,
-        lr: float = 2e-3,
-        weight_decay: float = 1e-4,
-        mix: float = 0.5,
-        mix_range: tuple[float, float] = (0.0, 1.0),
-        device_prior: float = 0.0,
-        shrink: float = 1.0,
-        seed: int = 0,
-        n_ensemble: int = 1,
-        rank_weight: float = 0.0,
-        rank_tau: float = 0.1,
-        n_linear: int = 0,
-    ) -> None:
-        if int(n_ensemble) < 1:
-            raise HwsearchError(f"n_ensemble {n_ensemble} out of range; accepted: 1 or more")
-        self.hidden = hidden
-        self.n_basis = n_basis
-        self.n_layers = n_layers
-        self.film = film
-        self.linear = linear
-        self.steps = steps
-        self.batch_tasks = batch_tasks
-        self.support_min = support_min
-        self.support_max = support_max
-        self.query = query
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.mix = mix
-        self.mix_range = tuple(mix_range)
-        self.device_prior = device_prior
-        self.shrink = shrink
-        self.seed = seed
-        self.n_ensemble = int(n_ensemble)
-        self.rank_weight = rank_weight
-        self.rank_tau = rank_tau
-        self.n_linear = int(n_linear)
+    hidden: int = 128
+    n_basis: int = 32
+    n_layers: int = 2
+    film: bool = True
+    linear: bool = False
+    steps: int = 500
+    batch_tasks: int = 8
+    support_min: int = 5
+    support_max: int = 30
+    query: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    mix: float = 0.5
+    mix_range: tuple[float, float] = (0.0, 1.0)
+    device_prior: float = 0.0
+    shrink: float = 1.0
+    seed: int = 0
+    n_ensemble: int = 1
+    rank_weight: float = 0.0
+    rank_tau: float = 0.1
+    n_linear: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.n_ensemble) < 1:
+            raise HwsearchError(f"n_ensemble {self.n_ensemble} out of range; accepted: 1 or more")
+        self.mix_range = tuple(self.mix_range)  # type: ignore[assignment]
+        self.n_ensemble = int(self.n_ensemble)
+        self.n_linear = int(self.n_linear)
         self.nets_: list[Any] = []
         self.net_: Any = None
         self.config_: _Config | None = None
-
-    # -- hyper-parameters ------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        keys = ("hidden", "n_basis", "n_layers", "film", "linear", "steps", "batch_tasks", "support_min",
-                "support_max", "query", "lr", "weight_decay", "mix", "mix_range", "device_prior", "shrink", "seed",
-                "n_ensemble", "rank_weight", "rank_tau", "n_linear")
-        return {k: getattr(self, k) for k in keys}
 
     # -- meta-training ---------------------------------------------------------------------
     def _check_tasks(self, tasks: Sequence[MetaTask]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
@@ -448,10 +445,6 @@ class MetaPredictor:
         return tot / len(vbatches)
 
     # -- adaptation ------------------------------------------------------------------------
-    def _require_fitted(self) -> None:
-        if self.net_ is None:
-            raise HwsearchError("MetaPredictor is not meta-trained yet; call meta_fit(tasks) first")
-
     def adapt(self, hw_embedding: np.ndarray, X_shots: np.ndarray, y_shots: np.ndarray) -> AdaptedMetaPredictor:
         """A predictor for one device from its hardware embedding and a few measured rows (ms)."""
         self._require_fitted()
@@ -465,24 +458,18 @@ class MetaPredictor:
         return AdaptedMetaPredictor(self.config_, states, hw).fit(X_shots, y_shots)
 
     # -- storage ---------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        self._require_fitted()
-        header = {"kind": META_KIND, "params": self.get_params(), "config": asdict(self.config_)}
-        return pack_torch(header, _pack_states([net.state_dict() for net in self.nets_]))
+    def _fitted_state(self) -> tuple[dict[str, Any], bytes]:
+        return {"config": asdict(self.config_)}, torch_payload(_pack_states([net.state_dict() for net in self.nets_]))
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> MetaPredictor:
-        header, state = unpack_torch(data, META_KIND)
-        obj = cls(**header["params"])
-        obj.config_ = cfg = _Config(**header["config"])
-        obj.nets_ = []
-        for st in _unpack_states(state, cfg.n_ensemble):
+    def _restore(self, header: dict[str, Any], payload: bytes) -> None:
+        self.config_ = cfg = _Config(**header["config"])
+        self.nets_ = []
+        for st in _unpack_states(torch_state(payload), cfg.n_ensemble):
             net = _build_net(cfg).double()
             net.load_state_dict(st)
             net.eval()
-            obj.nets_.append(net)
-        obj.net_ = obj.nets_[0]
-        return obj
+            self.nets_.append(net)
+        self.net_ = self.nets_[0]
 
 
 class AdaptedMetaPredictor:
@@ -565,3 +552,112 @@ class AdaptedMetaPredictor:
         obj = cls(config, _unpack_states(state, n), hw)
         obj.heads_ = heads
         return obj
+
+
+# -- training from the database (`hwsearch train --kind meta`) ------------------------------------
+# A device takes part in meta-training with its full reference set and this many kernels.
+MIN_META_ROWS = 40
+META_SHOTS = 10
+DEFAULT_META_PARAMS: dict[str, Any] = {"steps": 600, "support_min": 5, "support_max": 40}
+
+
+def _meta_candidates(engine: Engine) -> list[tuple[str, Dataset, np.ndarray]]:
+    """Devices fit for meta-training: full reference set and at least MIN_META_ROWS kernels."""
+    from hwsearch.predictors.dataset import hardware_embedding, load_dataset, load_rows
+
+    with session_scope(engine) as session:
+        names = session.scalars(select(Device.name).order_by(Device.name)).all()
+    out = []
+    for name in names:
+        _, rows = load_rows(engine, name)
+        if len(rows) < MIN_META_ROWS:
+            continue
+        try:
+            emb = hardware_embedding(rows, name)
+        except HwsearchError:
+            continue
+        out.append((name, load_dataset(engine, name), emb))
+    return out
+
+
+def _shots(ds: Dataset, pool: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The reference kernels (always) plus `n` random other rows drawn from `pool`."""
+    from hwsearch.profilers.sampling import reference_set
+
+    ref = set(reference_set())
+    is_ref = np.array([s in ref for s in ds.specs])
+    pool = np.asarray(pool, dtype=int)
+    extra = pool[~is_ref[pool]]
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(extra, size=min(n, len(extra)), replace=False) if len(extra) else np.zeros(0, dtype=int)
+    return np.concatenate([np.flatnonzero(is_ref), np.sort(pick)]).astype(int)
+
+
+def train_meta(
+    engine: Engine, device: str, params: dict[str, Any] | None = None, seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None, shots: int = META_SHOTS,
+) -> dict[str, Any]:
+    """Meta-train on every device fit for it; score few-shot adaptation on `device`; store.
+
+    The row is shared by all devices (``device_id`` NULL, the training devices in ``devices``)
+    and adapted on the fly for a device from its reference-set latencies plus its few measured
+    kernels. Scoring: with other devices available, `device` is left out of meta-training (a new
+    device); otherwise every device's rows are split and the held-out rows of `device` are
+    scored. Either way the adapted predictor sees only the reference set plus `shots` other kernels.
+    """
+    from hwsearch.predictors.dataset import device_backend, load_rows, no_measurements
+    from hwsearch.profilers.sampling import reference_set
+
+    device_backend(engine, device)  # unknown device -> one-line error listing devices
+    _, rows = load_rows(engine, device)
+    if not rows:
+        raise no_measurements(device)
+    cands = _meta_candidates(engine)
+    if not cands:
+        raise HwsearchError(
+            f"meta-training needs a device with its full reference set and at least {MIN_META_ROWS} measured kernels; "
+            "none has that yet; accepted: profile one (`hwsearch profile --local --budget quick`)"
+        )
+    hp = {**DEFAULT_META_PARAMS, **(params or {}), "seed": seed}
+    stage = (lambda name: (lambda i, n: progress(name, i, n)) if progress else None)  # noqa: E731
+    names = [c[0] for c in cands]
+    others = [c for c in cands if c[0] != device]
+    target = next((c for c in cands if c[0] == device), None)
+    metrics: dict[str, Any] = {"shots": shots, "seed": seed}
+    if target is not None and len(target[1]) >= len(reference_set()) + shots + 10:
+        _, ds, emb = target
+        if others:
+            model = MetaPredictor(**hp).meta_fit([MetaTask(n, d.X, d.y_ms, e) for n, d, e in others],
+                                                 progress=stage("meta-training (held-out score)"))
+            seen = _shots(ds, np.arange(len(ds)), shots, seed)
+            test = np.setdiff1d(np.arange(len(ds)), seen)
+            metrics["split"] = "device left out of meta-training"
+        else:
+            parts = {}
+            for n, d, _ in cands:
+                parts[n] = random_split(len(d), TEST_FRACTION, seed)
+            model = MetaPredictor(**hp).meta_fit(
+                [MetaTask(n, d.X[parts[n][0]], d.y_ms[parts[n][0]], e) for n, d, e in cands],
+                progress=stage("meta-training (held-out score)"))
+            seen = _shots(ds, parts[device][0], shots, seed)
+            test = parts[device][1]
+            metrics["split"] = "rows: the device's held-out rows (no other device to leave it out)"
+        adapted = model.adapt(emb, ds.X[seen], ds.y_ms[seen])
+        metrics["held_out"] = score_by_op(adapted.predict(ds.X[test]), ds.subset(test))
+        metrics["adapted_on"] = int(len(seen))
+    else:
+        metrics["split"] = "none: the device has too few kernels to hold any out"
+    final = MetaPredictor(**hp).meta_fit([MetaTask(n, d.X, d.y_ms, e) for n, d, e in cands],
+                                         progress=stage("meta-training (stored model)"))
+    summary = {"devices": {n: len(d) for n, d, _ in cands}, "feature_version": FEATURE_VERSION,
+               "reference_kernels": len(reference_set()), "params": final.get_params()}
+    pid = store_predictor(engine, kind=META_KIND, name="meta", device_id=None, devices=names, target="kernel",
+                          train_summary=summary, metrics={device: metrics}, artefact=final.to_bytes())
+    return {"id": pid, "kind": META_KIND, "device": device, "devices": names, "metrics": metrics,
+            "train_summary": summary}
+
+
+register_kind(PredictorKind(META_KIND, MetaPredictor.from_bytes, "torch-state-dict", train_meta,
+                            help="meta-learned, shared by all devices, adapted per device from a few kernels", order=1))
+register_kind(PredictorKind(ADAPTED_KIND, AdaptedMetaPredictor.from_bytes, "torch-state-dict",
+                            help="the meta-learned predictor adapted to one device", order=1))

@@ -30,8 +30,10 @@ from hwsearch.errors import HwsearchError
 from hwsearch.kernels.expand import layer_kernel, model_kernels
 from hwsearch.kernels.specs import LinearSpec, OpSpec
 from hwsearch.predictors.base import pack, unpack
+from hwsearch.predictors.kinds import PredictorKind, register_kind
+from hwsearch.predictors.store import latest, store_predictor
 from hwsearch.spaces.formats import ACT_DTYPE
-from hwsearch.spaces.model import Layer, ModelSpec
+from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import LayerChoice, Plan
 
 OVERHEAD_KIND = "overhead"
@@ -163,11 +165,6 @@ def full_choices(model: ModelSpec, plan: Plan | None) -> dict[str, LayerChoice]:
     return {name: plan.choice(name, model.dtype) for name in model.layer_names}
 
 
-def layer_spec(layer: Layer, tokens: int, choice: LayerChoice) -> LinearSpec:
-    """The kernel one layer runs under a choice (as `model_kernels` builds it)."""
-    return layer_kernel(layer, tokens, choice)
-
-
 def _launches(spec: OpSpec) -> int:
     return len(spec.factors()) if isinstance(spec, LinearSpec) else 1
 
@@ -291,13 +288,13 @@ class PlanTable:
             self.base_launches[mi] = len(rest)
             specs: list[LinearSpec] = []
             for layer, opts in zip(merged.layers, self.choices, strict=True):
-                specs += [layer_spec(layer, layer.tokens, c) for c in opts]
+                specs += [layer_kernel(layer, layer.tokens, c) for c in opts]
             self.ms[mi] = ml.predictor.predict_specs(specs)
             self.launches[mi] = [_launches(s) for s in specs]
             self.casts[mi] = [_cast_melems(s, model.dtype) for s in specs]
             self.measured[mi] = measured_mask(ml.predictor, specs)
         oh = ml.overhead
-        own = np.array([[oh.scale_of(layer_spec(layer, layer.tokens, c)) or np.nan
+        own = np.array([[oh.scale_of(layer_kernel(layer, layer.tokens, c)) or np.nan
                          for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
         self.own = np.broadcast_to(own, self.ms.shape)  # a layer family's own scale, NaN where `scale` applies
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
@@ -351,19 +348,17 @@ class PlanTable:
 def store_overhead(engine: Any, device: str, overhead: Overhead, metrics: dict[str, Any], summary: dict[str, Any]) -> int:
     """Store a device's fitted overhead term as a predictor row (target "model-overhead")."""
     from hwsearch.predictors.dataset import device_backend
-    from hwsearch.predictors.registry import store_predictor
 
     dev_id, _ = device_backend(engine, device)
     return store_predictor(engine, kind=OVERHEAD_KIND, name=f"overhead-{device}", device_id=dev_id, devices=[device],
                            target="model-overhead", train_summary={**summary, **overhead.as_dict()}, metrics=metrics,
-                           artefact=overhead.to_bytes(), artefact_format="json")
+                           artefact=overhead.to_bytes())
 
 
 def add_anchors(engine: Any, device: str, anchors: Mapping[str, float]) -> int:
     """Store the device's overhead term again with `anchors` (measured uncompressed models) added;
     the composition and its metrics are kept as they were. Returns the new row's id."""
     from hwsearch.predictors.dataset import device_backend
-    from hwsearch.predictors.registry import latest
 
     dev_id, _ = device_backend(engine, device)
     row = latest(engine, OVERHEAD_KIND, dev_id, target="model-overhead")
@@ -375,40 +370,9 @@ def add_anchors(engine: Any, device: str, anchors: Mapping[str, float]) -> int:
 
 def device_overhead(engine: Any, device_id: int) -> tuple[Overhead, int | None]:
     """The device's latest overhead term and its row id; none fitted yet: no overhead (scale 1)."""
-    from hwsearch.predictors.registry import latest
-
     row = latest(engine, OVERHEAD_KIND, device_id, target="model-overhead")
     return (Overhead(), None) if row is None else (row.load(), row.id)
 
 
-def predict_model(engine: Any, device: str, model: str, plan_file: str | None = None) -> dict[str, Any]:
-    """`hwsearch predict`: a model's (and plan's) predicted latency on a device, and who answered."""
-    from hwsearch.predictors.registry import best_predictor
-    from hwsearch.spaces.catalog import get_model
-    from hwsearch.spaces.plan import validate_plan
-
-    spec = get_model(model)
-    plan = None
-    if plan_file is not None:
-        plan = Plan.from_file(plan_file)
-        if plan.model.partition(":")[0] != model.partition(":")[0]:
-            raise HwsearchError(f"plan is for model {plan.model!r}, not {model!r}; accepted: a plan made for {model!r}")
-        validate_plan(plan, spec)
-    answer = best_predictor(engine, device)
-    overhead, overhead_id = device_overhead(engine, answer.device_id)
-    ml = ModelLatency(spec, answer, overhead)
-    est = ml.plan(plan)
-    return {
-        "device": device,
-        "model": model,
-        "plan": plan_file,
-        "latency_ms": est.total_ms,
-        "kernel_ms": est.kernel_ms,
-        "overhead_ms": est.overhead_ms,
-        "kernels": est.kernels,
-        "measured_share": est.measured_share,
-        "anchored": ml.anchored,
-        "by_op_ms": est.by_op,
-        "predictor": answer.describe(),
-        "overhead": {"id": overhead_id, **overhead.as_dict()},
-    }
+register_kind(PredictorKind(OVERHEAD_KIND, Overhead.from_bytes, "json",
+                            help="a device's whole-model overhead term (fitted from timed plans)"))

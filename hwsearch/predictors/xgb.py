@@ -14,70 +14,53 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
+from sqlalchemy.engine import Engine
 
 from hwsearch.errors import HwsearchError
-from hwsearch.predictors.base import check_latency, check_X, pack, unpack
+from hwsearch.predictors.base import Estimator, check_latency, check_X
+from hwsearch.predictors.features import FEATURE_VERSION, OFFSET_FEATURE
+from hwsearch.predictors.kinds import PredictorKind, register_kind
+from hwsearch.predictors.metrics import score_by_op
+from hwsearch.predictors.splits import TEST_FRACTION, random_split
+from hwsearch.predictors.store import store_predictor
 
 XGB_KIND = "xgboost"
 RAW_FORMATS = ("ubj", "json")
 # Below this many rows a validation split is too small to pick a round count from.
 MIN_SPLIT_ROWS = 20
+# A per-device XGBoost model answers (and `--kind all` trains one) from this many kernels.
+MIN_XGB_ROWS = 100
 
 
-class XGBoostPredictor:
+@dataclass(eq=False)
+class XGBoostPredictor(Estimator):
     """scikit-learn style estimator: ``fit(X, y_ms)``, ``predict(X) -> ms``."""
 
-    kind = XGB_KIND
+    kind: ClassVar[str] = XGB_KIND
+    fitted_attr: ClassVar[str] = "booster_"
 
-    def __init__(
-        self,
-        n_estimators: int = 2000,
-        learning_rate: float = 0.05,
-        max_depth: int = 6,
-        min_child_weight: float = 1.0,
-        subsample: float = 0.8,
-        colsample_bytree: float = 0.8,
-        reg_lambda: float = 1.0,
-        early_stopping_rounds: int = 100,
-        validation_fraction: float = 0.15,
-        small_data_rounds: int = 200,
-        offset_feature: int | None = None,
-        n_jobs: int = 1,
-        random_state: int = 0,
-        raw_format: str = "ubj",
-    ) -> None:
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.max_depth = max_depth
-        self.min_child_weight = min_child_weight
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.reg_lambda = reg_lambda
-        self.early_stopping_rounds = early_stopping_rounds
-        self.validation_fraction = validation_fraction
-        self.small_data_rounds = small_data_rounds
-        self.offset_feature = offset_feature
-        self.n_jobs = n_jobs
-        self.random_state = random_state
-        self.raw_format = raw_format
+    n_estimators: int = 2000
+    learning_rate: float = 0.05
+    max_depth: int = 6
+    min_child_weight: float = 1.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 1.0
+    early_stopping_rounds: int = 100
+    validation_fraction: float = 0.15
+    small_data_rounds: int = 200
+    offset_feature: int | None = None
+    n_jobs: int = 1
+    random_state: int = 0
+    raw_format: str = "ubj"
+
+    def __post_init__(self) -> None:
         self.booster_: Any = None
-
-    _PARAMS = ("n_estimators", "learning_rate", "max_depth", "min_child_weight", "subsample", "colsample_bytree",
-               "reg_lambda", "early_stopping_rounds", "validation_fraction", "small_data_rounds", "offset_feature",
-               "n_jobs", "random_state", "raw_format")
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params: Any) -> XGBoostPredictor:
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise HwsearchError(f"unknown XGBoostPredictor parameter {k!r}; accepted: {', '.join(self._PARAMS)}")
-            setattr(self, k, v)
-        return self
 
     def _booster_params(self) -> dict[str, Any]:
         return {
@@ -133,10 +116,6 @@ class XGBoostPredictor:
         self.n_features_in_ = X.shape[1]
         return self
 
-    def _require_fitted(self) -> None:
-        if self.booster_ is None:
-            raise HwsearchError("XGBoostPredictor is not fitted yet; call fit(X, y) first")
-
     def predict(self, X: np.ndarray) -> np.ndarray:
         import xgboost as xgb
 
@@ -147,24 +126,65 @@ class XGBoostPredictor:
         margin = self.booster_.predict(xgb.DMatrix(X), iteration_range=(0, self.best_iteration_ + 1))
         return np.exp(margin.astype(np.float64) + self._offset(X))
 
-    def to_bytes(self) -> bytes:
-        self._require_fitted()
-        header = {"kind": XGB_KIND, "params": self.get_params(), "n_features": self.n_features_in_,
-                  "best_iteration": self.best_iteration_, "valid_rmse_log": self.valid_rmse_log_,
-                  "raw_format": self.raw_format}
-        return pack(header, bytes(self.booster_.save_raw(raw_format=self.raw_format)))
+    def _fitted_state(self) -> tuple[dict[str, Any], bytes]:
+        header = {"n_features": self.n_features_in_, "best_iteration": self.best_iteration_,
+                  "valid_rmse_log": self.valid_rmse_log_, "raw_format": self.raw_format}
+        return header, bytes(self.booster_.save_raw(raw_format=self.raw_format))
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> XGBoostPredictor:
+    def _restore(self, header: dict[str, Any], payload: bytes) -> None:
         import xgboost as xgb
 
-        header, payload = unpack(data, XGB_KIND)
-        obj = cls(**header["params"])
         booster = xgb.Booster()
         booster.load_model(bytearray(payload))
-        booster.set_param({"nthread": obj.n_jobs})
-        obj.booster_ = booster
-        obj.n_features_in_ = int(header["n_features"])
-        obj.best_iteration_ = int(header["best_iteration"])
-        obj.valid_rmse_log_ = header.get("valid_rmse_log")
-        return obj
+        booster.set_param({"nthread": self.n_jobs})
+        self.booster_ = booster
+        self.n_features_in_ = int(header["n_features"])
+        self.best_iteration_ = int(header["best_iteration"])
+        self.valid_rmse_log_ = header.get("valid_rmse_log")
+
+
+def default_xgboost() -> XGBoostPredictor:
+    """The per-device estimator: residual over the device's roofline."""
+    return XGBoostPredictor(offset_feature=OFFSET_FEATURE)
+
+
+def train_xgboost(
+    engine: Engine, device: str, params: dict[str, Any] | None = None, seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None, test_fraction: float = TEST_FRACTION,
+) -> dict[str, Any]:
+    """Fit, score on a held-out split, refit on all rows, store; returns the stored row's description.
+
+    The row: one per device (latest wins), target "kernel"; metrics are scored on a held-out
+    random split by a model fit on the rest; the stored model is then refit on every row.
+    """
+    from hwsearch.predictors.dataset import device_backend, load_dataset  # imports torch
+
+    ds = load_dataset(engine, device)
+    if len(ds) < 10:
+        raise HwsearchError(
+            f"device {device!r} has {len(ds)} measured kernels; XGBoost needs at least 10 (answers from {MIN_XGB_ROWS}); "
+            f"accepted: profile more (`hwsearch profile --budget standard`) or use the meta-predictor (--kind meta)"
+        )
+    make = (lambda: default_xgboost().set_params(**(params or {})))  # noqa: E731
+    tr, te = random_split(len(ds), test_fraction, seed)
+    held = make().fit(ds.X[tr], ds.y_ms[tr])
+    pred_te = held.predict(ds.X[te])
+    metrics = {"split": "random", "test_fraction": test_fraction, "seed": seed,
+               "held_out": score_by_op(pred_te, ds.subset(te)),
+               # the points behind the scores, for the dashboard's predicted-vs-measured chart
+               "held_out_points": {"op": ds.ops[te].tolist(), "measured_ms": ds.y_ms[te].tolist(),
+                                   "predicted_ms": [float(v) for v in pred_te]},
+               "noise_floor_median_cov": float(np.median(ds.cov))}
+    final = make().fit(ds.X, ds.y_ms)
+    dev_id, _ = device_backend(engine, device)
+    summary = {**ds.summary(), "feature_version": FEATURE_VERSION, "roofline": ds.roofline.as_dict(),
+               "best_iteration": final.best_iteration_, "held_out_model_rows": int(len(tr)),
+               "note": "metrics from a model fit on the other rows; the stored model is refit on all rows"}
+    pid = store_predictor(engine, kind=XGB_KIND, name=f"xgboost-{device}", device_id=dev_id, devices=[device],
+                          target="kernel", train_summary=summary, metrics=metrics, artefact=final.to_bytes())
+    return {"id": pid, "kind": XGB_KIND, "device": device, "metrics": metrics, "train_summary": summary}
+
+
+register_kind(PredictorKind(XGB_KIND, XGBoostPredictor.from_bytes, "xgboost-ubj+json-header", train_xgboost,
+                            in_all=lambda rows: rows >= MIN_XGB_ROWS,
+                            help=f"per-device XGBoost (answers from {MIN_XGB_ROWS} measured kernels)"))

@@ -15,10 +15,14 @@ from typing import Any
 
 import torch
 
-from hwsearch.kernels.cpu import cpu_flags
+from hwsearch.kernels.cpu import CAPABILITY_FLAGS, cpu_flags
 from hwsearch.profilers.gpu_specs import gpu_spec_from_properties
 
-INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "fma", "neon", "asimd", "sve")
+# Recorded for people reading the fingerprint, and every flag the CPU capabilities read (so a
+# device's capabilities can be read from its stored fingerprint on another host).
+INTERESTING_FLAGS = tuple(dict.fromkeys((
+    "avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile",
+    "fma", "neon", "asimd", "sve", *CAPABILITY_FLAGS)))
 LIBRARIES = ("torch", "triton", "numpy", "hwsearch")
 
 

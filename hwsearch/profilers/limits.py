@@ -80,7 +80,7 @@ def limits_from_curve(curve: list[tuple[int, float]], peaks: dict[str, float] | 
 
 def peak_flops(threads: int, backend: str = "cpu", shape: tuple[int, int, int] = PEAK_SHAPE) -> dict[str, float]:
     """Best GFLOP/s of each natively supported format's implementations on one large GEMM."""
-    device = "cuda" if backend == "cuda" else "cpu"
+    device = registry.torch_device(backend)
     peaks: dict[str, float] = {}
     caps = registry.capabilities(backend)
     with torch.inference_mode():
@@ -106,8 +106,8 @@ def peak_flops(threads: int, backend: str = "cpu", shape: tuple[int, int, int] =
 
 def probe(threads: int, backend: str = "cpu") -> Limits:
     """Measure this machine's limits (a few seconds)."""
-    device = "cuda" if backend == "cuda" else "cpu"
-    sizes = PROBE_MB if backend != "cuda" else tuple(mb * 4 for mb in PROBE_MB)
+    device = registry.torch_device(backend)
+    sizes = PROBE_MB if device != "cuda" else tuple(mb * 4 for mb in PROBE_MB)
     return limits_from_curve(read_curve(threads, sizes, device), peak_flops(threads, backend))
 
 

@@ -114,7 +114,7 @@ def measure_many(
 ) -> list[dict[str, Any]]:
     """Build every task once, then time them together in interleaved rounds; fields in task order."""
     torch.set_num_threads(threads)
-    device = "cuda" if backend == "cuda" else "cpu"
+    device = registry.torch_device(backend)
     cold = limits.cold_bytes if limits else COLD_LLC_FACTOR * cache_bytes()
     with torch.inference_mode():
         built = [build(spec_from_params(op, params), registry.get(impl), None, cold, device, seed)

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,30 +30,10 @@ from hwsearch.processes import group_members, still_ours
 from hwsearch.profilers.cluster import check_device_name, check_reachable, resource_name
 from hwsearch.profilers.threads import check_threads
 
-BACKENDS = ("cpu", "cuda")
 STOP_GRACE_S = 10.0
 
 
 # --- self-check ---------------------------------------------------------------------------
-
-
-def _check_specs() -> list[Any]:
-    """Tiny shapes that reach every registered implementation (formats, N:M, low rank, other ops)."""
-    from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, TomeMergeSpec
-    from hwsearch.spaces.formats import FORMATS
-
-    specs: list[Any] = []
-    for fmt in FORMATS:
-        specs += [LinearSpec(9, 256, 48, fmt), LinearSpec(1, 256, 40, fmt), LinearSpec(9, 256, 48, fmt, sparsity="2:4"),
-                  LinearSpec(5, 256, 64, fmt, rank=32)]
-    specs += [LinearSpec(3, 256, 24, "int4", group_size=32), LinearSpec(3, 256, 24, "int4", group_size=64)]
-    for dtype in ("fp32", "bf16", "fp16"):
-        specs += [AttentionSpec(9, 2, 16, dtype), AttentionSpec(1, 4, 16, dtype, kv_tokens=20, causal=True, kv_heads=2),
-                  NormSpec("layernorm", 6, 64, dtype), NormSpec("rmsnorm", 6, 64, dtype),
-                  ElementwiseSpec("gelu", 6, 64, dtype), ElementwiseSpec("silu_mul", 6, 64, dtype),
-                  ElementwiseSpec("add", 6, 64, dtype), ElementwiseSpec("rope", 6, 64, dtype),
-                  TomeMergeSpec(33, 32, 8, dtype)]
-    return specs
 
 
 @dataclass
@@ -66,60 +45,20 @@ class SelfCheck:
 
 
 def self_check(backend: str = "cpu", threads: int | None = None) -> SelfCheck:
-    """Every available implementation of `backend` against the fp64 reference, then one timing."""
-    import torch
-
+    """The kernel conformance checks of `backend` (`hwsearch.kernels.checks`), then one timing."""
     from hwsearch.kernels import registry
+    from hwsearch.kernels.checks import check_backend
     from hwsearch.kernels.specs import LinearSpec
     from hwsearch.profilers.measure import measure
 
-    if backend not in BACKENDS:
-        raise HwsearchError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
-    if backend == "cuda" and not torch.cuda.is_available():
-        raise HwsearchError("backend 'cuda' asked for but torch sees no CUDA device here; accepted: --backend cpu")
-    device = "cuda" if backend == "cuda" else "cpu"
-    checked: set[str] = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch's deprecation notes about quantized tensors
-        cases = _compare_all(backend, device, checked)
-    missing = sorted(k.name for k in registry.all_kernels() if k.backend == backend and k.available() and k.name not in checked)
-    if missing:
-        raise HwsearchError(f"self-check reached no shape for {', '.join(missing)}; accepted: kernels the check covers")
-    timed = measure("linear", LinearSpec(8, 256, 256, "bf16").params(), registry.select(LinearSpec(8, 256, 256, "bf16"), backend).name,
-                    threads=threads or 1, backend=backend)
-    return SelfCheck(backend, sorted(checked), cases, timed["median_us"])
-
-
-def _compare_all(backend: str, device: str, checked: set[str]) -> int:
-    import torch
-
-    from hwsearch.kernels import registry
-    from hwsearch.kernels.inputs import TOLERANCE, make_inputs, reference
-    from hwsearch.kernels.specs import LinearSpec
-
-    cases = 0
-    for spec in _check_specs():
-        for kernel in registry.implementations(spec, backend):
-            params, acts = make_inputs(spec, seed=1, device=device)
-            try:
-                with torch.inference_mode():
-                    got = registry.build(kernel, spec, params, acts)()
-                    expected = reference(spec, params, acts)
-                err = ((got.double() - expected).norm() / expected.norm()).item()
-            except Exception as exc:  # any failure means this node cannot be profiled
-                raise HwsearchError(
-                    f"self-check: {kernel.name} fails on {spec.describe()} ({type(exc).__name__}: {exc}); "
-                    "accepted: a machine whose torch install runs every kernel (see `hwsearch profile --local`)"
-                ) from exc
-            tol = TOLERANCE[spec.format if isinstance(spec, LinearSpec) else spec.dtype]
-            if not err <= tol:
-                raise HwsearchError(
-                    f"self-check: {kernel.name} gives wrong results on {spec.describe()} (relative error {err:.3g} > {tol}); "
-                    "accepted: a machine whose kernels match the fp64 reference"
-                )
-            checked.add(kernel.name)
-            cases += 1
-    return cases
+    registry.require_backend(backend)  # unknown or not runnable here: one line
+    try:
+        report = check_backend(backend)
+    except HwsearchError as err:
+        raise HwsearchError(f"self-check: {err}") from None
+    spec = LinearSpec(8, 256, 256, "bf16")
+    timed = measure("linear", spec.params(), registry.select(spec, backend).name, threads=threads or 1, backend=backend)
+    return SelfCheck(backend, report.kernels, report.cases, timed["median_us"])
 
 
 # --- ray start / stop ---------------------------------------------------------------------

@@ -41,18 +41,20 @@ class Problem:
 
 
 def device_capabilities(name: str, fingerprint: dict[str, Any]) -> Capabilities:
-    """What the device runs natively, from its stored fingerprint (the local reading on its own host)."""
+    """What the device runs natively, from its stored fingerprint (the local reading on its own host);
+    a CPU elsewhere is read from its recorded flags by the same rule as on its host."""
     from hwsearch.kernels import registry
+    from hwsearch.kernels.cpu import capabilities_from_flags
 
     backend = fingerprint.get("backend", "cpu")
     if fingerprint.get("host") == socket.gethostname():
         return Capabilities.from_dict(registry.capabilities(backend), name)
     if "sm" in fingerprint:
-        return Capabilities.from_dict({"sm": fingerprint["sm"]}, name)
-    flags = set(fingerprint.get("cpu_flags", ()))
-    return Capabilities.from_dict({"fp32": True, "int8": True, "int4": True,
-                                   "bf16": bool({"avx512_bf16", "amx_bf16", "bf16"} & flags),
-                                   "fp16": bool({"avx512_fp16", "amx_fp16"} & flags)}, name)
+        from hwsearch.kernels.cuda import capabilities_at
+
+        return Capabilities.from_dict(capabilities_at(int(fingerprint["sm"])), name)
+    return Capabilities.from_dict(capabilities_from_flags(fingerprint.get("cpu_flags", ()), fingerprint.get("arch", "")),
+                                  name)
 
 
 def _custom_task(spec: SearchSpec, model_spec: Any) -> Any:

@@ -54,6 +54,7 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
     import torch
 
     from hwsearch.kernels.apply import apply_plan
+    from hwsearch.kernels.registry import torch_device
     from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
 
     base, x = torch_model(model, module, example_inputs)
@@ -61,7 +62,7 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
     with torch.inference_mode():
         built = [apply_plan(base, plan, model, backend=backend, dispatch=dispatch).eval() for plan in plans]
         timings = time_items([[lambda m=m: m(*args)] for m in built], threads=threads,
-                             device="cuda" if backend == "cuda" else "cpu", protocol=MODEL_PROTOCOL)
+                             device=torch_device(backend), protocol=MODEL_PROTOCOL)
     del built
     return [{"measured_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "cov": t.cov,
              "spread": t.spread, "unstable": t.unstable} for t in timings]

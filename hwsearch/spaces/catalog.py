@@ -14,9 +14,11 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hwsearch.errors import HwsearchError, check_range, unknown
 from hwsearch.spaces.model import Block, Layer, ModelSpec, default_groups
+from hwsearch.spaces.plan import Plan, validate_plan
 
 DECODE_MAX_TOKENS = 16
 
@@ -218,3 +220,21 @@ def get_model(ref: str, **options: int) -> ModelSpec:
             f"unknown option(s) {extra} for model {name!r}; accepted: {', '.join(accepted) or 'no options'}"
         )
     return CATALOG[name](**parsed)
+
+
+def check_plan_model(plan: Plan, model: str | None = None) -> ModelSpec:
+    """The catalogue model of a plan, the plan checked against its layers and groups; with
+    `model`, the plan must be for that model (options such as tokens may differ)."""
+    if model is not None and plan.model.partition(":")[0] != model.partition(":")[0]:
+        raise HwsearchError(f"plan is for model {plan.model!r}, not {model!r}; accepted: a plan made for {model!r}")
+    spec = get_model(plan.model if model is None else model)
+    validate_plan(plan, spec)
+    return spec
+
+
+def load_plan(path: str | Path, model: str | None = None) -> Plan:
+    """A plan file read (`Plan.from_file`: size, encoding, schema) and checked against its
+    catalogue model (`check_plan_model`): the one way a command loads a plan to use it."""
+    plan = Plan.from_file(path)
+    check_plan_model(plan, model)
+    return plan

@@ -43,6 +43,23 @@ def check_dtype(dtype: Any) -> str:
     return dtype
 
 
+def check_int4_group_size(group_size: Any) -> int:
+    """An accepted int4 group size, else one line listing them."""
+    if isinstance(group_size, bool) or group_size not in INT4_GROUP_SIZES:
+        raise unknown("int4 group size", group_size, INT4_GROUP_SIZES)
+    return int(group_size)
+
+
+def int4_group(fmt: str, group_size: Any) -> int | None:
+    """The group size a layer in `fmt` carries: int4 takes one (default `DEFAULT_INT4_GROUP`),
+    every other format none. The one place the rule is written (specs, plans and knobs use it)."""
+    if fmt == "int4":
+        return DEFAULT_INT4_GROUP if group_size is None else check_int4_group_size(group_size)
+    if group_size is not None:
+        raise HwsearchError(f"group_size={group_size} given for format {fmt!r}; accepted: a group size only with int4")
+    return None
+
+
 def parse_sparsity(pattern: Any) -> tuple[int, int] | None:
     """'dense' -> None; 'N:M' -> (N, M) with 0 < N < M <= 64."""
     if pattern == "dense":

@@ -23,6 +23,7 @@ from hwsearch.spaces.formats import (
     NAMED_SPARSITY,
     canonical_sparsity,
     check_format,
+    check_int4_group_size,
 )
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan, validate_plan
@@ -40,12 +41,9 @@ class Capabilities:
 
     @classmethod
     def from_dict(cls, caps: Mapping[str, Any], name: str = "device") -> Capabilities:
-        """From a kernels-style capability dict: `{fp32: True, int8: True, fp8: False, nm: False}`
-        (a CPU) or `{sm: 90}` (a CUDA device: fp8 from sm89, 2:4 from sm80)."""
-        if "sm" in caps:
-            sm = int(caps["sm"])
-            formats = {"fp32", "fp16", "bf16" if sm >= 80 else "fp16", "int8", "int4"} | ({"fp8"} if sm >= 89 else set())
-            return cls(name, frozenset(formats), frozenset({"dense"} | ({"2:4"} if sm >= 80 else set())))
+        """From a backend's capability dict (`hwsearch.kernels.registry.capabilities`): each
+        format flagged, and `nm` for 2:4, e.g. `{fp32: True, int8: True, fp8: False, nm: False}`.
+        The backend decides the flags (a CUDA device's from its compute capability)."""
         formats = frozenset(f for f in FORMATS if caps.get(f))
         sparsities = {"dense"} | ({"2:4"} if caps.get("nm") else set())
         return cls(name, formats, frozenset(sparsities))
@@ -73,8 +71,7 @@ class Knobs:
             check_format(fmt)
         object.__setattr__(self, "sparsities", tuple(canonical_sparsity(s) for s in self.sparsities))
         for g in self.group_sizes:
-            if g not in INT4_GROUP_SIZES:
-                raise HwsearchError(f"unknown int4 group size {g!r}; accepted: {', '.join(map(str, INT4_GROUP_SIZES))}")
+            check_int4_group_size(g)
         if not 0 < self.rank_fraction < 1 or self.rank_step < 1:
             raise HwsearchError("rank_fraction must be in (0, 1) and rank_step >= 1; accepted: e.g. 0.5 and 32")
 

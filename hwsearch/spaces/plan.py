@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hwsearch.errors import HwsearchError
-from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, INT4_GROUP_SIZES, canonical_sparsity, check_format
+from hwsearch.spaces.formats import canonical_sparsity, check_format, int4_group
 from hwsearch.spaces.model import ModelSpec
 
 PLAN_SCHEMA = "hwsearch.plan/v1"
@@ -67,13 +67,10 @@ class LayerChoice(BaseModel):
 
     @model_validator(mode="after")
     def _group(self) -> LayerChoice:
-        if self.format == "int4":
-            if self.group_size is None:
-                object.__setattr__(self, "group_size", DEFAULT_INT4_GROUP)
-            elif self.group_size not in INT4_GROUP_SIZES:
-                raise ValueError(f"int4 group_size {self.group_size} not accepted; accepted: {INT4_GROUP_SIZES}")
-        elif self.group_size is not None:
-            raise ValueError(f"group_size given for format {self.format!r}; accepted: a group size only with int4")
+        try:
+            object.__setattr__(self, "group_size", int4_group(self.format, self.group_size))
+        except HwsearchError as err:
+            raise ValueError(str(err)) from None  # pydantic reports it as this field's error
         return self
 
     def is_identity(self, dtype: str = "fp32") -> bool:
