@@ -25,7 +25,7 @@ from hwsearch.export import ExportWarning, export
 from hwsearch.export.targets import Target, formats, register_target, unregister_target
 from hwsearch.kernels import registry as kernel_registry
 from hwsearch.kernels.apply import apply_plan
-from hwsearch.kernels.checks import check_backend, check_specs
+from hwsearch.kernels.checks import check_backend, check_native, check_specs
 from hwsearch.kernels.models import ViT
 from hwsearch.kernels.specs import LinearSpec, OpSpec
 from hwsearch.predictors import registry
@@ -246,7 +246,7 @@ def toy_backend():
 
 
 def test_a_new_backend_is_one_module_plus_registration(toy_backend):
-    assert kernel_registry.backends()[-1] == toy_backend
+    assert toy_backend in kernel_registry.backends()
     fp32 = [s for s in check_specs() if isinstance(s, LinearSpec) and s.format == "fp32" and s.sparsity == "dense"]
     report = check_backend(toy_backend, fp32)  # low rank comes for free: two toy GEMMs
     assert report.kernels == ["lowrank[toy.linear.fp32]", "toy.linear.fp32"]
@@ -255,10 +255,9 @@ def test_a_new_backend_is_one_module_plus_registration(toy_backend):
     assert {c.format for c in space.layers["head"].choices()} == {"fp32"}
     torch.manual_seed(0)
     model = ViT(DIGITS_VIT).eval()
-    plan = Plan(model="digits_vit", layers={"blocks.0.mlp.fc1": LayerChoice(format="fp32", rank=32),
-                                            "blocks.0.mlp.fc2": LayerChoice(format="fp32")})
+    plan = Plan(model="digits_vit", layers={"blocks.0.mlp.fc1": LayerChoice(format="fp32", rank=32)})
     built = apply_plan(model, plan, spec, backend=toy_backend)
-    assert "kernel=lowrank[toy.linear.fp32]" in repr(built) and "kernel=toy.linear.fp32" in repr(built)
+    assert "(fc1): CompressedLinear(64→128, fp32/r32, kernel=lowrank[toy.linear.fp32])" in repr(built)
     x = torch.randn(2, 1, 8, 8)
     with torch.inference_mode():
         assert built(x).shape == model(x).shape
@@ -294,7 +293,7 @@ def test_the_kernel_checks_catch_a_dishonest_native_flag(toy_backend):
 
     kernel_registry.register(Boastful)
     with pytest.raises(HwsearchError, match="toy.linear.boastful claims a fast path for linear.*fp8=False"):
-        check_backend(toy_backend, [LinearSpec(9, 256, 48, "fp8")])
+        check_native(toy_backend, [LinearSpec(9, 256, 48, "fp8")])
 
 
 # -- export targets: a new one --------------------------------------------------------------------
@@ -307,7 +306,7 @@ def render_toy(view: Any, path: Any, kept_in: str) -> tuple[str, list[str]]:
 def test_a_new_export_target_is_one_module_plus_registration(tmp_path):
     register_target(Target("toy-json", render_toy, "toy.json"))
     try:
-        assert formats()[-1] == "toy-json"
+        assert "toy-json" in formats()
         plan = Plan(model="digits_vit", layers={"head": LayerChoice(format="int8")}, merge=MergePlan(r=2))
         with pytest.warns(ExportWarning, match="merge schedule is not expressed"):
             result = export(plan, "toy-json", tmp_path / "out.json")

@@ -311,6 +311,7 @@ class Int4Dequant(CudaLinear, cpu.Int4Dequant):
     """Int4 stored, dequantised to bf16 per call: the emulated fallback for any shape and device."""
 
     name = "cuda.linear.int4_dequant"
+    formats = cpu.Int4Dequant.formats
     per_call = True
 
 
