@@ -86,7 +86,9 @@ def _check_meta_adapted() -> None:
 
 
 def _check_overhead() -> None:
-    overhead = Overhead(1.2, 0.3, 0.01, 0.002, 9, {"linear/bf16": 0.9}, 5.0, 0.05)
+    overhead = Overhead(scale=1.2, per_forward_ms=0.3, per_kernel_ms=0.01, per_cast_melem_ms=0.002, fitted_on=9,
+                        family_scale={"linear/bf16": 0.9}, band_pct=5.0, per_merge_block_ms=0.05,
+                        anchors={"digits_vit@1": 1.5})
     parts = (np.array([1.0, 2.0]), np.array([30, 40]), np.array([0.5, 0.1]), 0.2, 3.0)
     loaded = check_round_trip(overhead, np.zeros((2, 1)), lambda o, _: o.apply(*parts), kind=OVERHEAD_KIND)
     assert loaded == overhead
