@@ -97,7 +97,7 @@ def test_conformal_band_covers_held_out_errors():
 
 
 def test_family_scales_and_composition_recover_a_known_model():
-    from hwsearch.predictors.calibration import PlanParts, family_scales, fit_compose
+    from hwsearch.predictors.calibration import PlanParts, family_lines, family_scales, fit_compose
 
     rng = np.random.default_rng(0)
     parts, records, y = [], [], []
@@ -113,6 +113,14 @@ def test_family_scales_and_composition_recover_a_known_model():
     fit = fit_compose("in_model", parts, records, np.array(y), np.arange(8) > 0)
     assert fit.predict(parts[0]) == pytest.approx(y[0], rel=1e-6)
     assert fit.overhead.scale == pytest.approx(1.2, rel=1e-6) and fit.overhead.per_forward_ms == pytest.approx(0.4, rel=1e-5)
+    # a fixed per-call cost in place (the module, the casts' launches) is fitted beside the scale
+    offset = {"linear/int8": 0.05, "linear/fp32": 0.0}
+    lined = [[(f, inside + offset[f], alone) for f, inside, alone in rec] for rec in records]
+    scales, offsets = family_lines(r for rec in lined for r in rec)
+    assert scales == pytest.approx(scale, rel=1e-6) and offsets == pytest.approx(offset, abs=1e-9)
+    y_lined = np.array(y) + np.array([sum(offset[f] for f in p.family.values()) for p in parts])
+    fit = fit_compose("in_model_affine", parts, lined, y_lined, np.arange(8) > 0)
+    assert fit.predict(parts[0]) == pytest.approx(y_lined[0], rel=1e-6)
 
 
 def test_layer_times_time_layers_in_place():

@@ -290,7 +290,8 @@ def test_an_anchored_model_predicts_its_measured_latency_plus_the_plan_differenc
     model = get_model("vit_tiny")
     space = SearchSpace(model, Capabilities(), Knobs(rank_step=64, allow_emulated=True))
     plans = [space.sample(random.Random(i), 0.7) for i in range(6)]
-    oh = Overhead(scale=1.1, per_forward_ms=0.3, per_kernel_ms=0.01, per_cast_melem_ms=0.2)
+    oh = Overhead(scale=1.1, per_forward_ms=0.3, per_kernel_ms=0.01, per_cast_melem_ms=0.2,
+                  family_scale={"linear/fp32": 1.1, "linear/int8": 1.8}, family_offset_ms={"linear/int8": 0.02})
     bare = ModelLatency(model, answer, oh)
     anchored = ModelLatency(model, answer, Overhead.from_bytes(oh.with_anchors({anchor_key(model): 42.0}).to_bytes()))
     assert anchored.anchored and not bare.anchored

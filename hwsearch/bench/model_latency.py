@@ -19,7 +19,7 @@ only a device profiled on this host can be benchmarked here.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from hwsearch.predictors.metrics import mape, spearman, within_pct
 from hwsearch.predictors.model_latency import ModelLatency, anchor_key, device_overhead, store_overhead
 from hwsearch.predictors.registry import Answer, best_predictor
 from hwsearch.profilers.coverage import local_fingerprint
+from hwsearch.search.spec import SearchSpec
 from hwsearch.spaces.catalog import get_model
 
 AGGRESSIVENESS = (0.1, 0.9)
@@ -81,7 +82,7 @@ def _scores(pred: np.ndarray, measured: np.ndarray, again: np.ndarray) -> dict[s
 
 
 def run(
-    engine: Engine, device: str, model: str = "vit_base", plans: int = 20, seed: int = 0, threads: int | None = None,
+    engine: Engine, device: str, model: str | Sequence[Any] = "vit_base", plans: int = 20, seed: int = 0, threads: int | None = None,
     aggressiveness: float | None = None, store: bool = True, progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     import torch
@@ -95,20 +96,32 @@ def run(
 
     if plans < 3:
         raise HwsearchError(f"plans={plans} is too few to fit and score the overhead; accepted: 3 or more")
-    models = [m.strip() for m in model.split(",") if m.strip()]
-    specs = {m: get_model(m) for m in models}
+    requests = [m.strip() for m in model.split(",") if m.strip()] if isinstance(model, str) else list(model)
     fp = local_fingerprint(engine, device, "hwsearch bench model-latency")
     backend = fp.get("backend", "cpu")
     threads = threads or fp.get("threads") or 1
     answer = best_predictor(engine, device)
     caps = Capabilities.from_dict(registry.capabilities(backend), device)
-    built_models = {m: torch_model(m.partition(":")[0]) for m in models}
-    spaces = {m: SearchSpace(specs[m], caps) for m in models}
+    specs, built_models, spaces = {}, {}, {}
+    for request in requests:
+        if isinstance(request, SearchSpec):  # a user's torch model, traced, with its knobs
+            desc = request.model_description()
+            x = request.example_inputs
+            specs[desc.name], built_models[desc.name] = desc, (request.model.eval(), x if isinstance(x, tuple) else (x,))
+            spaces[desc.name] = SearchSpace(desc, caps, request.knob_values())
+        else:
+            module, x = torch_model(str(request).partition(":")[0])
+            specs[request], built_models[request] = get_model(request), (module, (x,))
+            spaces[request] = SearchSpace(specs[request], caps)
+    models = list(specs)
     latencies = {m: ModelLatency(specs[m], answer) for m in models}
     # the same plans scored by the predictor alone (no stored measurement answers): side by side
     alone = Answer(answer.device, answer.kind, answer.predictor, answer.roofline, answer.predictor_id, answer.detail,
                    answer.device_id, dispatch=answer.dispatch)
     predicted_only = {m: ModelLatency(specs[m], alone) for m in models}
+    # what a search on this device would promise today: the stored composition, band and anchors
+    stored_overhead, stored_id = device_overhead(engine, answer.device_id)
+    as_searched = {m: ModelLatency(specs[m], answer, stored_overhead) for m in models}
     rng = random.Random(seed)
     # round-robin over the models: with two sizes of model the constant and per-kernel terms separate
     # each plan compresses a random share of its layers (uniform in AGGRESSIVENESS unless given), so a
@@ -127,20 +140,21 @@ def run(
         anchor, measured all through the run: its median over the run is what is stored)."""
         base, x = built_models[name]
         with torch.inference_mode():
-            plan_t, anchor_t = time_items([[lambda m=module: m(x)], [lambda: base(x)]], threads=threads,
+            plan_t, anchor_t = time_items([[lambda m=module: m(*x)], [lambda: base(*x)]], threads=threads,
                                           protocol=MODEL_PROTOCOL)
         seen_anchor[name].append(anchor_t.median_us / 1e3)
         return plan_t
 
     parts: list[PlanParts] = []
     parts_alone: list[PlanParts] = []
-    measured, rows, records, records_alone = [], [], [], []
+    measured, rows, records, records_alone, promised = [], [], [], [], []
     for i, (name, plan) in enumerate(drawn):
         est = latencies[name].plan(plan)
-        module, x = build(name, plan), built_models[name][1]
+        promised.append(as_searched[name].plan(plan).total_ms)
+        module, args = build(name, plan), built_models[name][1]
         timing = timed(module, name)
         part = plan_parts(latencies[name], plan, est)
-        inside = layer_times(module, (x,), list(part.layer_ms), threads=threads)
+        inside = layer_times(module, args, list(part.layer_ms), threads=threads)
         records.append([(part.family[n], inside[n], part.layer_ms[n]) for n in part.layer_ms])
         parts.append(part)
         part_alone = plan_parts(predicted_only[name], plan)
@@ -207,7 +221,7 @@ def run(
         row["measured_again_ms"] = float(t)
     doc: dict[str, Any] = {
         "device": device,
-        "model": model,
+        "model": ",".join(models),
         "predictor": answer.describe(),
         "threads": threads,
         "plans": plans,
@@ -230,6 +244,11 @@ def run(
         "per_model": {m: _scores(pred[names == m], y[names == m], y2[names == m]) for m in models},
         "leave_one_model_out": lomo,
         "anchors_ms": anchor_ms,
+        "as_searched": {"overhead_id": stored_id, "anchored": {m: as_searched[m].anchored for m in models},
+                        "mape": mape(np.array(promised), y), "spearman": spearman(np.array(promised), y),
+                        "per_model": {m: _scores(np.array(promised)[names == m], y[names == m], y2[names == m]) for m in models},
+                        "note": "the estimates a search would have used before this run: the composition, band and "
+                                "anchors stored for the device (nothing fitted on these plans)"},
         "unanchored": {"mape": mape(bare, y), "spearman": spearman(bare, y),
                        "per_model": {m: _scores(bare[names == m], y[names == m], y2[names == m]) for m in models},
                        "leave_one_model_out": None if bare_lomo is None else
@@ -258,5 +277,5 @@ def run(
         full.anchors = {**device_overhead(engine, answer.device_id)[0].anchors, **full.anchors}
         doc["overhead_id"] = store_overhead(engine, device, full, {"mape_loo": doc["mape"], "within_10pct_loo": doc["within_10pct"],
                                                                    "composition": chosen, "band_pct": full.band_pct},
-                                            {"model": model, "plans": plans, "seed": seed, "kernel_predictor": answer.describe()})
+                                            {"model": ",".join(models), "plans": plans, "seed": seed, "kernel_predictor": answer.describe()})
     return doc

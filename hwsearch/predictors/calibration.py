@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import nnls
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.specs import LinearSpec
@@ -42,16 +43,37 @@ def family_scales(records: Iterable[tuple[str, float, float]], min_layers: int =
     return {f: float(np.median(r)) for f, r in sorted(ratios.items()) if len(r) >= min_layers}
 
 
+def family_lines(records: Iterable[tuple[str, float, float]], min_layers: int = MIN_LAYERS
+                 ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per family, in-model ms = scale · isolated ms + offset (the fixed cost of one call in
+    place: the Python module, the activation casts' launch), by non-negative least squares on
+    relative error; (scales, offsets)."""
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for fam, inside, alone in records:
+        if alone > 0 and math.isfinite(inside) and inside > 0:
+            points[fam].append((alone, inside))
+    scales: dict[str, float] = {}
+    offsets: dict[str, float] = {}
+    for fam, pts in sorted(points.items()):
+        if len(pts) < min_layers:
+            continue
+        alone, inside = np.array(pts).T
+        w = 1.0 / inside
+        (a, b), _ = nnls(np.stack([alone, np.ones_like(alone)], 1) * w[:, None], inside * w)
+        scales[fam], offsets[fam] = float(a if a > 0 else np.median(inside / alone)), float(b)
+    return scales, offsets
+
+
 def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
-                    scales: Mapping[str, float]) -> tuple[float, float]:
-    """(Σ scaled ms of layers whose family has a scale, Σ ms of the others)."""
+                    scales: Mapping[str, float], offsets: Mapping[str, float] | None = None) -> tuple[float, float]:
+    """(Σ scaled ms (plus per-call offset) of layers whose family has a scale, Σ ms of the others)."""
     fixed = free = 0.0
     for name, ms in per_layer.items():
         s = scales.get(families[name])
         if s is None:
             free += ms
         else:
-            fixed += s * ms
+            fixed += s * ms + (offsets or {}).get(families[name], 0.0)
     return fixed, free
 
 
@@ -70,7 +92,7 @@ def conformal_band(predicted: np.ndarray, measured: np.ndarray, coverage: float 
 
 
 # -- composing a plan's latency from its parts ----------------------------------------------------
-VARIANTS = ("kernel_sum", "overhead", "in_model")  # simplest first
+VARIANTS = ("kernel_sum", "overhead", "in_model", "in_model_affine")  # simplest first
 TIE_POINTS = 1.0
 
 
@@ -129,7 +151,8 @@ class Composition:
     def predict(self, part: PlanParts, anchor: tuple[PlanParts, float] | None = None) -> float:
         """End-to-end ms of a plan; with `anchor` (the uncompressed model's parts and its measured
         ms), that measurement plus the composed difference the plan makes (`Overhead.anchors`)."""
-        fixed, free = split_by_family(part.layer_ms, part.family, self.overhead.family_scale)
+        fixed, free = split_by_family(part.layer_ms, part.family, self.overhead.family_scale,
+                                      self.overhead.family_offset_ms)
         total = float(self.overhead.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
                                           np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
         if anchor is not None:
@@ -144,7 +167,8 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
 
     kernel_sum: the isolated kernels summed; overhead: one scale on all kernels plus per-forward,
     per-kernel and per-cast terms (NNLS); in_model: layer families scaled by their in-place
-    ratios (`family_scales` of the training plans' layers), the rest by NNLS.
+    ratios (`family_scales` of the training plans' layers), the rest by NNLS; in_model_affine: the
+    same with a fixed per-call cost per family (`family_lines`).
     """
     if variant not in VARIANTS:
         raise HwsearchError(f"unknown composition {variant!r}; accepted: {', '.join(VARIANTS)}")
@@ -159,8 +183,9 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
         k = np.array([p.kernel_ms for p in chosen])
         c = np.array([p.cast_melems for p in chosen])
         return Composition(Overhead.fit(k, n, c, y, merge_blocks=merging))
-    scales = family_scales(r for i in idx for r in records[i])
-    split = [split_by_family(p.layer_ms, p.family, scales) for p in chosen]
+    training = [r for i in idx for r in records[i]]
+    scales, offsets = family_lines(training) if variant == "in_model_affine" else (family_scales(training), {})
+    split = [split_by_family(p.layer_ms, p.family, scales, offsets) for p in chosen]
     fixed = np.array([f for f, _ in split])
     free = np.array([fr + p.rest_ms for (_, fr), p in zip(split, chosen, strict=True)])
-    return Composition(Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging))
+    return Composition(Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets))

@@ -63,10 +63,11 @@ def layer_family(spec: LinearSpec) -> str:
 class Overhead:
     """How isolated kernel latencies compose into a model's end-to-end latency (ms):
 
-        Σ_layers family_scale[f]·t + scale·Σ_other kernels + per_forward + per_kernel·launches
+        Σ_layers (family_scale[f]·t + family_offset_ms[f]) + scale·Σ_other kernels + per_forward + per_kernel·launches
         + per_cast_melem·cast elements + per_merge_block·blocks run with token merging
 
-    `family_scale` is the in-model / isolated ratio of each layer family, timed in place
+    `family_scale` is the in-model / isolated ratio of each layer family, timed in place (with
+    `family_offset_ms`, where fitted, the fixed cost of one call of such a layer in place)
     (`hwsearch.predictors.calibration`); a family without one is scaled by `scale` like the
     other kernels. `band_pct` is the calibrated upper bound: measured latency stays at most that
     many per cent above the estimate (conformal, on held-out timed plans); None: uncalibrated.
@@ -78,6 +79,7 @@ class Overhead:
     per_cast_melem_ms: float = 0.0
     fitted_on: int = 0
     family_scale: dict[str, float] = field(default_factory=dict)
+    family_offset_ms: dict[str, float] = field(default_factory=dict)
     band_pct: float | None = None
     # a block from the first merging one on runs as a `TomeBlock` (size-weighted attention, the
     # matching itself under vmap): in place it costs far more than the isolated merge kernel
@@ -90,6 +92,12 @@ class Overhead:
     def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
         """A layer kernel's own family scale, or None where `scale` applies."""
         return self.family_scale.get(layer_family(spec)) if layer and isinstance(spec, LinearSpec) else None
+
+    def offset_of(self, spec: OpSpec, layer: bool = True) -> float:
+        """A layer kernel's fixed in-place cost per call (ms) where its family has a scale of its own."""
+        if self.scale_of(spec, layer) is None:
+            return 0.0
+        return self.family_offset_ms.get(layer_family(spec), 0.0)  # type: ignore[arg-type]
 
     def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray,
               fixed_ms: np.ndarray | float = 0.0, merge_blocks: np.ndarray | float = 0.0) -> np.ndarray:
@@ -105,7 +113,7 @@ class Overhead:
     @classmethod
     def fit(cls, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray, measured_ms: np.ndarray,
             fixed_ms: np.ndarray | float = 0.0, family_scale: dict[str, float] | None = None,
-            merge_blocks: np.ndarray | float = 0.0) -> Overhead:
+            merge_blocks: np.ndarray | float = 0.0, family_offset_ms: dict[str, float] | None = None) -> Overhead:
         """Non-negative least squares on relative error (each plan weighs the same) of what the
         fixed, family-scaled part leaves of the measured latency."""
         kernel_ms, measured_ms = np.asarray(kernel_ms, float), np.asarray(measured_ms, float)
@@ -120,7 +128,7 @@ class Overhead:
         if coef[0] <= 0:
             coef[0] = 1.0
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)),
-                   dict(family_scale or {}), per_merge_block_ms=float(coef[4]))
+                   dict(family_scale or {}), dict(family_offset_ms or {}), per_merge_block_ms=float(coef[4]))
 
     def with_anchors(self, anchors: Mapping[str, float]) -> Overhead:
         """A copy with `anchors` added (a new measurement of a model replaces the old one)."""
@@ -137,7 +145,8 @@ class Overhead:
     def as_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "per_forward_ms": self.per_forward_ms, "per_kernel_ms": self.per_kernel_ms,
                 "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on,
-                "family_scale": dict(self.family_scale), "band_pct": self.band_pct,
+                "family_scale": dict(self.family_scale), "family_offset_ms": dict(self.family_offset_ms),
+                "band_pct": self.band_pct,
                 "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors)}
 
 
@@ -225,7 +234,7 @@ class ModelLatency:
         launches = sum(_launches(s) for s in specs)
         casts = sum(_cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
         own = np.array([self.overhead.scale_of(s, owner in layers) or np.nan for (owner, s) in ks])
-        fixed = float(np.nansum(own * ms))
+        fixed = float(np.nansum(own * ms)) + sum(self.overhead.offset_of(s, owner in layers) for owner, s in ks)
         free = float(ms[np.isnan(own)].sum())
         kernel_ms = float(ms.sum())
         merging = merge_blocks(self.model, None if plan is None else plan.merge)
@@ -297,8 +306,10 @@ class PlanTable:
         own = np.array([[oh.scale_of(layer_kernel(layer, layer.tokens, c)) or np.nan
                          for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
         self.own = np.broadcast_to(own, self.ms.shape)  # a layer family's own scale, NaN where `scale` applies
+        offsets = np.array([[oh.offset_of(layer_spec(layer, layer.tokens, c))
+                             for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
-        scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms)
+        scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
         self._entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
         self._base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
