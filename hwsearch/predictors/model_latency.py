@@ -88,6 +88,9 @@ class Overhead:
     # model is predicted as that measurement plus the composed *difference* its choices make, so
     # what the composition cannot see (glue ops, per-forward costs of this model) cancels out
     anchors: dict[str, float] = field(default_factory=dict)
+    # how far the same built plan measures above its first timing when timed again minutes later
+    # (conformal, on the calibration's re-timed plans): the margin a verified plan's measurement needs
+    retime_band_pct: float | None = None
 
     def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
         """A layer kernel's own family scale, or None where `scale` applies."""
@@ -147,7 +150,8 @@ class Overhead:
                 "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on,
                 "family_scale": dict(self.family_scale), "family_offset_ms": dict(self.family_offset_ms),
                 "band_pct": self.band_pct,
-                "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors)}
+                "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors),
+                "retime_band_pct": self.retime_band_pct}
 
 
 def anchor_key(model: ModelSpec) -> str:

@@ -95,7 +95,7 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
             overhead, overhead_id = device_overhead(engine, predictor.device_id)
             answer_doc = predictor.describe()
             provenance["latency"] = {"source": "predictor", "device": spec.device, "predictor_id": predictor.predictor_id,
-                                     "band_pct": overhead.band_pct,
+                                     "band_pct": overhead.band_pct, "retime_band_pct": overhead.retime_band_pct,
                                      "kind": predictor.kind, "detail": predictor.detail, "overhead_id": overhead_id}
             if "latency" not in needed:
                 needed.append("latency")
