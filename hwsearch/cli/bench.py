@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hwsearch.cli.common import DB_OPTION, BenchProgress, emit_json, open_engine
+from hwsearch.cli.common import DB_OPTION, BenchProgress, open_engine, show
 from hwsearch.cli.root import app
 
 bench_app = typer.Typer(help="Benchmarks: each prints numbers (use --json for one JSON document).", no_args_is_help=True)
@@ -25,10 +25,7 @@ def bench_kernels(
 
     check_threads(threads)
     doc = run(open_engine(db), device, threads=threads)
-    if as_json:
-        emit_json(doc)
-        return
-    print_kernels(doc, device)
+    show(doc, as_json, lambda: print_kernels(doc, device))
 
 
 @bench_app.command("help")
@@ -54,10 +51,7 @@ def bench_help(
     with BenchProgress(not as_json) as progress:
         doc = run_help(path, space, split(train_devices), split(valid_devices), split(test_devices),
                        shots=shots, seeds=seeds, progress=progress)
-    if as_json:
-        emit_json(doc)
-        return
-    print_help(doc)
+    show(doc, as_json, lambda: print_help(doc))
 
 
 @bench_app.command("gemm-transfer")
@@ -81,10 +75,7 @@ def bench_gemm_transfer(
     with BenchProgress(not as_json) as progress:
         doc = run_gemm_transfer(path, source.split(","), target, shots=shots, seeds=seeds, baseline=baseline,
                                 progress=progress)
-    if as_json:
-        emit_json(doc)
-        return
-    print_gemm_transfer(doc, target, shots, seeds)
+    show(doc, as_json, lambda: print_gemm_transfer(doc, target, shots, seeds))
 
 
 @bench_app.command("repeat")
@@ -104,10 +95,7 @@ def bench_repeat(
         task = bar.add_task(f"re-timing {device}", total=sample)
         doc = run_repeat(open_engine(db), device, sample=sample, seed=seed,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-    if as_json:
-        emit_json(doc)
-        return
-    print_repeat(doc, device)
+    show(doc, as_json, lambda: print_repeat(doc, device))
 
 
 @bench_app.command("predictors")
@@ -122,10 +110,7 @@ def bench_predictors(
     from hwsearch.bench.report import print_predictors
 
     doc = run_bench(open_engine(db), device, seed=seed)
-    if as_json:
-        emit_json(doc)
-        return
-    print_predictors(doc, device)
+    show(doc, as_json, lambda: print_predictors(doc, device))
 
 
 @bench_app.command("quality")
@@ -141,10 +126,7 @@ def bench_quality_cmd(
 
     with BenchProgress(not as_json) as progress:
         doc = bench_quality(model, plans=plans, seed=seed, progress=progress)
-    if as_json:
-        emit_json(doc)
-        return
-    print_quality(doc, plans)
+    show(doc, as_json, lambda: print_quality(doc, plans))
 
 
 @bench_app.command("model-latency")
@@ -165,10 +147,7 @@ def bench_model_latency(
     check_threads(threads)
     with BenchProgress(not as_json) as progress:
         doc = run_bench(open_engine(db), device, model, plans=plans, seed=seed, threads=threads, progress=progress)
-    if as_json:
-        emit_json(doc)
-        return
-    print_model_latency(doc, model, device, plans)
+    show(doc, as_json, lambda: print_model_latency(doc, model, device, plans))
 
 
 @bench_app.command("search")
@@ -184,14 +163,10 @@ def bench_search(
     db: str | None = DB_OPTION,
 ) -> None:
     """Samplers vs random at equal trials against the exact reference front of a reduced space."""
+    from hwsearch.bench.search import print_report
     from hwsearch.bench.search import run as run_bench
 
     doc = run_bench(open_engine(db), device, model, trials=trials, seeds=seeds,
                     samplers=[s.strip() for s in samplers.split(",") if s.strip()],
                     objectives=[o.strip() for o in objectives.split(",")], verify=verify, show_progress=not as_json)
-    if as_json:
-        emit_json(doc)
-        return
-    from hwsearch.bench.search import print_report
-
-    print_report(doc)
+    show(doc, as_json, lambda: print_report(doc))

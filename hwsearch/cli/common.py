@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -12,6 +13,14 @@ import typer
 def emit_json(doc: Any) -> None:
     """Print one JSON document on stdout (the contract of every --json flag)."""
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def show(doc: Any, as_json: bool, printer: Callable[[], None]) -> None:
+    """A command's result: one JSON document with --json, else what `printer` prints for a person."""
+    if as_json:
+        emit_json(doc)
+    else:
+        printer()
 
 
 DB_OPTION = typer.Option(None, "--db", help="SQLAlchemy URL (default: HWSEARCH_DB or the SQLite file in the data folder).")

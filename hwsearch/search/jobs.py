@@ -22,7 +22,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -148,13 +149,21 @@ def create_job(engine: Engine, db_url: str, spec: SearchSpec) -> int:
         storage.remove_session()
 
 
-def cancel_job(engine: Engine, job_id: int) -> JobStatus:
-    """Ask a queued or running job to stop (its runner and workers notice within a batch)."""
+@contextmanager
+def _locked(engine: Engine, job_id: int) -> Iterator[Job]:
+    """The job's row in a write transaction (SQLite's lock taken at once, so a racing runner
+    waits); an unknown id is one line."""
     check_job_id(job_id)
     with session_scope(engine, immediate=True) as s:
         job = s.get(Job, int(job_id))
         if job is None:
             raise HwsearchError(f"unknown job {job_id!r}; accepted: a stored job id")
+        yield job
+
+
+def cancel_job(engine: Engine, job_id: int) -> JobStatus:
+    """Ask a queued or running job to stop (its runner and workers notice within a batch)."""
+    with _locked(engine, job_id) as job:
         if job.status in ACTIVE:
             job.status = "cancelled"
             job.finished_at = utcnow()
@@ -163,11 +172,7 @@ def cancel_job(engine: Engine, job_id: int) -> JobStatus:
 
 def claim_resume(engine: Engine, job_id: int) -> int:
     """Make a stopped job runnable again; returns the new attempt number."""
-    check_job_id(job_id)
-    with session_scope(engine, immediate=True) as s:
-        job = s.get(Job, int(job_id))
-        if job is None:
-            raise HwsearchError(f"unknown job {job_id!r}; accepted: a stored job id")
+    with _locked(engine, job_id) as job:
         st = _status(job)
         if job.status == "done":
             raise HwsearchError(f"job {job_id} is done; accepted: resume a failed, cancelled or stale job")
