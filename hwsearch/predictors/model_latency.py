@@ -310,7 +310,7 @@ class PlanTable:
         own = np.array([[oh.scale_of(layer_kernel(layer, layer.tokens, c)) or np.nan
                          for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
         self.own = np.broadcast_to(own, self.ms.shape)  # a layer family's own scale, NaN where `scale` applies
-        offsets = np.array([[oh.offset_of(layer_spec(layer, layer.tokens, c))
+        offsets = np.array([[oh.offset_of(layer_kernel(layer, layer.tokens, c))
                              for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
