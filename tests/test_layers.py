@@ -162,6 +162,12 @@ def test_no_cycle_between_packages() -> None:
     assert not found, "import cycles between packages:\n  " + "\n  ".join(detail)
 
 
+def test_no_cycle_between_modules() -> None:
+    found = cycles(GRAPH)
+    detail = [" <-> ".join(c) for c in found]
+    assert not found, "modules that import each other (directly or round a loop):\n  " + "\n  ".join(detail)
+
+
 def test_the_walk_sees_function_level_imports() -> None:
     """The checks above are only as good as the walk: it finds an import inside a function."""
     assert "hwsearch.kernels.interpolation" in GRAPH["hwsearch.profilers.sampling"]

@@ -119,4 +119,14 @@ def render(view: PlanView, path: Path, kept_in: str) -> tuple[str, list[str]]:
     return json.dumps(doc, indent=2) + "\n", warnings
 
 
-register_target(Target("compressed-tensors", render, "quantization_config.json"))
+def recognise(text: str) -> bool:
+    """A `quantization_config` this module wrote: JSON whose `quant_method` is compressed-tensors'."""
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("quant_method") == QUANT_METHOD
+
+
+register_target(Target("compressed-tensors", render, "quantization_config.json",
+                       what=f"a {TARGET} quantization_config (JSON)", recognise=recognise))

@@ -29,6 +29,7 @@ dependency: this module builds plain dicts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from hwsearch.export.targets import Target, register_target
 from hwsearch.spaces.plan import LayerChoice
 
 TARGET = "ModelOpt"
+HEADER = "# NVIDIA ModelOpt quantization config"  # the first line of every file written here
 SUFFIXES = (".yaml", ".yml")
 FP8_E4M3 = (4, 3)
 PER_TOKEN_DYNAMIC = {"axis": None, "type": "dynamic", "block_sizes": {-1: None}}
@@ -99,7 +101,7 @@ def to_yaml(config: dict[str, Any], model: str) -> str:
         return obj
 
     header = (
-        f"# NVIDIA ModelOpt quantization config for {model}, written by hwsearch (quant_cfg list format of\n"
+        f"{HEADER} for {model}, written by hwsearch (quant_cfg list format of\n"
         "# nvidia-modelopt 0.47). Load: modelopt.torch.opt.config_loader.load_config(path) or yaml.safe_load;\n"
         "# apply: modelopt.torch.quantization.quantize(model, config, forward_loop).\n"
     )
@@ -121,4 +123,21 @@ def render(view: PlanView, path: Path, kept_in: str) -> tuple[str, list[str]]:
     return to_yaml(config, view.plan.model), warnings
 
 
-register_target(Target("modelopt", render, "modelopt_quant.yaml", "application/x-yaml"))
+def recognise(text: str) -> bool:
+    """A config this module wrote: its header line, or YAML (not JSON) with a `quant_cfg`."""
+    if text.lstrip().startswith(HEADER):
+        return True
+    try:
+        json.loads(text)
+        return False
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    try:
+        doc = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):  # nesting too deep is no export either
+        return False
+    return isinstance(doc, dict) and "quant_cfg" in doc
+
+
+register_target(Target("modelopt", render, "modelopt_quant.yaml", "application/x-yaml",
+                       what=f"an NVIDIA {TARGET} quantization config (YAML)", recognise=recognise))

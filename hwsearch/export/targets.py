@@ -36,6 +36,8 @@ class Target:
     render: Renderer | None  # None: the plan file itself
     filename: str
     mime: str = "application/json"
+    what: str = ""  # what its files are, in words: "a compressed-tensors quantization_config (JSON)"
+    recognise: Callable[[str], bool] | None = None  # whether a file's text is one of its files (`identify`)
 
 
 _TARGETS: dict[str, Target] = {PLAN: Target(PLAN, None, "plan.json")}
