@@ -362,3 +362,19 @@ def test_cli_unknown_format_is_one_line(tmp_path: Path) -> None:
 def test_torch_is_untouched_by_the_test_dependency() -> None:
     """compressed-tensors must not have replaced the project's torch build."""
     assert torch.__version__.startswith("2.13.0")
+
+
+def test_a_target_recognises_its_own_files(tmp_path: Path) -> None:
+    """`hwsearch plan validate` knows a new target's files from its registration alone."""
+    from hwsearch.export.identify import describe, identify
+    from hwsearch.export.targets import Target, register_target, unregister_target
+
+    register_target(Target("toy-lines", lambda view, path, kept_in: ("toy v1\n", []), "toy.txt", "text/plain",
+                           what="a toy layer list", recognise=lambda text: text.startswith("toy v1\n")))
+    try:
+        result = export(Plan(model="vit_tiny"), "toy-lines", tmp_path / "p.toy")
+        assert identify(result.path.read_text()) == "toy-lines"
+        assert describe(result.path, "toy-lines").startswith(f"{result.path} is a toy layer list written by")
+    finally:
+        unregister_target("toy-lines")
+    assert identify("toy v1\n") is None
