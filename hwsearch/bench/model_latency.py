@@ -41,27 +41,10 @@ from hwsearch.predictors.model_latency import ModelLatency, anchor_key, device_o
 from hwsearch.predictors.registry import Answer, best_predictor
 from hwsearch.profilers.coverage import local_fingerprint
 from hwsearch.search.spec import SearchSpec
+from hwsearch.search.verify import torch_model
 from hwsearch.spaces.catalog import get_model
 
 AGGRESSIVENESS = (0.1, 0.9)
-TIMED_MODELS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "digits_vit")
-
-
-def torch_model(name: str) -> tuple[Any, Any]:
-    """(module, example input) of a catalogue ViT, in fp32 like its ModelSpec."""
-    import torch
-
-    from hwsearch.kernels.models import ViT
-    from hwsearch.spaces import catalog
-
-    configs = {"vit_tiny": catalog.VIT_TINY, "vit_small": catalog.VIT_SMALL, "vit_base": catalog.VIT_BASE,
-               "vit_large": catalog.VIT_LARGE, "digits_vit": catalog.DIGITS_VIT}
-    if name not in configs:
-        raise HwsearchError(f"bench model-latency times ViT models end to end; got {name!r}; accepted: {', '.join(TIMED_MODELS)}")
-    cfg = configs[name]
-    torch.manual_seed(0)
-    model = ViT(cfg).eval()
-    return model, torch.randn(1, cfg.channels, cfg.image, cfg.image)
 
 
 def _plan_doc(plan: Any) -> dict[str, Any]:
@@ -89,7 +72,7 @@ def run(
 
     from hwsearch.kernels import registry
     from hwsearch.kernels.apply import apply_plan
-    from hwsearch.profilers.inmodel import layer_times
+    from hwsearch.profilers.inmodel import forward, layer_times
     from hwsearch.profilers.noise import stored_noise
     from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
     from hwsearch.spaces.knobs import Capabilities, SearchSpace
@@ -106,12 +89,11 @@ def run(
     for request in requests:
         if isinstance(request, SearchSpec):  # a user's torch model, traced, with its knobs
             desc = request.model_description()
-            x = request.example_inputs
-            specs[desc.name], built_models[desc.name] = desc, (request.model.eval(), x if isinstance(x, tuple) else (x,))
+            specs[desc.name], built_models[desc.name] = desc, (request.model.eval(), request.example_inputs)
             spaces[desc.name] = SearchSpace(desc, caps, request.knob_values())
         else:
-            module, x = torch_model(str(request).partition(":")[0])
-            specs[request], built_models[request] = get_model(request), (module, (x,))
+            specs[request] = get_model(request)
+            built_models[request] = torch_model(specs[request])
             spaces[request] = SearchSpace(specs[request], caps)
     models = list(specs)
     latencies = {m: ModelLatency(specs[m], answer) for m in models}
@@ -140,7 +122,7 @@ def run(
         anchor, measured all through the run: its median over the run is what is stored)."""
         base, x = built_models[name]
         with torch.inference_mode():
-            plan_t, anchor_t = time_items([[lambda m=module: m(*x)], [lambda: base(*x)]], threads=threads,
+            plan_t, anchor_t = time_items([[lambda m=module: forward(m, x)], [lambda: forward(base, x)]], threads=threads,
                                           protocol=MODEL_PROTOCOL)
         seen_anchor[name].append(anchor_t.median_us / 1e3)
         return plan_t

@@ -132,7 +132,7 @@ def bench_quality_cmd(
 @bench_app.command("model-latency")
 def bench_model_latency(
     device: str = typer.Option(..., "--device", help="A stored device profiled on this machine."),
-    model: str = typer.Option("vit_base", "--model", help="A catalogue ViT (vit_tiny, vit_small, vit_base, digits_vit), or several joined by commas: the overhead is then fitted across them (it separates per-pass and per-kernel costs)."),
+    model: str = typer.Option("vit_base", "--model", help="A catalogue ViT (vit_tiny, vit_small, vit_base, digits_vit) or minilm, or several joined by commas: the overhead is then fitted across them (it separates per-pass and per-kernel costs)."),
     plans: int = typer.Option(20, "--plans", help="Random plans to build, time and predict."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random plans."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Threads (default: the device's)."),

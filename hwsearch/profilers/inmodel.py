@@ -17,9 +17,18 @@ import torch
 from torch import nn
 
 
-def layer_times(module: nn.Module, args: Sequence[Any], names: Sequence[str], threads: int | None = None,
+def forward(module: nn.Module, inputs: Any) -> Any:
+    """One forward pass on `inputs`: a tensor, a tuple of positional inputs or a dict of keyword ones
+    (a Hugging Face model's tokenised batch)."""
+    if isinstance(inputs, dict):
+        return module(**inputs)
+    return module(*inputs) if isinstance(inputs, tuple) else module(inputs)
+
+
+def layer_times(module: nn.Module, args: Any, names: Sequence[str], threads: int | None = None,
                 passes: int = 15, warmup: int = 3) -> dict[str, float]:
-    """Floor (ms) over `passes` forward passes of each named submodule's call, timed in place.
+    """Floor (ms) over `passes` forward passes (on `args`, as `forward` takes them) of each named
+    submodule's call, timed in place.
 
     A layer called several times in one pass is timed per call (the floor is per call).
     """
@@ -49,7 +58,7 @@ def layer_times(module: nn.Module, args: Sequence[Any], names: Sequence[str], th
             for i in range(warmup + passes):
                 if i == warmup:
                     best.update(dict.fromkeys(names, float("inf")))
-                module(*args)
+                forward(module, args)
     finally:
         for h in handles:
             h.remove()

@@ -27,18 +27,25 @@ from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import Plan
 
 VIT_CONFIGS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "digits_vit")
+TIMED_MODELS = (*VIT_CONFIGS, "minilm")
 
 
 def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None) -> tuple[Any, Any]:
-    """(module, one input) to time: the given module, or a catalogue ViT with seeded weights."""
+    """(module, its inputs) to time: the given module, a catalogue ViT with seeded weights, or the
+    packaged MiniLM with its tokenised sentences (a dict of keyword inputs)."""
     import torch
 
     if module is not None:
         return module.eval(), example_inputs
     name = model.name.partition(":")[0]
+    if name == "minilm":
+        from hwsearch.search.quality_tasks import load_minilm
+
+        found = load_minilm()
+        return found.model.eval(), dict(found.batch)
     if name not in VIT_CONFIGS:
-        raise HwsearchError(f"end-to-end timing builds ViT models; got {name!r}; accepted: {', '.join(VIT_CONFIGS)} "
-                            "or a SearchSpec with a torch model")
+        raise HwsearchError(f"end-to-end timing builds {', '.join(TIMED_MODELS)}; got {name!r}; accepted: one of "
+                            "those or a SearchSpec with a torch model")
     from hwsearch.kernels.models import ViT
     from hwsearch.spaces import catalog
 
@@ -55,13 +62,13 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
 
     from hwsearch.kernels.apply import apply_plan
     from hwsearch.kernels.registry import torch_device
+    from hwsearch.profilers.inmodel import forward
     from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
 
     base, x = torch_model(model, module, example_inputs)
-    args = x if isinstance(x, tuple) else (x,)
     with torch.inference_mode():
         built = [apply_plan(base, plan, model, backend=backend, dispatch=dispatch).eval() for plan in plans]
-        timings = time_items([[lambda m=m: m(*args)] for m in built], threads=threads,
+        timings = time_items([[lambda m=m: forward(m, x)] for m in built], threads=threads,
                              device=torch_device(backend), protocol=MODEL_PROTOCOL)
     del built
     return [{"measured_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "cov": t.cov,
