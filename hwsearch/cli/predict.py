@@ -11,7 +11,8 @@ from hwsearch.cli.root import app
 @app.command("train")
 def train(
     device: str = typer.Option(..., "--device", help="A stored device name (see `hwsearch devices`)."),
-    kind: str = typer.Option("xgboost", "--kind", help="xgboost | meta | all"),
+    kind: str = typer.Option("xgboost", "--kind", help="A predictor kind (xgboost, meta, ...; an unknown one is "
+                             "answered with the list), or all: every kind the device has enough kernels for."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out split (and of meta-training)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     db: str | None = DB_OPTION,
