@@ -27,6 +27,7 @@ _LAZY = {
     "Plan": ("hwsearch.spaces.plan", "Plan"),
     "LayerChoice": ("hwsearch.spaces.plan", "LayerChoice"),
     "MergePlan": ("hwsearch.spaces.plan", "MergePlan"),
+    "KVCacheChoice": ("hwsearch.spaces.plan", "KVCacheChoice"),
     "SearchSpace": ("hwsearch.spaces.knobs", "SearchSpace"),
     "Knobs": ("hwsearch.spaces.knobs", "Knobs"),
     "apply_plan": ("hwsearch.kernels.apply", "apply_plan"),

@@ -66,7 +66,7 @@ def test_plan_file_round_trips(tmp_path: Path) -> None:
     assert Plan.model_validate_json(text) == plan
     assert Plan.from_json(text) == plan
     assert result.plan_path == result.path and result.warnings == ()
-    assert json.loads(text)["schema"] == "hwsearch.plan/v1"
+    assert json.loads(text)["schema"] == "hwsearch.plan/v2"
 
 
 def test_every_export_keeps_the_full_plan_beside_it(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def test_cli_publishes_the_schema_and_validates_files(tmp_path):
 
     runner = CliRunner()
     out = runner.invoke(app, ["plan", "schema"])
-    assert out.exit_code == 0 and _json.loads(out.stdout)["$id"] == "hwsearch.plan/v1"
+    assert out.exit_code == 0 and _json.loads(out.stdout)["$id"] == "hwsearch.plan/v2"
     good = tmp_path / "good.json"
     good.write_text('{"schema": "hwsearch.plan/v1", "model": "vit_tiny", "device": "x", "layers": {"blocks.0.mlp.fc1": {"format": "int8"}}}')
     assert runner.invoke(app, ["plan", "validate", str(good)]).exit_code == 0
@@ -132,3 +132,28 @@ def test_cli_publishes_the_schema_and_validates_files(tmp_path):
     bad.write_text('{"schema": "hwsearch.plan/v1", "model": "vit_tiny", "device": "x", "layers": {"nope": {"format": "int8"}}}')
     res = runner.invoke(app, ["plan", "validate", str(bad)])
     assert res.exit_code != 0 and "unknown layer 'nope'" in str(res.exception)
+
+
+def test_v1_plans_still_load_as_v2():
+    from hwsearch.spaces.plan import PLAN_SCHEMA
+
+    v1 = '{"schema": "hwsearch.plan/v1", "model": "vit_tiny", "layers": {"blocks.0.mlp.fc1": {"format": "int4", "group_size": 32}}}'
+    plan = Plan.from_json(v1)
+    assert PLAN_SCHEMA == "hwsearch.plan/v2" and json.loads(plan.to_json())["schema"] == PLAN_SCHEMA
+    assert plan.choice("blocks.0.mlp.fc1").group_size == 32 and plan.kv_cache is None
+    with pytest.raises(HwsearchError, match="not part of hwsearch.plan/v1"):
+        Plan.from_json(v1.replace('"group_size": 32', '"scaling": "awq"'))
+
+
+def test_kv_cache_choices_are_checked():
+    from hwsearch.spaces.plan import KVCacheChoice
+
+    assert KVCacheChoice(format="int4").group_size == 64 and KVCacheChoice(format="bf16").group_size is None
+    with pytest.raises(ValueError, match="KV-cache format 'int3'"):
+        KVCacheChoice(format="int3")
+    with pytest.raises(HwsearchError, match="not a decoder block"):
+        validate_plan(Plan(model="vit_tiny", kv_cache={"blocks.0": KVCacheChoice(format="int8")}), get_model("vit_tiny"))
+    spec = get_model("llama3_8b:blocks=2")
+    validate_plan(Plan(model="llama3_8b", kv_cache={"layers.1": KVCacheChoice(format="int8")}), spec)
+    with pytest.raises(ValueError, match="awq only with int4"):
+        LayerChoice(format="int8", scaling="awq")

@@ -10,7 +10,7 @@ from hwsearch.cli.common import emit_json
 from hwsearch.cli.root import app
 from hwsearch.errors import HwsearchError
 
-plan_app = typer.Typer(help="Plan documents (hwsearch.plan/v1): their JSON Schema, and validation.", no_args_is_help=True)
+plan_app = typer.Typer(help="Plan documents (hwsearch.plan/v2; v1 is read): their JSON Schema, and validation.", no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
 
 

@@ -38,7 +38,7 @@ def train(
 def predict(
     device: str = typer.Option(..., "--device", help="A stored device name."),
     model: str = typer.Option(..., "--model", help="A catalogue model, e.g. vit_base or llama3_8b:tokens=16."),
-    plan_file: str | None = typer.Option(None, "--plan", help="A hwsearch.plan/v1 JSON file (default: uncompressed)."),
+    plan_file: str | None = typer.Option(None, "--plan", help="A hwsearch.plan JSON file (v2, or v1) (default: uncompressed)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     db: str | None = DB_OPTION,
 ) -> None:

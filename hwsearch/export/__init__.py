@@ -1,7 +1,7 @@
 """hwsearch.export: a plan -> other tools' formats, saying plainly what each cannot express.
 
 `export(plan, format, path)` writes one of `formats()` (the registered targets, `targets`):
-- `plan`: the `hwsearch.plan/v1` JSON itself (lossless);
+- `plan`: the `hwsearch.plan/v2` JSON itself (lossless);
 - `compressed-tensors`: a `quantization_config` (JSON) that compressed-tensors' pydantic
   models accept (see `hwsearch.export.compressed_tensors`);
 - `modelopt`: an NVIDIA ModelOpt quantization config (YAML; see `hwsearch.export.modelopt`).

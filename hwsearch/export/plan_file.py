@@ -1,4 +1,4 @@
-"""The plan file: the `hwsearch.plan/v1` JSON document itself, the one lossless export.
+"""The plan file: the `hwsearch.plan/v2` JSON document itself, the one lossless export.
 
 Every other target drops something (ranks, a merge schedule, N:M patterns it has no word for),
 so the plan file is also what is kept next to those exports: `Plan.model_validate_json` (or

@@ -9,6 +9,11 @@ Formats:
 - int4: weight-only (W4A16, bf16 activations), asymmetric per-group weights (group 32/64/128).
 - fp8: W8A8 float8 e4m3, per-channel weight and per-token activation scales.
 
+KV-cache formats (decoders): the dtype itself (fp32/bf16/fp16), int8 or int4 (keys quantised
+per channel, values per token, in groups of `group_size` along the quantised axis).
+Int4 weight scaling: none (plain round-to-nearest) or "awq" (activation-aware per-input-channel scales, folded into the
+quantised weight and the input).
+
 Sparsity: "dense" or "N:M" (N kept of every M consecutive weights along the input dimension K).
 """
 
@@ -22,6 +27,10 @@ FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4", "fp8")
 FLOAT_DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 INT4_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
 DEFAULT_INT4_GROUP = 128
+KV_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
+KV_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
+DEFAULT_KV_GROUP = 64
+SCALINGS: tuple[str, ...] = ("awq",)
 NAMED_SPARSITY: tuple[str, ...] = ("dense", "2:4", "1:4", "4:8")
 SPARSITY_ACCEPTED = "dense or N:M with 0 < N < M <= 64 (e.g. 2:4, 1:4, 4:8)"
 
@@ -35,6 +44,26 @@ def check_format(fmt: Any) -> str:
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
     return fmt
+
+
+def check_kv_format(fmt: Any) -> str:
+    if fmt not in KV_FORMATS:
+        raise unknown("KV-cache format", fmt, KV_FORMATS)
+    return fmt
+
+
+def kv_group(fmt: str, group_size: Any) -> int | None:
+    """The group size a KV-cache format carries: int8/int4 take one (default `DEFAULT_KV_GROUP`),
+    float formats none."""
+    if fmt in ("int8", "int4"):
+        if group_size is None:
+            return DEFAULT_KV_GROUP
+        if isinstance(group_size, bool) or group_size not in KV_GROUP_SIZES:
+            raise unknown("KV-cache group size", group_size, KV_GROUP_SIZES)
+        return int(group_size)
+    if group_size is not None:
+        raise HwsearchError(f"group_size={group_size} given for KV-cache format {fmt!r}; accepted: a group size only with int8 or int4")
+    return None
 
 
 def check_dtype(dtype: Any) -> str:

@@ -1,8 +1,10 @@
 """The plan: a versioned JSON document saying how each layer of a model is compressed.
 
-`hwsearch.plan/v1` carries the model (catalogue reference), the device it was searched for, one
-choice per layer (layers left out stay uncompressed), the token-merge schedule, and optional
-predicted / measured figures, each with its provenance. `Plan.model_json_schema()` is the
+`hwsearch.plan/v2` carries the model (catalogue reference), the device it was searched for, one
+choice per layer (layers left out stay uncompressed; int4 layers may carry AWQ scaling), the
+token-merge schedule, a KV-cache format per decoder block (blocks left out keep the model's
+dtype), and optional predicted / measured figures, each with its provenance. A `v1` document
+(no KV cache, no scaling) is read as the v2 plan that means the same; plans are written as v2. `Plan.model_json_schema()` is the
 published schema; `validate_plan` checks a plan against a ModelSpec (and a SearchSpace) and
 fails with one line naming the first problem.
 """
@@ -17,10 +19,18 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hwsearch.errors import HwsearchError
-from hwsearch.spaces.formats import canonical_sparsity, check_format, int4_group
+from hwsearch.spaces.formats import (
+    SCALINGS,
+    canonical_sparsity,
+    check_format,
+    check_kv_format,
+    int4_group,
+    kv_group,
+)
 from hwsearch.spaces.model import ModelSpec
 
-PLAN_SCHEMA = "hwsearch.plan/v1"
+PLAN_SCHEMA = "hwsearch.plan/v2"
+READABLE_SCHEMAS = ("hwsearch.plan/v1", PLAN_SCHEMA)
 SOURCES = ("predictor", "measurement", "sensitivity", "eval", "analytic")
 MAX_PLAN_BYTES = 16 << 20  # a plan of the largest catalogue model is well under 1 MB
 
@@ -54,6 +64,7 @@ class LayerChoice(BaseModel):
     group_size: int | None = None
     sparsity: str = "dense"
     rank: int | None = Field(default=None, ge=1)
+    scaling: Literal["awq"] | None = None
 
     @field_validator("format")
     @classmethod
@@ -71,6 +82,8 @@ class LayerChoice(BaseModel):
             object.__setattr__(self, "group_size", int4_group(self.format, self.group_size))
         except HwsearchError as err:
             raise ValueError(str(err)) from None  # pydantic reports it as this field's error
+        if self.scaling is not None and self.format != "int4":
+            raise ValueError(f"scaling={self.scaling!r} given for format {self.format!r}; accepted: {', '.join(SCALINGS)} only with int4")
         return self
 
     def is_identity(self, dtype: str = "fp32") -> bool:
@@ -78,8 +91,42 @@ class LayerChoice(BaseModel):
 
     def label(self) -> str:
         fmt = f"int4g{self.group_size}" if self.format == "int4" else self.format
+        fmt += "-awq" if self.scaling == "awq" else ""
         parts = [fmt] + ([self.sparsity] if self.sparsity != "dense" else []) + ([f"r{self.rank}"] if self.rank else [])
         return "/".join(parts)
+
+
+class KVCacheChoice(BaseModel):
+    """One decoder block's KV cache: a float dtype, or int8/int4 (per-channel keys, per-token
+    values, `group_size` elements per scale)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str = "bf16"
+    group_size: int | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        return check_kv_format(value)
+
+    @model_validator(mode="after")
+    def _group(self) -> KVCacheChoice:
+        try:
+            object.__setattr__(self, "group_size", kv_group(self.format, self.group_size))
+        except HwsearchError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def bits(self) -> int:
+        return {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "int4": 4}[self.format]
+
+    def is_identity(self, dtype: str = "fp32") -> bool:
+        return self.format == dtype
+
+    def label(self) -> str:
+        return f"{self.format}g{self.group_size}" if self.group_size else self.format
 
 
 class MergePlan(BaseModel):
@@ -120,8 +167,9 @@ class Figure(BaseModel):
 
 
 class Plan(BaseModel):
-    """A compression plan (`hwsearch.plan/v1`): a choice per layer, a token-merge schedule, and
-    the figures predicted (and measured) for it. Layers left out stay uncompressed.
+    """A compression plan (`hwsearch.plan/v2`): a choice per layer, a token-merge schedule, a
+    KV-cache format per decoder block, and the figures predicted (and measured) for it. Layers
+    and blocks left out stay uncompressed.
 
     >>> import hwsearch as hw
     >>> plan = hw.Plan(model="vit_tiny", layers={"blocks.0.mlp.fc1": hw.LayerChoice(format="int4", sparsity="2:4")})
@@ -133,17 +181,22 @@ class Plan(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_: Literal["hwsearch.plan/v1"] = Field(default=PLAN_SCHEMA, alias="schema")
+    schema_: Literal["hwsearch.plan/v2"] = Field(default=PLAN_SCHEMA, alias="schema")
     model: str
     device: str | None = None
     layers: dict[str, LayerChoice] = Field(default_factory=dict)
     merge: MergePlan | list[int] | None = None
+    kv_cache: dict[str, KVCacheChoice] | None = None
     predicted: dict[str, Figure] = Field(default_factory=dict)
     measured: dict[str, Figure] = Field(default_factory=dict)
 
     def choice(self, layer: str, dtype: str = "fp32") -> LayerChoice:
         """The choice for a layer; a layer left out stays uncompressed in the model's dtype."""
         return self.layers.get(layer) or LayerChoice(format=dtype)
+
+    def kv_choice(self, block: str, dtype: str = "bf16") -> KVCacheChoice:
+        """The KV-cache choice for a decoder block (its prefix, e.g. `layers.0`); default: the model's dtype."""
+        return (self.kv_cache or {}).get(block) or KVCacheChoice(format=dtype)
 
     def to_json(self, indent: int | None = 2) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=indent)
@@ -167,9 +220,13 @@ class Plan(BaseModel):
 
     @classmethod
     def parse(cls, data: Any) -> Plan:
-        """Validate a decoded document; a malformed one fails with one line."""
-        if isinstance(data, dict) and data.get("schema", PLAN_SCHEMA) != PLAN_SCHEMA:
-            raise HwsearchError(f"unknown plan schema {data.get('schema')!r}; accepted: {PLAN_SCHEMA}")
+        """Validate a decoded document (v1 read as v2); a malformed one fails with one line."""
+        if isinstance(data, dict):
+            schema = data.get("schema", PLAN_SCHEMA)
+            if schema not in READABLE_SCHEMAS:
+                raise HwsearchError(f"unknown plan schema {schema!r}; accepted: {', '.join(READABLE_SCHEMAS)}")
+            if schema != PLAN_SCHEMA:
+                data = upgrade_v1(data)
         try:
             return cls.model_validate(data)
         except ValidationError as err:
@@ -183,6 +240,18 @@ class Plan(BaseModel):
         schema = cls.model_json_schema(by_alias=True)
         schema["$id"] = PLAN_SCHEMA
         return schema
+
+
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A v1 document as v2: the same fields, which v2 reads unchanged; v1 had neither a KV cache
+    nor weight scaling, so a v1 document naming them is malformed."""
+    for key in ("kv_cache",):
+        if key in data:
+            raise HwsearchError(f"bad plan field {key}: not part of hwsearch.plan/v1; accepted: schema hwsearch.plan/v2 for it")
+    layers = data.get("layers")
+    if isinstance(layers, dict) and any(isinstance(c, dict) and "scaling" in c for c in layers.values()):
+        raise HwsearchError("bad plan field layers.*.scaling: not part of hwsearch.plan/v1; accepted: schema hwsearch.plan/v2 for it")
+    return {**data, "schema": PLAN_SCHEMA}
 
 
 class ChoiceChecker(Protocol):
@@ -219,4 +288,11 @@ def validate_plan(plan: Plan, spec: ModelSpec, space: ChoiceChecker | None = Non
                     f"group constraint broken: {group.name} ({', '.join(group.members)}) must {group.reason} "
                     f"on {knob}; got {shown}"
                 )
+    cached = {b.prefix for b in spec.blocks if b.kind == "llama"}
+    for block in plan.kv_cache or {}:
+        if block not in cached:
+            shown = ", ".join(sorted(cached)[:3]) or "none: the model has no decoder blocks"
+            raise HwsearchError(
+                f"plan names KV cache of {block!r}, not a decoder block of model {spec.name!r}; accepted: decoder block prefixes ({shown})"
+            )
     spec.merge_schedule(plan.merge)
