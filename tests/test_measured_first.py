@@ -123,6 +123,34 @@ def test_family_scales_and_composition_recover_a_known_model():
     assert fit.predict(parts[0]) == pytest.approx(y_lined[0], rel=1e-6)
 
 
+def test_a_calibrated_model_takes_its_own_family_lines():
+    """One family costing 1.1x in place in one model and 2.0x in another: pooled lines miss both,
+    each model's own line (per_model_affine) gets each right; a model never calibrated takes the pool."""
+    from hwsearch.predictors.calibration import PlanParts, fit_compose
+    from hwsearch.predictors.model_latency import Overhead
+
+    rng = np.random.default_rng(1)
+    parts, records, y = [], [], []
+    for i in range(12):
+        key, scale = ("a@1", 1.1) if i % 2 else ("b@2", 2.0)
+        layers = {f"l{j}": float(rng.uniform(0.5, 2.0)) for j in range(8)}
+        fam = dict.fromkeys(layers, "linear/bf16")
+        rest = float(rng.uniform(0.5, 2.0))
+        parts.append(PlanParts(layers, fam, rest, 20, 0.0, model_key=key))
+        records.append([("linear/bf16", scale * ms, ms) for ms in layers.values()])
+        y.append(scale * sum(layers.values()) + rest + 0.3)
+    train = np.arange(12) > 1
+    own = fit_compose("per_model_affine", parts, records, np.array(y), train)
+    pooled = fit_compose("in_model_affine", parts, records, np.array(y), train)
+    for i in (0, 1):
+        assert own.predict(parts[i]) == pytest.approx(y[i], rel=1e-3)
+        assert abs(pooled.predict(parts[i]) / y[i] - 1) > 0.05
+    assert own.overhead.model_family_scale["a@1"]["linear/bf16"] == pytest.approx(1.1, rel=1e-6)
+    stored = Overhead.from_bytes(own.overhead.to_bytes())
+    assert stored.for_model("a@1").family_scale["linear/bf16"] == pytest.approx(1.1, rel=1e-6)
+    assert stored.for_model("never@0").family_scale == stored.family_scale
+
+
 def test_layer_times_time_layers_in_place():
     import torch
 

@@ -27,11 +27,19 @@ from scipy.optimize import nnls
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.specs import LinearSpec
-from hwsearch.predictors.model_latency import ModelLatency, Overhead, PlanLatency, layer_family, merge_blocks
+from hwsearch.predictors.model_latency import (
+    ModelLatency,
+    Overhead,
+    PlanLatency,
+    anchor_key,
+    layer_family,
+    merge_blocks,
+)
 from hwsearch.spaces.plan import Plan
 
 COVERAGE = 0.9
 MIN_LAYERS = 3  # a family needs this many in-place timings for a scale of its own
+MODEL_MIN_LAYERS = 2 * MIN_LAYERS  # ... and this many of one model for that model's own line
 
 
 def family_scales(records: Iterable[tuple[str, float, float]], min_layers: int = MIN_LAYERS) -> dict[str, float]:
@@ -92,7 +100,7 @@ def conformal_band(predicted: np.ndarray, measured: np.ndarray, coverage: float 
 
 
 # -- composing a plan's latency from its parts ----------------------------------------------------
-VARIANTS = ("kernel_sum", "overhead", "in_model", "in_model_affine")  # simplest first
+VARIANTS = ("kernel_sum", "overhead", "in_model", "in_model_affine", "per_model_affine")  # simplest first
 TIE_POINTS = 1.0
 
 
@@ -117,6 +125,7 @@ class PlanParts:
     launches: int
     cast_melems: float
     merge_blocks: int = 0  # blocks run with token merging (`model_latency.merge_blocks`)
+    model_key: str = ""  # `model_latency.anchor_key` of the plan's model (which family lines it takes)
 
     @property
     def kernel_ms(self) -> float:
@@ -139,7 +148,7 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
         else:
             rest += float(t)
     merging = merge_blocks(ml.model, None if plan is None else plan.merge)
-    return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging)
+    return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model))
 
 
 @dataclass
@@ -151,9 +160,9 @@ class Composition:
     def predict(self, part: PlanParts, anchor: tuple[PlanParts, float] | None = None) -> float:
         """End-to-end ms of a plan; with `anchor` (the uncompressed model's parts and its measured
         ms), that measurement plus the composed difference the plan makes (`Overhead.anchors`)."""
-        fixed, free = split_by_family(part.layer_ms, part.family, self.overhead.family_scale,
-                                      self.overhead.family_offset_ms)
-        total = float(self.overhead.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
+        oh = self.overhead.for_model(part.model_key)
+        fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms)
+        total = float(oh.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
                                           np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
         if anchor is not None:
             base, measured_ms = anchor
@@ -168,7 +177,8 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
     kernel_sum: the isolated kernels summed; overhead: one scale on all kernels plus per-forward,
     per-kernel and per-cast terms (NNLS); in_model: layer families scaled by their in-place
     ratios (`family_scales` of the training plans' layers), the rest by NNLS; in_model_affine: the
-    same with a fixed per-call cost per family (`family_lines`).
+    same with a fixed per-call cost per family (`family_lines`); per_model_affine: the same, each
+    model with enough layers of a family in the training plans taking its own line for it.
     """
     if variant not in VARIANTS:
         raise HwsearchError(f"unknown composition {variant!r}; accepted: {', '.join(VARIANTS)}")
@@ -184,8 +194,19 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
         c = np.array([p.cast_melems for p in chosen])
         return Composition(Overhead.fit(k, n, c, y, merge_blocks=merging))
     training = [r for i in idx for r in records[i]]
-    scales, offsets = family_lines(training) if variant == "in_model_affine" else (family_scales(training), {})
-    split = [split_by_family(p.layer_ms, p.family, scales, offsets) for p in chosen]
+    affine = variant in ("in_model_affine", "per_model_affine")
+    scales, offsets = family_lines(training) if affine else (family_scales(training), {})
+    lines = Overhead(family_scale=scales, family_offset_ms=offsets)
+    if variant == "per_model_affine":
+        for key in sorted({p.model_key for p in chosen}):
+            own = [r for i in idx if parts[i].model_key == key for r in records[i]]
+            lines.model_family_scale[key], lines.model_family_offset_ms[key] = family_lines(own, MODEL_MIN_LAYERS)
+    split = []
+    for p in chosen:
+        oh = lines.for_model(p.model_key)
+        split.append(split_by_family(p.layer_ms, p.family, oh.family_scale, oh.family_offset_ms))
     fixed = np.array([f for f, _ in split])
     free = np.array([fr + p.rest_ms for (_, fr), p in zip(split, chosen, strict=True)])
-    return Composition(Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets))
+    fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets)
+    fitted.model_family_scale, fitted.model_family_offset_ms = lines.model_family_scale, lines.model_family_offset_ms
+    return Composition(fitted)

@@ -91,6 +91,20 @@ class Overhead:
     # how far the same built plan measures above its first timing when timed again minutes later
     # (conformal, on the calibration's re-timed plans): the margin a verified plan's measurement needs
     retime_band_pct: float | None = None
+    # family lines of one model (`anchor_key` -> family -> scale / offset), fitted on that model's
+    # own layers timed in place where it has enough of them: a family's in-place cost depends on
+    # what runs around it (MiniLM's bf16 layers do not cost what ViT's do), so a calibrated model
+    # uses its own lines and every other model the pooled ones (`for_model`)
+    model_family_scale: dict[str, dict[str, float]] = field(default_factory=dict)
+    model_family_offset_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def for_model(self, key: str | None) -> Overhead:
+        """The overhead a model composes with: the pooled family lines, with its own where fitted."""
+        own = self.model_family_scale.get(key or "")
+        if not own:
+            return self
+        return replace(self, family_scale={**self.family_scale, **own},
+                       family_offset_ms={**self.family_offset_ms, **self.model_family_offset_ms.get(key or "", {})})
 
     def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
         """A layer kernel's own family scale, or None where `scale` applies."""
@@ -128,8 +142,9 @@ class Overhead:
                       merges], 1)
         w = 1.0 / measured_ms
         coef, _ = nnls(A * w[:, None], target * w)
-        if coef[0] <= 0:
-            coef[0] = 1.0
+        if coef[0] <= 0:  # no scale left for the other kernels: keep them at their own cost, refit the rest
+            rest, _ = nnls(A[:, 1:] * w[:, None], (target - kernel_ms) * w)
+            coef = np.concatenate([[1.0], rest])
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)),
                    dict(family_scale or {}), dict(family_offset_ms or {}), per_merge_block_ms=float(coef[4]))
 
@@ -151,7 +166,9 @@ class Overhead:
                 "family_scale": dict(self.family_scale), "family_offset_ms": dict(self.family_offset_ms),
                 "band_pct": self.band_pct,
                 "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors),
-                "retime_band_pct": self.retime_band_pct}
+                "retime_band_pct": self.retime_band_pct,
+                "model_family_scale": {k: dict(v) for k, v in self.model_family_scale.items()},
+                "model_family_offset_ms": {k: dict(v) for k, v in self.model_family_offset_ms.items()}}
 
 
 def anchor_key(model: ModelSpec) -> str:
@@ -211,7 +228,7 @@ class ModelLatency:
     def __init__(self, model: ModelSpec, predictor: KernelPredictor, overhead: Overhead | None = None) -> None:
         self.model = model
         self.predictor = predictor
-        self.overhead = overhead or Overhead()
+        self.overhead = (overhead or Overhead()).for_model(anchor_key(model))
         self.offset_ms = 0.0  # measured anchor minus the composed uncompressed model (0: not anchored)
         anchor = self.overhead.anchors.get(anchor_key(model))
         if anchor is not None:
