@@ -202,3 +202,30 @@ def test_cli_profile_for_checks_its_models_first(tmp_path):
     assert res.exit_code != 0 and "unknown model 'nomodel'" in str(res.exception or res.output)
     res = CliRunner().invoke(app, ["profile", "--device", "orin", "--for", "vit_tiny", "--db", db])
     assert res.exit_code != 0 and "--for measures on this machine" in str(res.exception or res.output)
+
+
+def test_a_search_measures_what_it_would_predict_or_says_so(tmp_path):
+    """No silent extrapolation: without `profile_missing` the estimate is marked extrapolated (with
+    the command that measures it); with it, the search profiles its kernels and the anchor first."""
+    import torch
+    from searchworld import make_world
+
+    from hwsearch.db.engine import open_db
+    from hwsearch.search.problem import build_problem
+    from hwsearch.search.spec import SearchSpec
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.GELU(), torch.nn.Linear(96, 48))
+    knobs = {"formats": ["fp32", "int8"], "low_rank": False, "sparsities": ["dense"]}
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    make_world(url)
+    engine = open_db(url)
+
+    def spec(**kw: object) -> SearchSpec:
+        return SearchSpec(model=mlp, example_inputs=torch.randn(4, 48), device="syn", name="mlp", knobs=knobs,
+                          verify_top_k=0, **kw)
+
+    latency = build_problem(engine, spec()).tables.provenance["latency"]
+    assert latency["extrapolated"] and "hwsearch profile --local --for mlp" in latency["detail"]
+    latency = build_problem(engine, spec(profile_missing=True)).tables.provenance["latency"]
+    assert not latency["extrapolated"] and latency["measured_share"] == 1.0 and latency["anchored"]

@@ -112,9 +112,50 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
                                  "detail": f"base {sensitivity.base_test:.4f} + per-layer calibration deltas"}
     provenance["size"] = {"source": "analytic", "detail": "exact bytes of the compressed linear layers"}
     tables = build_tables(space, needed, spec.device, predictor, overhead, sensitivity, provenance)
+    latency = tables.provenance.get("latency", {})
+    if predictor is not None and spec.profile_missing and not (latency["measured_share"] >= 1.0 and latency["anchored"]):
+        predictor, (overhead, overhead_id) = _profile_missing(engine, spec, model, fp, progress)
+        provenance["latency"].update(predictor_id=predictor.predictor_id, overhead_id=overhead_id)
+        tables = build_tables(space, needed, spec.device, predictor, overhead, sensitivity, provenance)
+    if predictor is not None:
+        _mark_extrapolated(tables.provenance["latency"], spec)
     check_reachable(tables, spec)
     dispatch = predictor.dispatch if predictor is not None else None
     return Problem(spec, space, tables, dev_id, fp, answer_doc, overhead_id, task, dispatch)
+
+
+def _profile_missing(engine: Engine, spec: SearchSpec, model: Any, fingerprint: dict[str, Any],
+                     progress: Callable[[int, int], None] | None) -> Any:
+    """Measure what `profile --local --for` adds for this search (the kernels it scores that the
+    device has no measurement of, and the uncompressed model end to end), here: only the
+    device's own machine can measure it. Returns the new predictor and overhead."""
+    from hwsearch.predictors.registry import best_predictor
+    from hwsearch.profilers.runner import profile_local
+
+    if fingerprint.get("host") != socket.gethostname():
+        raise HwsearchError(
+            f"profile_missing: device {spec.device!r} is not this machine ({socket.gethostname()}); accepted: submit "
+            f"from the device's host, or run `hwsearch profile --device {spec.device} --for {spec.model_name}` first"
+        )
+    from hwsearch.predictors.model_latency import device_overhead
+    from hwsearch.search.anchors import measure_anchors
+
+    profile_local(engine, name=spec.device, budget=1, threads=fingerprint.get("threads"),
+                  backend=fingerprint.get("backend", "cpu"), models=[(model, spec.knob_values())],
+                  show_progress=progress is not None)
+    measure_anchors(engine, spec.device, [spec])
+    predictor = best_predictor(engine, spec.device)
+    return predictor, device_overhead(engine, predictor.device_id)
+
+
+def _mark_extrapolated(latency: dict[str, Any], spec: SearchSpec) -> None:
+    """Say, wherever the latency estimate is shown, how much of it no measurement backs."""
+    share = float(latency.get("measured_share", 0.0))
+    latency["extrapolated"] = share < 1.0
+    if share < 1.0:
+        note = (f"{100 * (1 - share):.0f} % of the latency table predicted, not measured on {spec.device}; "
+                f"`hwsearch profile --local --for {spec.model_name}` (or profile_missing=True) measures it")
+        latency["detail"] = "; ".join(filter(None, [latency.get("detail"), note]))
 
 
 def check_reachable(tables: Tables, spec: SearchSpec) -> None:

@@ -90,6 +90,9 @@ def print_front(front: pd.DataFrame, title: str, console: Console | None = None,
 
 def print_verification(result: dict[str, Any], console: Console | None = None) -> None:
     console = console or wide_console()
+    latency = (result.get("provenance") or {}).get("latency") or {}
+    if latency.get("extrapolated"):
+        console.print(f"[yellow]latency estimates extrapolated:[/yellow] {latency.get('detail', '')}")
     rows = result.get("verified") or []
     if not rows:
         console.print("No plans verified (verify_top_k = 0, or no feasible Pareto point).")

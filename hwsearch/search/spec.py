@@ -92,6 +92,9 @@ class SearchSpec(BaseModel):
     seed: int = 0
     verify_top_k: int = 3
     warm_start: bool = True
+    # measure what the search would otherwise predict (the kernels `profile --for` adds), when
+    # the device is this machine; off: such estimates are marked extrapolated where shown
+    profile_missing: bool = False
     name: str | None = Field(default=None, max_length=NAME_MAX)
     example_inputs: Any = Field(default=None, exclude=True)
     evaluate: Callable[[Any], float] | None = Field(default=None, exclude=True)
