@@ -9,7 +9,7 @@ import torch
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels import kvcache
 from hwsearch.kernels.apply import apply_plan
-from hwsearch.kernels.models import LlamaAttention, LlamaLM, rope, seeded_llama
+from hwsearch.kernels.models import LlamaAttention, LlamaLM, catalogue_llama, rope, seeded_llama
 from hwsearch.search.objectives import constraint, divergence_curve, objective
 from hwsearch.search.quality_metrics import METRICS, model_metric
 from hwsearch.search.quality_tasks import (
@@ -168,6 +168,10 @@ def test_catalogue_entries() -> None:
     assert len(model.layers) == 2 and weights_hash(model) == weights_hash(again)
     with pytest.raises(HwsearchError, match="for latency prediction only"):
         seeded_llama(LLAMA3_8B, blocks=32 * 1000)
+    built = catalogue_llama("tiny_llama:tokens=1")
+    assert len(built.layers) == TINY_LLAMA.layers and built.lm_head.out_features == 256
+    with pytest.raises(HwsearchError, match="not a catalogue decoder; accepted: llama3_8b, tiny_llama"):
+        catalogue_llama("vit_base")
 
 
 def test_plan_kv_cache_validation_on_tiny_llama() -> None:
@@ -183,6 +187,7 @@ def test_training_is_deterministic() -> None:
     cfg = TinyLlamaConfig(steps=3, batch=2, seq=32)
     assert weights_hash(train_tiny_llama(cfg)) == weights_hash(train_tiny_llama(cfg))
     assert TinyLlamaConfig(steps=3).key() != TinyLlamaConfig(steps=4).key()
+    assert TinyLlamaConfig(test_windows=4).key() == TinyLlamaConfig().key()  # evaluation windows: same weights
 
 
 def test_corpus_splits_by_file() -> None:
@@ -208,12 +213,11 @@ def test_perplexity_is_lower_is_better_everywhere(tiny_task) -> None:
     assert divergence_curve(0.5, 0.0, 4.0, 1.0, "perplexity") > 4.0 > divergence_curve(0.5, 0.0, 4.0, 1.0, "top1")
 
 
-def test_quantised_cache_generation_matches_the_reference() -> None:
+def test_quantised_cache_generation_matches_the_reference(tiny_task) -> None:
     quantised = [f for f in ("int8", "int4") if f in kvcache.CACHES]
     if "int8" not in kvcache.CACHES:
         pytest.skip("no int8 KV-cache format is registered in kvcache.CACHES yet (another branch adds it)")
-    torch.manual_seed(0)
-    model = train_tiny_llama(QUICK)
+    model = tiny_task.model
     prompt = torch.tensor([list(b"def main(argv):\n    ")])
     reference = model.generate(prompt, 8)
     for fmt in quantised:
