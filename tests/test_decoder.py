@@ -225,3 +225,48 @@ def test_quantised_cache_generation_matches_the_reference(tiny_task) -> None:
         tokens = apply_plan(model, plan).generate(prompt, 8)
         steps = 4 if fmt == "int8" else 2
         assert torch.equal(tokens[:, :steps], reference[:, :steps]), fmt
+
+
+def test_a_perplexity_search_minimises_it() -> None:
+    """Tables, constraints, warm start, the exact front and the sampler all take perplexity as lower
+    is better (a made-up sensitivity table on tiny_llama's layers: no training needed)."""
+    import numpy as np
+    import pandas as pd
+
+    from hwsearch.search.objectives import build_tables
+    from hwsearch.search.pareto import best_under, front_mask
+    from hwsearch.search.reference import exact_front
+    from hwsearch.search.sensitivity import SensitivityTable, space_key
+    from hwsearch.search.spec import SearchSpec
+    from hwsearch.search.study import constraint_values, optimize_in_memory
+    from hwsearch.spaces import Knobs, SearchSpace
+
+    space = SearchSpace(get_model("tiny_llama"), knobs=Knobs(formats=("fp32", "int8", "int4"), group_sizes=(32,),
+                                                             sparsities=("dense",), low_rank=False, allow_emulated=True))
+    rng = np.random.default_rng(0)
+    divergence = {n: {c.label(): float(rng.uniform(0.001, 0.05)) for c in s.choices() if not c.is_identity("fp32")}
+                  for n, s in space.layers.items()}
+    table = SensitivityTable("tiny_llama", "perplexity", "w", space_key(space), 4.0, 5.0, 0.0,
+                             layers={n: {k: 5.0 * v for k, v in row.items()} for n, row in divergence.items()},
+                             divergence=divergence, alpha=1.0)
+    tables = build_tables(space, ["size", "quality"], "d", sensitivity=table)
+    assert tables.directions == ["minimize", "minimize"]
+    assert SearchSpec(model="tiny_llama", device="d", objectives=["size", "quality"]).directions == tables.directions
+    assert tables.extreme("quality", best=True) == pytest.approx(5.0)  # uncompressed: the lowest perplexity
+    worst = tables.extreme("quality", best=False)
+    assert worst > 5.0
+    plan = Plan(model="tiny_llama", layers={"lm_head": LayerChoice(format="int4", group_size=32)})
+    assert table.predict(plan) == pytest.approx(5.0 * np.exp(divergence["lm_head"]["int4g32"]))
+    # min_quality is "no worse than": perplexity <= the bound is feasible
+    scores = {"quality": np.array([5.5, 7.0])}
+    assert (constraint_values({"min_quality": 6.0}, scores, tables)["min_quality"] <= 0).tolist() == [True, False]
+    ref = exact_front(tables, ["size", "quality"])
+    assert ref[:, 1].min() == pytest.approx(5.0) and np.all(np.diff(ref[:, 0]) * np.diff(ref[:, 1]) <= 1e-12)
+    trials = optimize_in_memory(tables, ["size", "quality"], {"min_quality": 6.0}, "nsga2", 0, 60, True)
+    values = np.array([t.values for t in trials])
+    feasible = np.array([all(v <= 0 for v in t.constraints.values()) for t in trials])
+    front = values[front_mask(values, tables.directions, feasible)]
+    assert len(front) and front[:, 1].max() <= 6.0 + 1e-9
+    frame = pd.DataFrame({"size_mb": front[:, 0], "quality": front[:, 1]})
+    pick = best_under(frame, ["size", "quality"], {"min_quality": 6.0}, metric="perplexity")
+    assert pick["quality"] <= 6.0 and pick["size_mb"] == frame["size_mb"].min()
