@@ -83,6 +83,15 @@ def test_rope_continues_positions_after_the_cache() -> None:
         assert torch.isfinite(rope(torch.randn(1, 2, 4, 32), context, TINY_LLAMA.rope_theta)).all()
 
 
+def test_decode_runs_past_the_trained_length(lm: LlamaLM) -> None:
+    for context in (512, 2048):
+        caches = lm.new_caches()
+        with torch.no_grad():
+            lm(torch.zeros(1, context, dtype=torch.long), caches)
+            step = lm(torch.ones(1, 1, dtype=torch.long), caches)
+        assert step.shape == (1, 1, CFG.vocab) and torch.isfinite(step).all() and len(caches[0]) == context + 1
+
+
 def test_gqa_shapes_and_cache_contents(lm: LlamaLM) -> None:
     attn: LlamaAttention = lm.layers[0].self_attn
     assert (attn.num_heads, attn.num_key_value_heads, attn.head_dim) == (4, 2, 16)
