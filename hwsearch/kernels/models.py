@@ -258,12 +258,16 @@ def seeded_llama(cfg: LlamaConfig, blocks: int, seed: int = 0, dtype: torch.dtyp
             f"{available / 2**30:.1f} GiB available; accepted: fewer blocks (deeper stacks are for latency prediction only)"
         )
     gen = torch.Generator().manual_seed(seed)
-    model = LlamaLM(cfg, blocks)
+    with torch.device("meta"):  # no default init: the weights are allocated once, in `dtype`
+        model = LlamaLM(cfg, blocks).to(dtype)
+    model = model.to_empty(device="cpu")
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("weight") and param.dim() >= 2:
+        for _, param in model.named_parameters():
+            if param.dim() >= 2:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
-    return model.to(dtype).eval()
+            else:  # RMSNorm scales
+                param.fill_(1.0)
+    return model.eval()
 
 
 LLAMA_CONFIGS: dict[str, LlamaConfig] = {"llama3_8b": LLAMA3_8B, "tiny_llama": TINY_LLAMA}
