@@ -26,7 +26,7 @@ from hwsearch.spaces.trace import from_torch
 
 CFG = LlamaConfig(dim=64, heads=4, kv_heads=2, ffn=160, layers=2, vocab=256, rope_theta=10000.0)
 # a small training budget: enough to test the task, seconds on one thread
-QUICK = TinyLlamaConfig(steps=30, batch=4, test_windows=4, calib_windows=4)
+QUICK = TinyLlamaConfig(steps=80, batch=8, test_windows=4, calib_windows=4)
 
 
 @pytest.fixture(autouse=True)
@@ -227,12 +227,13 @@ def test_quantised_cache_generation_matches_the_reference(tiny_task) -> None:
     if "int8" not in kvcache.CACHES:
         pytest.skip("no int8 KV-cache format is registered in kvcache.CACHES yet (another branch adds it)")
     model = tiny_task.model
-    prompt = torch.tensor([list(b"def main(argv):\n    ")])
+    prompt = torch.tensor([list(b"class Reader:\n    def __init__(self, path")])
     reference = model.generate(prompt, 8)
+    assert len(set(reference[0].tolist())) > 2  # a real continuation, not one byte repeated
     for fmt in quantised:
         plan = Plan(model="tiny_llama", kv_cache={f"layers.{i}": KVCacheChoice(format=fmt) for i in range(TINY_LLAMA.layers)})
         tokens = apply_plan(model, plan).generate(prompt, 8)
-        steps = 4 if fmt == "int8" else 2
+        steps = 8 if fmt == "int8" else 4
         assert torch.equal(tokens[:, :steps], reference[:, :steps]), fmt
 
 
