@@ -15,7 +15,7 @@ def export_plan(
     trial: int | None = typer.Option(None, "--trial", help="With JOB: this trial's plan."),
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="With JOB: its best Pareto plan under X ms."),
     max_size_mb: float | None = typer.Option(None, "--max-size-mb", help="With JOB: its best Pareto plan under X MB."),
-    min_quality: float | None = typer.Option(None, "--min-quality", help="With JOB: its best Pareto plan of quality >= X."),
+    min_quality: float | None = typer.Option(None, "--min-quality", help="With JOB: its best Pareto plan of quality no worse than X (>= X; perplexity: <= X)."),
     plan_file: str | None = typer.Option(None, "--plan", help="A hwsearch.plan JSON file (v2, or v1) (instead of JOB)."),
     fmt: str = typer.Option(..., "--format", help="plan | compressed-tensors | modelopt"),
     out: str = typer.Option(..., "--out", help="File to write (modelopt: .yaml); the full plan is kept beside it."),
@@ -48,7 +48,7 @@ def export_plan(
         handle = Client(db_url=db).job(job)
         number = trial if trial is not None else handle.best_trial(**budget)
         plan = handle.plan(number)
-        which = chosen_plan(job, number, None if trial is not None else bounds)
+        which = chosen_plan(job, number, None if trial is not None else bounds, handle.spec().quality_metric)
     with warnings.catch_warnings(record=True):  # each is printed below as one line
         warnings.simplefilter("always", ExportWarning)
         result = export(plan, fmt, out)
