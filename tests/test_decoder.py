@@ -280,3 +280,19 @@ def test_a_perplexity_search_minimises_it() -> None:
     frame = pd.DataFrame({"size_mb": front[:, 0], "quality": front[:, 1]})
     pick = best_under(frame, ["size", "quality"], {"min_quality": 6.0}, metric="perplexity")
     assert pick["quality"] <= 6.0 and pick["size_mb"] == frame["size_mb"].min()
+
+
+def test_a_decode_step_is_timed_at_its_context(lm: LlamaLM) -> None:
+    """`DecodeStep`: every call is one step over caches holding exactly `context` tokens (filled once,
+    never grown by the calls), and the step is the one the model computes after such a cache."""
+    from hwsearch.profilers.inmodel import DecodeStep, forward
+    from hwsearch.search.verify import decoder_model
+
+    step = DecodeStep(torch.zeros(1, 1, dtype=torch.long), context=64)
+    with torch.inference_mode():
+        first, again = forward(lm, step), forward(lm, step)
+    assert first.shape == (1, 1, CFG.vocab) and torch.equal(first, again)
+    assert [len(c) for c in step.caches(lm)] == [64] * CFG.layers
+    module, inputs = decoder_model(get_model("llama3_8b:blocks=1,tokens=1,context=128"))
+    assert isinstance(inputs, DecodeStep) and inputs.context == 128 and inputs.inputs.shape == (1, 1, LLAMA3_8B.dim)
+    assert len(module.layers) == 1 and not hasattr(module, "lm_head")  # the spec's blocks alone, as predicted

@@ -27,13 +27,39 @@ from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import Plan
 
 VIT_CONFIGS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "digits_vit")
-TIMED_MODELS = (*VIT_CONFIGS, "minilm", "tiny_llama")
+DECODERS = ("tiny_llama", "llama3_8b")
+TIMED_MODELS = (*VIT_CONFIGS, "minilm", *DECODERS)
+
+
+def decoder_model(model: ModelSpec) -> tuple[Any, Any]:
+    """A catalogue decoder and what one timed call runs: in decode mode one step of `tokens` new
+    tokens over a KV cache holding `context` (`DecodeStep`: the latency a decoder's search scores
+    is ms per generated token at that context), in prefill mode a causal pass over `tokens`.
+    tiny_llama has its trained weights, llama3_8b seeded ones at its real shapes."""
+    import torch
+
+    from hwsearch.kernels.models import LlamaDecoder
+    from hwsearch.profilers.inmodel import DecodeStep
+    from hwsearch.spaces.catalog import LLAMA3_8B
+
+    if model.name.partition(":")[0] == "tiny_llama":
+        from hwsearch.search.quality_tasks import load_tiny_llama
+
+        module, x = load_tiny_llama().eval(), torch.zeros(1, model.tokens, dtype=torch.long)
+    else:  # the spec is the stack of blocks alone (no embedding, no head): so is what is timed
+        torch.manual_seed(0)
+        dtype = torch.bfloat16 if model.dtype == "bf16" else torch.float32
+        module = LlamaDecoder(LLAMA3_8B, int(model.options["blocks"])).to(dtype).eval()
+        x = torch.randn(1, model.tokens, LLAMA3_8B.dim, dtype=dtype)
+    if model.options.get("mode") == "decode":
+        return module, DecodeStep(x, int(model.options.get("context") or 0))
+    return module, x
 
 
 def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None) -> tuple[Any, Any]:
     """(module, its inputs) to time: the given module, a catalogue ViT with seeded weights, the
-    packaged MiniLM with its tokenised sentences (a dict of keyword inputs), or the trained
-    tiny_llama on a prefill of its spec's tokens."""
+    packaged MiniLM with its tokenised sentences (a dict of keyword inputs), or a catalogue
+    decoder (`decoder_model`: a decode step over its KV cache, or a prefill)."""
     import torch
 
     if module is not None:
@@ -44,15 +70,8 @@ def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None
 
         found = load_minilm()
         return found.model.eval(), dict(found.batch)
-    if name == "tiny_llama":
-        if model.options.get("mode") != "prefill":
-            raise HwsearchError(
-                f"end-to-end timing of tiny_llama runs a prefill; {model.name} is a decode step over a KV cache, "
-                "which is not timed end to end here; accepted: tiny_llama:tokens=17 or more, or --verify 0"
-            )
-        from hwsearch.search.quality_tasks import load_tiny_llama
-
-        return load_tiny_llama().eval(), torch.zeros(1, model.tokens, dtype=torch.long)
+    if name in DECODERS:
+        return decoder_model(model)
     if name not in VIT_CONFIGS:
         raise HwsearchError(f"end-to-end timing builds {', '.join(TIMED_MODELS)}; got {name!r}; accepted: one of "
                             "those or a SearchSpec with a torch model")
