@@ -1,7 +1,8 @@
 """Random inputs for a spec, and the fp64 reference every implementation is checked against.
 
-`make_inputs` returns (params, acts): fp32 parameters (weights, norms) that a kernel's `prepare`
-consumes, and activations already in the dtype the kernel runs on.
+`make_inputs` returns (params, acts): fp32 parameters (weights, norms, and the keys and values of
+an attention over a cache in another format) that a kernel's `prepare` consumes, and
+activations already in the dtype the kernel runs on.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def make_inputs(spec: OpSpec, seed: int = 0, device: str = "cpu") -> tuple[Param
         q = randn(spec.heads, spec.tokens, spec.head_dim).to(dtype)
         k = randn(kv_heads, spec.kv_len, spec.head_dim).to(dtype)
         v = randn(kv_heads, spec.kv_len, spec.head_dim).to(dtype)
+        if spec.kv_format is not None:  # the cache is state the kernel prepares (quantises), like a weight
+            return {"k": k.float(), "v": v.float()}, (q,)
         return {}, (q, k, v)
     if isinstance(spec, TomeMergeSpec):
         x = randn(spec.tokens, spec.dim).to(dtype)
@@ -98,7 +101,7 @@ def reference(spec: OpSpec, params: Params, acts: tuple[torch.Tensor, ...]) -> t
             y = (x @ apply_nm(p["weight_a"], nm).T) @ apply_nm(p["weight_b"], nm).T
         return y + p["bias"] if "bias" in p else y
     if isinstance(spec, AttentionSpec):
-        q, k, v = a
+        q, k, v = a if spec.kv_format is None else (a[0], p["k"], p["v"])
         groups = spec.heads // (spec.kv_heads or spec.heads)
         k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
         logits = q @ k.transpose(-1, -2) / math.sqrt(spec.head_dim)
