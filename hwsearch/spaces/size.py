@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 
 from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, DEFAULT_KV_GROUP, DTYPE_BYTES, parse_sparsity
+from hwsearch.spaces.model import ModelSpec
+from hwsearch.spaces.plan import Plan
 
 VALUE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "fp8": 8, "int4": 4}
 BIAS_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 4, "fp8": 4, "int4": 2}
@@ -103,3 +105,16 @@ def kv_cache_bytes(fmt: str, group_size: int | None, kv_heads: int, tokens: int,
                    + residual * head_dim * DTYPE_BYTES[dtype])
     values = rows * tokens * (head_dim * bits // 8 + head_dim // min(group, head_dim) * 2 * KV_SCALE_BYTES)
     return keys + values
+
+
+def plan_kv_bytes(model: ModelSpec, plan: Plan | None) -> int:
+    """Exact bytes of every decode block's KV cache at the model's context under `plan` (blocks
+    the plan leaves out keep the model's dtype); 0 for a model that reads no cache."""
+    total = 0
+    for block in model.blocks:
+        if block.kind != "llama" or block.kv_tokens is None:
+            continue
+        choice = plan.kv_choice(block.prefix, model.dtype) if plan is not None else None
+        fmt, group = (choice.format, choice.group_size) if choice is not None else (model.dtype, None)
+        total += kv_cache_bytes(fmt, group, block.kv_heads or block.heads, block.kv_tokens, block.head_dim, model.dtype)
+    return total
