@@ -257,13 +257,14 @@ def quality_terms(
     """Minus the output divergence per (variable, choice), broadcast over merges, and per merge."""
     dtype = model.dtype
     width = max(len(v.choices) for v in variables)
+    cached = [var.name for var in variables if var.kv_block is not None]
+    if cached:
+        raise HwsearchError(
+            f"the quality objective has no measured sensitivity of KV-cache formats ({', '.join(cached[:2])}); accepted: "
+            "knobs kv_formats=[] (no KV-cache knob) with quality, or the latency and size objectives"
+        )
     rows = []
     for var in variables:
-        if var.kv_block is not None:
-            raise HwsearchError(
-                f"the quality objective has no measured sensitivity of KV-cache formats ({var.name}); accepted: "
-                "knobs kv_formats=[] (no KV-cache knob) with quality, or the latency and size objectives"
-            )
         row = []
         for c in var.choices:
             row.append(0.0 if c.is_identity(dtype) else -sum(table.divergence[n][c.label()] for n in var.layers))
