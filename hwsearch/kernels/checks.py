@@ -26,7 +26,7 @@ import torch
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels import registry
-from hwsearch.kernels.inputs import TOLERANCE, make_inputs, reference
+from hwsearch.kernels.inputs import make_inputs, reference, tolerance
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
 from hwsearch.spaces.formats import FLOAT_DTYPES, FORMATS, KV_FORMATS, KV_QUANT_FORMATS
 from hwsearch.spaces.knobs import Capabilities
@@ -78,9 +78,7 @@ def check_output(kernel: registry.Kernel, spec: OpSpec, device: str = "cpu", see
             f"{kernel.name} fails on {spec.describe()} ({type(exc).__name__}: {exc}); "
             "accepted: a machine whose torch install runs every kernel (see `hwsearch profile --local`)"
         ) from exc
-    tol = TOLERANCE[_dtype_of(spec)]
-    if isinstance(spec, AttentionSpec) and spec.kv_format is not None:  # a cache narrower than the compute dtype
-        tol = max(tol, TOLERANCE[spec.kv_format])
+    tol = tolerance(spec)
     if not err <= tol:
         raise HwsearchError(
             f"{kernel.name} gives wrong results on {spec.describe()} (relative error {err:.3g} > {tol}); "

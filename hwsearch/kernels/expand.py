@@ -113,10 +113,12 @@ def layer_kernel(layer: Any, tokens: int, choice: Any) -> LinearSpec:
 
 
 def space_kernels(
-    model: ModelSpec, layer_choices: Mapping[str, Any], merges: Any = (None,), dtype: str = "bf16"
+    model: ModelSpec, layer_choices: Mapping[str, Any], merges: Any = (None,), dtype: str = "bf16",
+    kv_choices: Mapping[str, Any] | None = None,
 ) -> list[OpSpec]:
-    """Every distinct kernel a search over `layer_choices` x `merges` scores: each merge schedule's
-    untouched kernels, and each layer under each of its choices at that schedule's token counts."""
+    """Every distinct kernel a search over `layer_choices` x `merges` (x `kv_choices`, per decoder
+    block) scores: each merge schedule's untouched kernels, each layer under each of its choices
+    at that schedule's token counts, and each block's attention over each of its KV caches."""
     names = set(model.layer_names)
     seen: dict[OpSpec, None] = {}
     for merge in merges:
@@ -128,4 +130,7 @@ def space_kernels(
         for layer in merged.layers:
             for choice in layer_choices.get(layer.name, ()):
                 seen.setdefault(layer_kernel(layer, layer.tokens, choice))
+        for block in merged.blocks:
+            for choice in (kv_choices or {}).get(block.prefix, ()):
+                seen.setdefault(attention_spec(block, dtype, choice))
     return list(seen)

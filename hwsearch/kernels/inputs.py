@@ -131,3 +131,13 @@ def reference(spec: OpSpec, params: Params, acts: tuple[torch.Tensor, ...]) -> t
 
 # Relative Frobenius error allowed against `reference`, per linear format / activation dtype.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 2e-2, "int8": 4e-2, "fp8": 1e-1, "int4": 1.6e-1}
+
+
+def tolerance(spec: OpSpec) -> float:
+    """The error a spec's result may have: its format's (a linear) or dtype's, and no less than
+    its KV cache's format allows (attention over an int4 cache)."""
+    if isinstance(spec, LinearSpec):
+        return TOLERANCE[spec.format]
+    tol = TOLERANCE[spec.dtype]  # type: ignore[attr-defined]
+    kv_format = getattr(spec, "kv_format", None)
+    return tol if kv_format is None else max(tol, TOLERANCE[kv_format])

@@ -263,7 +263,8 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     """What a model's search needs measured on this machine (`hwsearch profile --for MODEL`).
 
     Every kernel family the model's search space scores (each layer under each native choice, the
-    attention, norms, activations and merges of every merge schedule), on a grid of anchor token
+    attention (over each native KV cache of a decode block), norms, activations and merges of every
+    merge schedule), on a grid of anchor token
     counts and ranks close enough that `MeasuredTable` interpolates every other kernel of the
     space between measured neighbours.
     """
@@ -275,7 +276,8 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     spec = get_model(model) if isinstance(model, str) else model
     space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend)), knobs)
     choices = {name: [c for c in ls.choices() if ls.native.get(c, True)] for name, ls in space.layers.items()}
-    kernels = space_kernels(spec, choices, space.merge_options, dtype=spec.dtype)
+    kv = {block: [c for c in options if space.caps.kv_native(c)] for block, options in space.kv.items()}
+    kernels = space_kernels(spec, choices, space.merge_options, dtype=spec.dtype, kv_choices=kv)
     groups: dict[object, list[OpSpec]] = {}
     for k in kernels:
         groups.setdefault(family_key(k), []).append(k)
