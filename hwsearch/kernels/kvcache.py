@@ -219,13 +219,14 @@ class QuantKVCache(KVCache):
         out = torch.matmul(p, vl.float().reshape(b, h, t, groups)).repeat_interleave(gv, -1)  # type: ignore[union-attr]
         step = self._chunk(b * h * d)
         buf = torch.empty(b, h, min(step, t), d, device=p.device)
-        scales = vs.float().reshape(b, h, 1, t, groups)  # type: ignore[union-attr]
+        scales = vs.float().reshape(b, h, t, groups).transpose(-1, -2)  # type: ignore[union-attr]  # (b, h, groups, t)
         for t0 in range(0, t, step):
             n = min(step, t - t0)
             codes = self._codes(vq[:, :, t0 : t0 + n], buf[:, :, :n])  # type: ignore[index]
-            ps = p[:, :, :, t0 : t0 + n, None] * scales[:, :, :, t0 : t0 + n]  # (b, h, rows, n, groups)
-            for j in range(groups):
-                out[..., j * gv : (j + 1) * gv] += torch.matmul(ps[..., j], codes[..., j * gv : (j + 1) * gv])
+            weights = p[..., t0 : t0 + n]
+            for j in range(groups):  # p·scale of this channel group, contiguous, times its codes
+                scaled = weights * scales[:, :, j, None, t0 : t0 + n]
+                out[..., j * gv : (j + 1) * gv] += torch.matmul(scaled, codes[..., j * gv : (j + 1) * gv])
         return out.reshape(b, h, rows, d)
 
 
