@@ -192,6 +192,12 @@ def test_search_space_offers_only_formats_with_a_kernel_and_the_tables_pick_them
     bare = SearchSpace(model, Capabilities.from_dict({"available": True, "bf16": True}))  # no KV kernels named
     assert [c.label() for c in bare.kv["layers.0"]] == ["bf16"]
     assert SearchSpace(get_model("llama3_8b:tokens=128"), Capabilities()).kv == {}  # a prefill reads no cache
+    fp32 = Knobs(kv_formats=("fp32", "int8"))  # a float cache other than the model's is cast every step: emulated
+    assert [c.label() for c in SearchSpace(model, cpu.caps, fp32).kv["layers.0"]] == ["bf16", "int8g64"]
+    emulated = SearchSpace(model, cpu.caps, Knobs(kv_formats=("fp32", "int8"), allow_emulated=True))
+    assert [c.label() for c in emulated.kv["layers.0"]] == ["bf16", "fp32", "int8g64"]
+    assert not emulated.native(Plan(model="llama3_8b", kv_cache={"layers.0": KVCacheChoice(format="fp32")}))
+    assert emulated.native(Plan(model="llama3_8b", kv_cache={"layers.0": KVCacheChoice(format="int8")}))
     with pytest.raises(HwsearchError, match="int8g32 is not in the space; accepted: bf16, int8g64, int4g64"):
         cpu.check_plan(Plan(model="llama3_8b", kv_cache={"layers.1": KVCacheChoice(format="int8", group_size=32)}))
     assert any(cpu.sample(random.Random(s)).kv_cache for s in range(5))

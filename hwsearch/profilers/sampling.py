@@ -276,7 +276,7 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     spec = get_model(model) if isinstance(model, str) else model
     space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend)), knobs)
     choices = {name: [c for c in ls.choices() if ls.native.get(c, True)] for name, ls in space.layers.items()}
-    kv = {block: [c for c in options if space.caps.kv_native(c)] for block, options in space.kv.items()}
+    kv = {block: [c for c in options if space.caps.kv_native(c, spec.dtype)] for block, options in space.kv.items()}
     kernels = space_kernels(spec, choices, space.merge_options, dtype=spec.dtype, kv_choices=kv)
     groups: dict[object, list[OpSpec]] = {}
     for k in kernels:

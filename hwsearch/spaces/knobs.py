@@ -66,7 +66,11 @@ class Capabilities:
     def native(self, choice: LayerChoice) -> bool:
         return choice.format in self.formats and choice.sparsity in self.sparsities | {"dense"}
 
-    def kv_native(self, choice: KVCacheChoice) -> bool:
+    def kv_native(self, choice: KVCacheChoice, dtype: str) -> bool:
+        """A cache in the model's `dtype` is plain attention; one in another float dtype is cast
+        whole every step (emulated); int8/int4 as the device's kernels say."""
+        if choice.format in FLOAT_DTYPES:
+            return choice.format == dtype and dtype in self.kv_formats
         return choice.format in self.kv_formats
 
 
@@ -167,12 +171,12 @@ class SearchSpace:
         the model's dtype first, then the knob's formats that have a kernel here (native ones, or
         every one with `allow_emulated`)."""
         k, dtype = self.knobs, self.model.dtype
-        allowed = self.caps.kv_kernels if k.allow_emulated else self.caps.kv_formats
         options = [KVCacheChoice(format=dtype)]
         for fmt in dict.fromkeys(k.kv_formats):
-            if fmt != dtype and fmt in allowed:
-                options += [KVCacheChoice(format=fmt, group_size=g) for g in (k.kv_group_sizes if fmt in KV_QUANT_FORMATS
-                                                                              else (None,))]
+            for g in k.kv_group_sizes if fmt in KV_QUANT_FORMATS else (None,):
+                choice = KVCacheChoice(format=fmt, group_size=g)
+                if fmt != dtype and (self.caps.kv_native(choice, dtype) or (k.allow_emulated and fmt in self.caps.kv_kernels)):
+                    options.append(choice)
         return {b.prefix: tuple(options) for b in self.model.blocks if b.kind == "llama" and b.kv_tokens is not None}
 
     def _merge_options(self) -> tuple[MergePlan, ...]:
@@ -232,7 +236,7 @@ class SearchSpace:
         """Whether every layer of the plan runs on a native path of the device."""
         dtype = self.model.dtype
         return (all(self.caps.native(plan.choice(n, dtype)) for n in self.layers)
-                and all(self.caps.kv_native(plan.kv_choice(b, dtype)) for b in self.kv))
+                and all(self.caps.kv_native(plan.kv_choice(b, dtype), dtype) for b in self.kv))
 
     def size(self) -> int:
         """Number of distinct plans (per-layer choices × merge schedules), ignoring groups."""
