@@ -7,7 +7,7 @@ import torch
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels import registry
-from hwsearch.kernels.inputs import TOLERANCE, make_inputs, reference
+from hwsearch.kernels.inputs import make_inputs, reference, tolerance
 from hwsearch.kernels.quant import nm_mask
 from hwsearch.kernels.specs import (
     AttentionSpec,
@@ -47,13 +47,12 @@ OTHER_SPECS = [
     ElementwiseSpec("silu_mul", 10, 64, "bf16"),
     ElementwiseSpec("add", 10, 64, "fp16"),
     ElementwiseSpec("rope", 10, 64, "fp32"),
+    AttentionSpec(1, 8, 64, "bf16", kv_tokens=150, kv_heads=2, kv_format="int8"),  # decode over a quantised cache
+    AttentionSpec(3, 4, 32, "fp32", kv_tokens=100, causal=True, kv_format="int4", kv_group=32),
+    AttentionSpec(1, 4, 32, "bf16", kv_tokens=40, kv_format="fp32"),
 ]
 
 CASES = [(spec, kernel) for spec in _linear_specs() + OTHER_SPECS for kernel in registry.implementations(spec, "cpu")]
-
-
-def _tolerance(spec) -> float:
-    return TOLERANCE[spec.format] if isinstance(spec, LinearSpec) else TOLERANCE[spec.dtype]
 
 
 @pytest.mark.parametrize(("spec", "kernel"), CASES, ids=[f"{s.describe()}-{k.name}" for s, k in CASES])
@@ -64,7 +63,7 @@ def test_implementation_matches_fp64_reference(spec, kernel):
     assert got.shape == expected.shape
     assert got.dtype == acts[0].dtype
     err = ((got.double() - expected).norm() / expected.norm()).item()
-    assert err <= _tolerance(spec), f"{kernel.name} on {spec.describe()}: relative error {err:.3g}"
+    assert err <= tolerance(spec), f"{kernel.name} on {spec.describe()}: relative error {err:.3g}"
 
 
 def test_every_cpu_kernel_is_exercised():

@@ -2,9 +2,12 @@
 
 Shapes: a ViT-B MLP GEMM (197×768×3072) and an LLM decode GEMM (1×4096×4096), each in int8,
 int4, fp8, 2:4 and low rank (rank = min(K, N)/4), each on the implementation the device's
-dispatch runs (`kernels.dispatch`: the one measured fastest there). Numbers come from the
-device's stored measurements; on the machine the device was profiled on, missing ones are
-measured first.
+dispatch runs (`kernels.dispatch`: the one measured fastest there); and Llama-3-8B decode
+attention (32 heads, 8 kv heads, head dim 128) over a KV cache of 512, 2048 and 8192 tokens in
+bf16, int8 and int4, each quantised cache on every implementation (the fused one reading the
+codes and the emulated dequantise-then-SDPA), against bf16 SDPA at the same context. Numbers
+come from the device's stored measurements; on the machine the device was profiled on, missing
+ones are measured first.
 Emulated kernels are marked native = false: their "speed-up" is not a real one.
 """
 
@@ -19,7 +22,8 @@ from sqlalchemy.engine import Engine
 from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Device, KernelConfig, Measurement
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels.specs import LinearSpec
+from hwsearch.kernels import registry
+from hwsearch.kernels.specs import AttentionSpec, LinearSpec, OpSpec
 from hwsearch.predictors.dataset import device_dispatch
 from hwsearch.profilers import store
 from hwsearch.profilers.coverage import device_id as find_device
@@ -28,7 +32,7 @@ from hwsearch.profilers.measure import measure
 from hwsearch.profilers.sampling import bench_set
 
 
-def _stored(engine: Engine, dev: int, spec: LinearSpec, implementation: str) -> Measurement | None:
+def _stored(engine: Engine, dev: int, spec: OpSpec, implementation: str) -> Measurement | None:
     with session_scope(engine) as session:
         return session.scalar(
             select(Measurement)
@@ -47,20 +51,20 @@ def run(engine: Engine, device: str, threads: int | None = None) -> dict[str, An
     rows = []
     dispatch = device_dispatch(engine, device)  # what this device runs: the implementation measured fastest
     for spec in bench_set():
-        impl = dispatch.choose(spec).name
-        found = _stored(engine, dev, spec, impl)
-        if found is None:
-            if not local:
-                raise HwsearchError(
-                    f"device {device!r} has no measurement of {spec.describe()}; accepted: a device profiled with "
-                    f"`hwsearch profile --device {device}` (any budget), or run this on the machine itself"
-                )
-            fields = measure(spec.op, spec.params(), impl, threads=threads or fp.get("threads") or 1, backend=backend,
-                             limits=Limits.from_dict(fp.get("limits")))
-            store.write_chunk(engine, dev, None, [(spec, fields)])
+        for impl in _implementations(spec, dispatch, backend):
             found = _stored(engine, dev, spec, impl)
-        rows.append((spec, found))
-    base = {(s.M, s.K, s.N): m.median_us for s, m in rows if s.format == "bf16" and s.sparsity == "dense" and s.rank is None}
+            if found is None:
+                if not local:
+                    raise HwsearchError(
+                        f"device {device!r} has no measurement of {spec.describe()}; accepted: a device profiled with "
+                        f"`hwsearch profile --device {device}` (any budget), or run this on the machine itself"
+                    )
+                fields = measure(spec.op, spec.params(), impl, threads=threads or fp.get("threads") or 1, backend=backend,
+                                 limits=Limits.from_dict(fp.get("limits")))
+                store.write_chunk(engine, dev, None, [(spec, fields)])
+                found = _stored(engine, dev, spec, impl)
+            rows.append((spec, found))
+    base = {tuple(_shape(s)): m.median_us for s, m in rows if _baseline(s)}
     limits = Limits.from_dict(fp.get("limits"))
     return {
         "device": device,
@@ -68,16 +72,16 @@ def run(engine: Engine, device: str, threads: int | None = None) -> dict[str, An
         "rows": [
             {
                 "op": spec.op,
-                "shape": [spec.M, spec.K, spec.N],
-                "format": spec.format,
-                "sparsity": spec.sparsity,
-                "rank": spec.rank,
+                "shape": _shape(spec),
+                "format": spec.format if isinstance(spec, LinearSpec) else spec.kv_store,  # type: ignore[attr-defined]
+                "sparsity": getattr(spec, "sparsity", "dense"),
+                "rank": getattr(spec, "rank", None),
                 "native": bool(m.native),
                 "implementation": m.implementation,
                 "median_us": round(m.median_us, 2),
                 "p10_us": round(m.p10_us, 2),
                 "p90_us": round(m.p90_us, 2),
-                "speedup_vs_bf16": round(base[(spec.M, spec.K, spec.N)] / m.median_us, 3),
+                "speedup_vs_bf16": round(base[tuple(_shape(spec))] / m.median_us, 3),
                 "achieved_gbs": round(got["gbs"], 2),
                 "achieved_tflops": round(got["gflops"] / 1e3, 4),
                 "rounds": m.rounds,
@@ -88,3 +92,26 @@ def run(engine: Engine, device: str, threads: int | None = None) -> dict[str, An
             for spec, m, got in ((s, m, achieved(s, m.median_us)) for s, m in rows)
         ],
     }
+
+
+def _implementations(spec: OpSpec, dispatch: object, backend: str) -> list[str]:
+    """The dispatched implementation; for a quantised KV cache every one (fused and emulated side by side)."""
+    first = dispatch.choose(spec).name  # type: ignore[attr-defined]
+    if not isinstance(spec, AttentionSpec) or spec.kv_format is None:
+        return [first]
+    return [first, *(k.name for k in registry.implementations(spec, backend) if k.name != first)]
+
+
+def _shape(spec: OpSpec) -> list[int]:
+    """A row's shape: M×K×N of a GEMM; tokens×heads×head_dim×kv_tokens×kv_heads of an attention."""
+    if isinstance(spec, LinearSpec):
+        return [spec.M, spec.K, spec.N]
+    a: AttentionSpec = spec  # type: ignore[assignment]
+    return [a.tokens, a.heads, a.head_dim, a.kv_len, a.kv_heads or a.heads]
+
+
+def _baseline(spec: OpSpec) -> bool:
+    """Whether a row is its shape's bf16 baseline (dense full-rank GEMM; attention over a bf16 cache)."""
+    if isinstance(spec, LinearSpec):
+        return spec.format == "bf16" and spec.sparsity == "dense" and spec.rank is None
+    return spec.kv_format is None and spec.dtype == "bf16"  # type: ignore[attr-defined]

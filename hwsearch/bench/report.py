@@ -20,7 +20,7 @@ def print_kernels(doc: dict[str, Any], device: str) -> None:
                if limits else "no limits probed for this device (profile it again to measure them)")
     grid = Table(title=f"Kernel speed-ups on {device} (floor of interleaved rounds; emulated kernels are not real speed-ups)",
                  caption=caption)
-    for col in ("shape M×K×N", "format", "sparsity", "rank", "native", "implementation", "µs", "× bf16", "GB/s", "TFLOP/s",
+    for col in ("shape M×K×N (attention: tokens×heads×head_dim×context×kv_heads)", "format", "sparsity", "rank", "native", "implementation", "µs", "× bf16", "GB/s", "TFLOP/s",
                 "rounds"):
         grid.add_column(col)
     for r in doc["rows"]:

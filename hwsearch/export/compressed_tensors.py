@@ -13,6 +13,13 @@ Our formats map onto compressed-tensors' presets:
   zero point), bf16 inputs, stored `pack-quantized`;
 - fp8 = `FP8_DYNAMIC`: e4m3 per-channel weights, per-token dynamic inputs, `float-quantized`.
 
+The KV cache is `kv_cache_scheme`: one `QuantizationArgs` for every attention module's keys and
+values alike (compressed-tensors applies it to each cached attention module). The plan's int8/int4
+caches are written as asymmetric dynamic per-token groups of `group_size` channels, which is
+exactly how the plan quantises values; what it cannot say is a warning: keys quantised per channel
+over groups of tokens (KIVI), the residual group kept unquantised, blocks with different formats
+(the widest quantised one is written, for every block), and that vLLM serves no asymmetric cache.
+
 Targets are `re:` regexes matching each module under any parent prefix, so one config fits the
 bare stack and its causal-LM wrapper (see `plan_view.module_regex`). 2:4 sparsity is written as
 `sparsity_config` in the `sparse-24-bitmask` format of compressed-tensors'
@@ -30,7 +37,7 @@ from typing import Any
 
 from hwsearch.export.plan_view import KEPT, PlanView, module_regex, summarize
 from hwsearch.export.targets import Target, register_target
-from hwsearch.spaces.plan import LayerChoice
+from hwsearch.spaces.plan import KVCacheChoice, LayerChoice
 
 TARGET = "compressed-tensors"
 QUANT_METHOD = "compressed-tensors"
@@ -87,6 +94,10 @@ def quantization_config(view: PlanView, kept_in: str = "the plan file") -> tuple
         "ignore": [f"re:{module_regex(n)}" for n in view.unquantized],
     }
     warnings = view.warnings(TARGET, kept_in, sparsity_ok=("2:4",))
+    kv = view.kv_quantized
+    if kv:
+        doc["kv_cache_scheme"], lost = kv_cache_scheme(view, kv, kept_in)
+        warnings += lost
     if not config_groups:
         warnings.append(f"the plan quantises no layer: {TARGET} config_groups is empty")
     sparse = view.with_sparsity().get("2:4", [])
@@ -97,6 +108,27 @@ def quantization_config(view: PlanView, kept_in: str = "the plan file") -> tuple
             f"compressed-tensors > 0.14 no longer loads; {KEPT} {kept_in}"
         )
     return doc, warnings
+
+
+def kv_cache_scheme(view: PlanView, kv: dict[str, KVCacheChoice], kept_in: str) -> tuple[dict[str, Any], list[str]]:
+    """The `kv_cache_scheme` QuantizationArgs for the plan's quantised KV caches, and what it loses."""
+    widest = max(kv.values(), key=lambda c: (c.bits, -(c.group_size or 0)))  # most bits, then finest groups
+    args = _args(widest.bits, "int", "group", symmetric=False, dynamic=True, group_size=widest.group_size)
+    lost = [
+        f"{TARGET} kv_cache_scheme quantises keys and values alike, per token in groups of {widest.group_size} "
+        f"channels: the plan's values are exactly that, its keys are per channel over groups of tokens (KIVI) and "
+        f"keep the last, unfilled group unquantised; {KEPT} {kept_in}",
+        f"{TARGET} kv_cache_scheme is asymmetric like the plan's cache, which vLLM does not serve (it warns and "
+        "needs a symmetric scheme)",
+    ]
+    others = [f"{b} {c.label()}" for b, c in kv.items() if c != widest]
+    cached = [b.prefix for b in view.spec.blocks if b.kind == "llama"] if view.spec is not None else list(kv)
+    floats = [b for b in cached if b not in kv]
+    if others or floats:
+        shown = summarize(others + [f"{b} {view.dtype or 'float'}" for b in floats])
+        lost.append(f"{TARGET} has one kv_cache_scheme for every block: {widest.label()} is written for all, the plan "
+                    f"gives other blocks other formats ({shown}); {KEPT} {kept_in}")
+    return args, lost
 
 
 def _sparsity_24(view: PlanView, names: list[str]) -> dict[str, Any]:

@@ -18,6 +18,14 @@ quantised layer, its `weight_quantizer` and (W8A8 formats) `input_quantizer`:
   (`INT4_BLOCKWISE_WEIGHT_ONLY_CFG`); ModelOpt's integer block quantisation is symmetric, so
   the plan's zero points are dropped (a warning says so).
 
+KV caches: ModelOpt quantises them with the attention module's `k_bmm_quantizer` and
+`v_bmm_quantizer` (its presets' pattern `*[kv]_bmm_quantizer`, e.g. `FP8_KV_CFG`), so each block
+gets its own entries (`layers.0.self_attn.k_bmm_quantizer`, blocks may differ): keys
+`{"num_bits": 4, "block_sizes": {-2: group, "type": "dynamic"}}` (per channel over groups of
+tokens, axis -2 of (batch, heads, tokens, head_dim)), values `{-1: group}` (per token over
+groups of channels). Symmetric, like the weights (a warning says so), and the residual group
+the plan keeps unquantised has no word here (a warning).
+
 Quantizer names are `<module>.weight_quantizer`; each layer gets the exact name and `*.<name>`
 (the module under any parent, e.g. Hugging Face's `model.`). The file is YAML because
 `block_sizes` keys are integers (-1), which JSON would turn into strings that ModelOpt rejects;
@@ -38,7 +46,7 @@ import yaml
 from hwsearch.errors import HwsearchError
 from hwsearch.export.plan_view import KEPT, PlanView, summarize
 from hwsearch.export.targets import Target, register_target
-from hwsearch.spaces.plan import LayerChoice
+from hwsearch.spaces.plan import KVCacheChoice, LayerChoice
 
 TARGET = "ModelOpt"
 HEADER = "# NVIDIA ModelOpt quantization config"  # the first line of every file written here
@@ -58,6 +66,15 @@ def quantizer_cfgs(choice: LayerChoice) -> dict[str, dict[str, Any]]:
     if choice.format == "int4":
         return {"weight_quantizer": {"num_bits": 4, "block_sizes": {-1: choice.group_size, "type": "static"}}}
     raise ValueError(f"format {choice.format!r} is not quantised")
+
+
+def kv_quantizer_cfgs(choice: KVCacheChoice, head_dim: int | None) -> dict[str, dict[str, Any]]:
+    """Quantizer suffix -> config of a block's quantised KV cache: keys per channel over groups of
+    tokens, values per token over groups of channels (the head dim when it is smaller)."""
+    group = int(choice.group_size or 0)
+    channels = min(group, head_dim) if head_dim else group
+    return {"k_bmm_quantizer": {"num_bits": choice.bits, "block_sizes": {-2: group, "type": "dynamic"}},
+            "v_bmm_quantizer": {"num_bits": choice.bits, "block_sizes": {-1: channels, "type": "dynamic"}}}
 
 
 def quantizer_patterns(name: str, quantizer: str) -> list[str]:
@@ -80,7 +97,17 @@ def quant_config(view: PlanView, kept_in: str = "the plan file") -> tuple[dict[s
             int4.append(name)
         for quantizer, cfg in quantizer_cfgs(choice).items():
             entries += [{"quantizer_name": p, "cfg": cfg} for p in quantizer_patterns(name, quantizer)]
+    kv = view.kv_quantized
+    for block, choice in kv.items():
+        for quantizer, cfg in kv_quantizer_cfgs(choice, view.head_dim(block)).items():
+            entries += [{"quantizer_name": p, "cfg": cfg} for p in quantizer_patterns(f"{block}.self_attn", quantizer)]
     warnings = view.warnings(TARGET, kept_in)
+    if kv:
+        warnings.append(
+            f"{TARGET} KV-cache quantizers are symmetric: the plan's asymmetric cache ({summarize(list(kv))}) is exported "
+            f"symmetric, and the last, unfilled group of keys it keeps unquantised has no {TARGET} setting; "
+            f"{KEPT} {kept_in}"
+        )
     if int4:
         warnings.append(
             f"{TARGET} int4 block quantisation is symmetric: the plan's asymmetric zero points ({summarize(int4)}) "

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from hwsearch.errors import HwsearchError
 from hwsearch.spaces.catalog import get_model
-from hwsearch.spaces.formats import FLOAT_DTYPES
+from hwsearch.spaces.formats import FLOAT_DTYPES, KV_QUANT_FORMATS
 from hwsearch.spaces.model import ModelSpec
-from hwsearch.spaces.plan import LayerChoice, Plan, validate_plan
+from hwsearch.spaces.plan import KVCacheChoice, LayerChoice, Plan, validate_plan
 
 QUANT_FORMATS = ("int8", "int4", "fp8")
 KEPT = "the full plan is kept in"
@@ -81,6 +81,22 @@ class PlanView:
         """Layers left in floating point: what a target's ignore list names."""
         return [n for n in self.layer_names if self.choice(n).format not in QUANT_FORMATS]
 
+    @property
+    def kv_quantized(self) -> dict[str, KVCacheChoice]:
+        """Decoder blocks whose KV cache the plan stores in int8 or int4, by block prefix."""
+        return {b: c for b, c in (self.plan.kv_cache or {}).items() if c.format in KV_QUANT_FORMATS}
+
+    def head_dim(self, block: str) -> int | None:
+        """A decoder block's head dim (None when the model is not catalogued)."""
+        found = [b.head_dim for b in self.spec.blocks if b.prefix == block] if self.spec is not None else []
+        return found[0] if found else None
+
+    def kv_float(self) -> list[str]:
+        """`layers.3 fp32`: blocks whose cache the plan keeps in a float dtype other than the model's."""
+        dtype = self.dtype
+        return [f"{b} {c.format}" for b, c in (self.plan.kv_cache or {}).items()
+                if c.format in FLOAT_DTYPES and c.format != dtype]
+
     def with_sparsity(self) -> dict[str, list[str]]:
         """Non-dense N:M pattern -> layers using it."""
         out: dict[str, list[str]] = {}
@@ -123,6 +139,10 @@ class PlanView:
                 f"{target} cannot express a per-layer float dtype ({summarize(floats)}); those layers keep "
                 f"{model_dtype}; {KEPT} {kept_in}"
             )
+        kv_floats = self.kv_float()
+        if kv_floats:
+            out.append(f"{target} cannot express a KV cache in a float dtype other than the model's "
+                       f"({summarize(kv_floats)}); those caches keep the model's dtype; {KEPT} {kept_in}")
         return out
 
     def merge_schedule(self) -> str | None:

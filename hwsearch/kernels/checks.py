@@ -26,9 +26,9 @@ import torch
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels import registry
-from hwsearch.kernels.inputs import TOLERANCE, make_inputs, reference
+from hwsearch.kernels.inputs import make_inputs, reference, tolerance
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
-from hwsearch.spaces.formats import FLOAT_DTYPES, FORMATS
+from hwsearch.spaces.formats import FLOAT_DTYPES, FORMATS, KV_FORMATS, KV_QUANT_FORMATS
 from hwsearch.spaces.knobs import Capabilities
 
 
@@ -41,6 +41,8 @@ def check_specs() -> list[OpSpec]:
     specs += [LinearSpec(3, 256, 24, "int4", group_size=32), LinearSpec(3, 256, 24, "int4", group_size=64)]
     for dtype in FLOAT_DTYPES:
         specs += [AttentionSpec(9, 2, 16, dtype), AttentionSpec(1, 4, 16, dtype, kv_tokens=20, causal=True, kv_heads=2),
+                  *(AttentionSpec(1, 4, 16, dtype, kv_tokens=80, kv_heads=2, kv_format=f,
+                                  kv_group=32 if f in KV_QUANT_FORMATS else None) for f in KV_FORMATS),
                   NormSpec("layernorm", 6, 64, dtype), NormSpec("rmsnorm", 6, 64, dtype),
                   ElementwiseSpec("gelu", 6, 64, dtype), ElementwiseSpec("silu_mul", 6, 64, dtype),
                   ElementwiseSpec("add", 6, 64, dtype), ElementwiseSpec("rope", 6, 64, dtype),
@@ -56,7 +58,10 @@ class KernelCheck:
 
 
 def _dtype_of(spec: OpSpec) -> str:
-    """The format (a linear) or dtype (the other ops) a spec's tolerance and fast path go by."""
+    """The format (a linear; an attention's KV cache) or dtype (the other ops) a spec's tolerance
+    and fast path go by."""
+    if isinstance(spec, AttentionSpec) and spec.kv_format in KV_QUANT_FORMATS:
+        return spec.kv_format
     return spec.format if isinstance(spec, LinearSpec) else spec.dtype  # type: ignore[attr-defined]
 
 
@@ -73,7 +78,7 @@ def check_output(kernel: registry.Kernel, spec: OpSpec, device: str = "cpu", see
             f"{kernel.name} fails on {spec.describe()} ({type(exc).__name__}: {exc}); "
             "accepted: a machine whose torch install runs every kernel (see `hwsearch profile --local`)"
         ) from exc
-    tol = TOLERANCE[_dtype_of(spec)]
+    tol = tolerance(spec)
     if not err <= tol:
         raise HwsearchError(
             f"{kernel.name} gives wrong results on {spec.describe()} (relative error {err:.3g} > {tol}); "

@@ -402,6 +402,31 @@ class Sdpa(CudaFloatOp, cpu.Sdpa):
         return {k: v.cuda() for k, v in super().prepare(spec, params).items()}
 
 
+class CudaCacheAttention(CudaFloatOp):
+    """Attention over a KV cache in another format with torch's CUDA ops (the cache's tensors on
+    the GPU). No fused kernel reads the codes here: every format is marked emulated."""
+
+    def native(self, spec: OpSpec, caps: dict[str, Any]) -> bool:
+        return False
+
+    def prepare(self, spec: AttentionSpec, params: State) -> State:
+        return {k: v.cuda() for k, v in super().prepare(spec, {k: v.cuda() for k, v in params.items()}).items()}  # type: ignore[misc]
+
+
+@register
+class CacheAttentionChunked(CudaCacheAttention, cpu.CacheAttentionFused):
+    """The cache's own `attend` (scales folded, codes widened chunk by chunk) on the GPU."""
+
+    name = "cuda.attention.kv_cache"
+
+
+@register
+class CacheAttentionDequant(CudaCacheAttention, cpu.CacheAttentionDequant):
+    """The cache dequantised whole every step, then SDPA, on the GPU."""
+
+    name = "cuda.attention.kv_dequant"
+
+
 @register
 class TomeMerge(CudaFloatOp, cpu.TomeMerge):
     name = "cuda.tome_merge.torch"

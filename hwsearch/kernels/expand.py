@@ -43,12 +43,21 @@ def _linear(tokens: int, layer: Any, choices: Mapping[str, Any] | None) -> Linea
     return linear_spec(tokens, layer.K, layer.N, None if choices is None else choices.get(layer.name))
 
 
-def _block_ops(block: Block, dtype: str) -> tuple[list[OpSpec], list[OpSpec], list[OpSpec]]:
+def attention_spec(block: Block, dtype: str, kv: Any = None) -> AttentionSpec:
+    """A block's attention kernel; a decode step (the block has `kv_tokens`) reads its cache in
+    the format of `kv` (a `KVCacheChoice`; None: the compute dtype). A prefill attends to its own
+    fresh keys and values, whatever the cache stores them in."""
+    fmt = group = None
+    if kv is not None and block.kv_tokens is not None:
+        fmt, group = kv.format, kv.group_size
+    return AttentionSpec(block.tokens, block.heads, block.head_dim, dtype, kv_tokens=block.kv_tokens,
+                         causal=block.causal, kv_heads=block.kv_heads, kv_format=fmt, kv_group=group)
+
+
+def _block_ops(block: Block, dtype: str, kv: Any = None) -> tuple[list[OpSpec], list[OpSpec], list[OpSpec]]:
     """Non-GEMM kernels of a block: (before attention, attention and residual, after merge)."""
     t, mt = block.tokens, block.mlp_tokens if block.mlp_tokens is not None else block.tokens
-    attention = AttentionSpec(
-        t, block.heads, block.head_dim, dtype, kv_tokens=block.kv_tokens, causal=block.causal, kv_heads=block.kv_heads
-    )
+    attention = attention_spec(block, dtype, kv)
     norm = "rmsnorm" if block.norm == "rmsnorm" else "layernorm"
     pre = [NormSpec(norm, t, block.dim, dtype)]
     mid: list[OpSpec] = []
@@ -69,9 +78,11 @@ def _owner(tag: str, spec: OpSpec) -> str:
 
 
 def model_kernels(
-    model: ModelSpec, choices: Mapping[str, Any] | None = None, merge: Any = None, dtype: str = "bf16"
+    model: ModelSpec, choices: Mapping[str, Any] | None = None, merge: Any = None, dtype: str = "bf16",
+    kv_cache: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, OpSpec]]:
-    """(owner, spec) for every kernel one forward pass of `model` runs under a plan's choices.
+    """(owner, spec) for every kernel one forward pass of `model` runs under a plan's choices
+    (`kv_cache`: a plan's KV-cache choice per block prefix; blocks left out read the dtype).
 
     `owner` is the layer name for GEMMs and `blocks.{i}.{what}` for the other kernels.
     """
@@ -83,11 +94,11 @@ def model_kernels(
     for layer in by_block.get(None, []):
         out.append((layer.name, _linear(layer.tokens, layer, choices)))
     for block in merged.blocks:
-        pre, mid, post = _block_ops(block, dtype)
+        tag = block.prefix or f"blocks.{block.index}"
+        pre, mid, post = _block_ops(block, dtype, (kv_cache or {}).get(tag))
         layers = by_block.get(block.index, [])
         attn = [lay for lay in layers if not lay.after_merge]
         mlp = [lay for lay in layers if lay.after_merge]
-        tag = block.prefix or f"blocks.{block.index}"
         out += [(_owner(tag, s), s) for s in pre]
         out += [(lay.name, _linear(lay.tokens, lay, choices)) for lay in attn]
         out += [(_owner(tag, s), s) for s in mid + post[:1]]
@@ -102,10 +113,12 @@ def layer_kernel(layer: Any, tokens: int, choice: Any) -> LinearSpec:
 
 
 def space_kernels(
-    model: ModelSpec, layer_choices: Mapping[str, Any], merges: Any = (None,), dtype: str = "bf16"
+    model: ModelSpec, layer_choices: Mapping[str, Any], merges: Any = (None,), dtype: str = "bf16",
+    kv_choices: Mapping[str, Any] | None = None,
 ) -> list[OpSpec]:
-    """Every distinct kernel a search over `layer_choices` x `merges` scores: each merge schedule's
-    untouched kernels, and each layer under each of its choices at that schedule's token counts."""
+    """Every distinct kernel a search over `layer_choices` x `merges` (x `kv_choices`, per decoder
+    block) scores: each merge schedule's untouched kernels, each layer under each of its choices
+    at that schedule's token counts, and each block's attention over each of its KV caches."""
     names = set(model.layer_names)
     seen: dict[OpSpec, None] = {}
     for merge in merges:
@@ -117,4 +130,7 @@ def space_kernels(
         for layer in merged.layers:
             for choice in layer_choices.get(layer.name, ()):
                 seen.setdefault(layer_kernel(layer, layer.tokens, choice))
+        for block in merged.blocks:
+            for choice in (kv_choices or {}).get(block.prefix, ()):
+                seen.setdefault(attention_spec(block, dtype, choice))
     return list(seen)

@@ -1,7 +1,8 @@
 """Random inputs for a spec, and the fp64 reference every implementation is checked against.
 
-`make_inputs` returns (params, acts): fp32 parameters (weights, norms) that a kernel's `prepare`
-consumes, and activations already in the dtype the kernel runs on.
+`make_inputs` returns (params, acts): fp32 parameters (weights, norms, and the keys and values of
+an attention over a cache in another format) that a kernel's `prepare` consumes, and
+activations already in the dtype the kernel runs on.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def make_inputs(spec: OpSpec, seed: int = 0, device: str = "cpu") -> tuple[Param
         q = randn(spec.heads, spec.tokens, spec.head_dim).to(dtype)
         k = randn(kv_heads, spec.kv_len, spec.head_dim).to(dtype)
         v = randn(kv_heads, spec.kv_len, spec.head_dim).to(dtype)
+        if spec.kv_format is not None:  # the cache is state the kernel prepares (quantises), like a weight
+            return {"k": k.float(), "v": v.float()}, (q,)
         return {}, (q, k, v)
     if isinstance(spec, TomeMergeSpec):
         x = randn(spec.tokens, spec.dim).to(dtype)
@@ -98,7 +101,7 @@ def reference(spec: OpSpec, params: Params, acts: tuple[torch.Tensor, ...]) -> t
             y = (x @ apply_nm(p["weight_a"], nm).T) @ apply_nm(p["weight_b"], nm).T
         return y + p["bias"] if "bias" in p else y
     if isinstance(spec, AttentionSpec):
-        q, k, v = a
+        q, k, v = a if spec.kv_format is None else (a[0], p["k"], p["v"])
         groups = spec.heads // (spec.kv_heads or spec.heads)
         k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
         logits = q @ k.transpose(-1, -2) / math.sqrt(spec.head_dim)
@@ -128,3 +131,13 @@ def reference(spec: OpSpec, params: Params, acts: tuple[torch.Tensor, ...]) -> t
 
 # Relative Frobenius error allowed against `reference`, per linear format / activation dtype.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 2e-2, "int8": 4e-2, "fp8": 1e-1, "int4": 1.6e-1}
+
+
+def tolerance(spec: OpSpec) -> float:
+    """The error a spec's result may have: its format's (a linear) or dtype's, and no less than
+    its KV cache's format allows (attention over an int4 cache)."""
+    if isinstance(spec, LinearSpec):
+        return TOLERANCE[spec.format]
+    tol = TOLERANCE[spec.dtype]  # type: ignore[attr-defined]
+    kv_format = getattr(spec, "kv_format", None)
+    return tol if kv_format is None else max(tol, TOLERANCE[kv_format])

@@ -74,3 +74,37 @@ def dequantize_int4_groups(q: torch.Tensor, scale: torch.Tensor, lo: torch.Tenso
     rows, k = q.shape
     expand = torch.arange(k, device=q.device) // group_size
     return q.float() * scale[:, expand] + lo[:, expand]
+
+
+KV_SCALE_DTYPE = torch.float16  # scales and minima of a quantised KV cache (KIVI keeps them in fp16)
+
+
+def quantize_kv(x: torch.Tensor, dim: int, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric `bits`-bit quantisation along `dim` (one scale and minimum per slice across it).
+
+    Returns q (uint8, 0..2^bits-1, x's shape), scale and minimum (fp16, size 1 along `dim`);
+    x ≈ q·scale + min with the stored fp16 scale and minimum (q is rounded against those)."""
+    levels = (1 << bits) - 1
+    xf = x.float()
+    lo = xf.amin(dim, keepdim=True).to(KV_SCALE_DTYPE)
+    hi = xf.amax(dim, keepdim=True)
+    scale = ((hi - lo.float()) / levels).clamp_min(1e-5).to(KV_SCALE_DTYPE)
+    q = torch.round((xf - lo.float()) / scale.float()).clamp_(0, levels).to(torch.uint8)
+    return q, scale, lo
+
+
+def pack_int4_halves(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes 0..15 (..., D) -> (..., D/2) bytes: the low nibble holds the first half of the
+    last axis and the high nibble the second half (unpacking is two whole-half ops, no interleave)."""
+    half = q.shape[-1] // 2
+    return q[..., :half] | (q[..., half:] << 4)
+
+
+def unpack_int4_halves(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The inverse of `pack_int4_halves`, written into `out` (any float dtype) when given."""
+    half = packed.shape[-1]
+    if out is None:
+        out = torch.empty(*packed.shape[:-1], 2 * half, dtype=torch.uint8, device=packed.device)
+    out[..., :half].copy_(packed & 15)
+    out[..., half:].copy_(packed >> 4)
+    return out

@@ -209,8 +209,27 @@ def get(name: str) -> Kernel:
 
 @functools.cache
 def capabilities(backend: str) -> dict[str, Any]:
-    """What the device behind `backend` can run fast, read from the hardware (once per process)."""
-    return get_backend(backend).capabilities()
+    """What the device behind `backend` can run fast, read from the hardware (once per process),
+    with `kv_cache`: the KV-cache formats its kernels read (`kv_cache_formats`)."""
+    caps = get_backend(backend).capabilities()
+    return {**caps, "kv_cache": kv_cache_formats(backend, caps)} if caps.get("available") else caps
+
+
+def kv_cache_formats(backend: str, caps: dict[str, Any]) -> dict[str, bool]:
+    """KV-cache format -> whether decode attention over such a cache runs natively on a device
+    with capabilities `caps`, for every format some kernel of `backend` reads (a device read from
+    its stored fingerprint gets the same answer as on its host)."""
+    from hwsearch.kernels.specs import AttentionSpec
+    from hwsearch.spaces.formats import FLOAT_DTYPES, KV_FORMATS
+
+    out: dict[str, bool] = {}
+    for fmt in KV_FORMATS:
+        dtype = fmt if fmt in FLOAT_DTYPES else "bf16"  # a float cache in the model's own dtype
+        spec = AttentionSpec(1, 8, 128, dtype, kv_tokens=1024, kv_heads=8, kv_format=fmt)
+        found = [k for k in all_kernels() if k.backend == backend and k.supports(spec)]
+        if found:
+            out[fmt] = any(k.native(spec, caps) for k in found)
+    return out
 
 
 def implementations(spec: OpSpec, backend: str = "cpu") -> list[Kernel]:

@@ -16,7 +16,9 @@ from hwsearch.spaces.formats import (
     canonical_sparsity,
     check_dtype,
     check_format,
+    check_kv_format,
     int4_group,
+    kv_group,
     parse_sparsity,
 )
 
@@ -97,7 +99,12 @@ class LinearSpec(OpSpec):
 
 @dataclass(frozen=True)
 class AttentionSpec(OpSpec):
-    """Scaled dot-product attention: q (heads, tokens, head_dim), k/v (heads, kv_tokens, head_dim)."""
+    """Scaled dot-product attention: q (heads, tokens, head_dim), k/v (heads, kv_tokens, head_dim).
+
+    `kv_format` (with `kv_group`): the keys and values are read from a KV cache stored in that
+    format (`kernels.kvcache`), e.g. decode over an int4 cache; None: k/v in `dtype` itself (a
+    cache in the compute dtype is the same kernel, so such a format is stored as None).
+    """
 
     op: ClassVar[str] = "attention"
     tokens: int
@@ -107,6 +114,8 @@ class AttentionSpec(OpSpec):
     kv_tokens: int | None = None
     causal: bool = False
     kv_heads: int | None = None
+    kv_format: str | None = None
+    kv_group: int | None = None
 
     def __post_init__(self) -> None:
         check_dim("tokens", self.tokens, MAX_M)
@@ -121,6 +130,14 @@ class AttentionSpec(OpSpec):
                 raise HwsearchError(
                     f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}; accepted: kv_heads dividing heads"
                 )
+        fmt = None if self.kv_format in (None, self.dtype) else check_kv_format(self.kv_format)
+        object.__setattr__(self, "kv_format", fmt)
+        object.__setattr__(self, "kv_group", kv_group(fmt or self.dtype, self.kv_group))
+
+    @property
+    def kv_store(self) -> str:
+        """The format the keys and values are stored in (the dtype itself when no cache format is named)."""
+        return self.kv_format or self.dtype
 
     @property
     def kv_len(self) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
 from hwsearch.spaces.formats import ACT_DTYPE, DTYPE_BYTES
-from hwsearch.spaces.size import linear_bytes
+from hwsearch.spaces.size import kv_cache_bytes, linear_bytes
 
 # Per-element element-wise reads/writes: (inputs of full width, outputs).
 ELEMENTWISE_IO = {"gelu": (1.0, 1.0), "silu_mul": (2.0, 1.0), "add": (2.0, 1.0), "rope": (2.0, 1.0)}
@@ -22,9 +22,11 @@ def bytes_moved(spec: OpSpec) -> dict[str, float]:
         a = DTYPE_BYTES[ACT_DTYPE[spec.format]]
         acts = float(sum(a * f.M * (f.K + f.N) for f in spec.factors()))
     elif isinstance(spec, AttentionSpec):
+        # q in, output out, and the keys and values as their cache stores them (codes and scales)
         a = DTYPE_BYTES[spec.dtype]
-        kvh = spec.kv_heads or spec.heads
-        acts = float(a * spec.head_dim * (2 * spec.heads * spec.tokens + 2 * kvh * spec.kv_len))
+        cache = kv_cache_bytes(spec.kv_store, spec.kv_group, spec.kv_heads or spec.heads, spec.kv_len, spec.head_dim,
+                               spec.dtype)
+        acts = float(a * spec.head_dim * 2 * spec.heads * spec.tokens + cache)
     elif isinstance(spec, TomeMergeSpec):
         a = DTYPE_BYTES[spec.dtype]
         acts = float(a * spec.dim * (2 * spec.tokens + spec.tokens - spec.r))

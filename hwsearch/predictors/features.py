@@ -134,6 +134,8 @@ def _shape(spec: OpSpec) -> dict[str, float]:
         out.update(rows=spec.tokens, width=spec.heads * spec.head_dim, out=spec.kv_len, heads=spec.heads,
                    head_dim=spec.head_dim, kv_len=spec.kv_len, gqa=spec.heads / kvh, causal=float(spec.causal),
                    scores=spec.heads * spec.tokens * spec.kv_len)
+        if spec.kv_format is not None:  # a cache in another format: its bits and group in the weight slots
+            out.update(weight_bits=WEIGHT_BITS[spec.kv_format], group_size=spec.kv_group or 0)
     elif isinstance(spec, TomeMergeSpec):
         out.update(rows=spec.tokens, width=spec.dim, out=spec.tokens - spec.r, merged=spec.r,
                    merged_fraction=spec.r / spec.tokens, scores=(spec.tokens / 2) ** 2)
@@ -181,6 +183,9 @@ def featurize_one(spec: OpSpec, roofline: Roofline) -> np.ndarray:
         v[INDEX[f"kind={kind}"]] = 1.0
     fmt = _fmt(spec)
     v[INDEX[f"format={fmt}"]] = 1.0
+    kv_format = getattr(spec, "kv_format", None)
+    if kv_format is not None:  # the cache's format beside the compute dtype
+        v[INDEX[f"format={kv_format}"]] = 1.0
     shape = _shape(spec)
     for name in LOGGED:
         v[INDEX[f"log_{name}"]] = _lg(shape.get(name, 0.0))

@@ -27,14 +27,14 @@ import numpy as np
 from scipy.optimize import nnls
 
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels.expand import layer_kernel, model_kernels
+from hwsearch.kernels.expand import attention_spec, layer_kernel, model_kernels
 from hwsearch.kernels.specs import LinearSpec, OpSpec
 from hwsearch.predictors.base import pack, unpack
 from hwsearch.predictors.kinds import PredictorKind, register_kind
 from hwsearch.predictors.store import latest, store_predictor
 from hwsearch.spaces.formats import ACT_DTYPE
 from hwsearch.spaces.model import ModelSpec
-from hwsearch.spaces.plan import LayerChoice, Plan
+from hwsearch.spaces.plan import KVCacheChoice, LayerChoice, Plan
 
 OVERHEAD_KIND = "overhead"
 OVERHEAD_TERMS = ("kernel_ms", "forward", "kernels", "cast_melems")
@@ -241,7 +241,7 @@ class ModelLatency:
 
     def kernels(self, plan: Plan | None) -> list[tuple[str, OpSpec]]:
         return model_kernels(self.model, full_choices(self.model, plan), None if plan is None else plan.merge,
-                             dtype=self.model.dtype)
+                             dtype=self.model.dtype, kv_cache=None if plan is None else plan.kv_cache)
 
     def plan(self, plan: Plan | None) -> PlanLatency:
         """One plan, kernel by kernel (with a per-op breakdown)."""
@@ -269,8 +269,9 @@ class ModelLatency:
         """Total latency (ms) of each plan, kernel by kernel (see `table` for many plans)."""
         return np.array([self.plan(p).total_ms for p in plans])
 
-    def table(self, layer_choices: Mapping[str, Sequence[LayerChoice]], merges: Sequence[Any] = (None,)) -> PlanTable:
-        return PlanTable(self, layer_choices, merges)
+    def table(self, layer_choices: Mapping[str, Sequence[LayerChoice]], merges: Sequence[Any] = (None,),
+              kv_choices: Mapping[str, Sequence[KVCacheChoice]] | None = None) -> PlanTable:
+        return PlanTable(self, layer_choices, merges, kv_choices)
 
 
 class PlanTable:
@@ -278,25 +279,37 @@ class PlanTable:
 
     `layer_choices` lists the choices each layer may take (e.g. a SearchSpace's
     ``{name: space.choices()}``); layers not listed stay uncompressed. `merges` lists the merge
-    schedules (None, a MergePlan, or a per-block list).
+    schedules (None, a MergePlan, or a per-block list). `kv_choices` lists the KV-cache choices
+    of decoder blocks (by prefix): each such block's attention kernel is then a column per choice
+    (after the layers' columns), not part of the base.
     """
 
     def __init__(self, ml: ModelLatency, layer_choices: Mapping[str, Sequence[LayerChoice]],
-                 merges: Sequence[Any] = (None,)) -> None:
+                 merges: Sequence[Any] = (None,), kv_choices: Mapping[str, Sequence[KVCacheChoice]] | None = None) -> None:
         model = ml.model
         self.ml = ml
+        blocks = {b.prefix: b for b in model.blocks}
+        self.kv_blocks = [b for b in (kv_choices or {}) if b in blocks]
         self.layers = list(model.layer_names)
         identity = LayerChoice(format=model.dtype)
-        self.choices: list[list[LayerChoice]] = []
+        self.choices: list[list[Any]] = []
         for name in self.layers:
             opts = list(dict.fromkeys(layer_choices.get(name, ())))
             if identity not in opts:
                 opts.insert(0, identity)
             self.choices.append(opts)
+        kv_identity = KVCacheChoice(format=model.dtype)
+        for block in self.kv_blocks:
+            opts = list(dict.fromkeys((kv_choices or {})[block]))
+            if kv_identity not in opts:
+                opts.insert(0, kv_identity)
+            self.choices.append(opts)
         self.index = [{c: i for i, c in enumerate(opts)} for opts in self.choices]
         self.offsets = np.cumsum([0] + [len(c) for c in self.choices[:-1]])
         self.position = {name: j for j, name in enumerate(self.layers)}
-        self.identity_cols = self.offsets + np.array([ix[identity] for ix in self.index])
+        self.kv_position = {block: len(self.layers) + j for j, block in enumerate(self.kv_blocks)}
+        self.identity_cols = self.offsets + np.array([ix[identity] for ix in self.index[: len(self.layers)]]
+                                                     + [ix[kv_identity] for ix in self.index[len(self.layers):]])
         self.schedules = [model.merge_schedule(m) for m in merges]
         self.merge_index = {s: i for i, s in enumerate(self.schedules)}
         n_m, width = len(self.schedules), sum(len(c) for c in self.choices)
@@ -307,7 +320,7 @@ class PlanTable:
         self.base_ms = np.zeros(n_m)
         self.base_measured_ms = np.zeros(n_m)
         self.base_launches = np.zeros(n_m)
-        names = set(self.layers)
+        names = set(self.layers) | {f"{b}.attention" for b in self.kv_blocks}
         for mi, sched in enumerate(self.schedules):
             merged = model.with_merge(list(sched)) if model.blocks else model
             rest = [s for owner, s in model_kernels(model, full_choices(model, None), list(sched) if model.blocks else None,
@@ -316,19 +329,25 @@ class PlanTable:
             self.base_ms[mi] = float(rest_ms.sum())
             self.base_measured_ms[mi] = float(rest_ms[measured_mask(ml.predictor, rest)].sum()) if rest else 0.0
             self.base_launches[mi] = len(rest)
-            specs: list[LinearSpec] = []
-            for layer, opts in zip(merged.layers, self.choices, strict=True):
+            specs: list[OpSpec] = []
+            for layer, opts in zip(merged.layers, self.choices, strict=False):
                 specs += [layer_kernel(layer, layer.tokens, c) for c in opts]
+            merged_blocks = {b.prefix: b for b in merged.blocks}
+            for block, opts in zip(self.kv_blocks, self.choices[len(self.layers):], strict=True):
+                specs += [attention_spec(merged_blocks[block], model.dtype, c) for c in opts]
             self.ms[mi] = ml.predictor.predict_specs(specs)
             self.launches[mi] = [_launches(s) for s in specs]
-            self.casts[mi] = [_cast_melems(s, model.dtype) for s in specs]
+            self.casts[mi] = [_cast_melems(s, model.dtype) if isinstance(s, LinearSpec) else 0.0 for s in specs]
             self.measured[mi] = measured_mask(ml.predictor, specs)
         oh = ml.overhead
+        kv_cols = sum(len(c) for c in self.choices[len(self.layers):])  # attention kernels: `scale` applies
         own = np.array([[oh.scale_of(layer_kernel(layer, layer.tokens, c)) or np.nan
-                         for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
+                         for layer, opts in zip(model.layers, self.choices, strict=False) for c in opts]
+                        + [np.nan] * kv_cols])
         self.own = np.broadcast_to(own, self.ms.shape)  # a layer family's own scale, NaN where `scale` applies
         offsets = np.array([[oh.offset_of(layer_kernel(layer, layer.tokens, c))
-                             for layer, opts in zip(model.layers, self.choices, strict=True) for c in opts]])
+                             for layer, opts in zip(model.layers, self.choices, strict=False) for c in opts]
+                            + [0.0] * kv_cols])
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
         self._entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
@@ -339,7 +358,7 @@ class PlanTable:
     def encode(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray]:
         """(merge index per plan, global column per plan and layer) for `predict_encoded`."""
         m_idx = np.empty(len(plans), dtype=np.int64)
-        cols = np.empty((len(plans), len(self.layers)), dtype=np.int64)
+        cols = np.empty((len(plans), len(self.choices)), dtype=np.int64)
         for p, plan in enumerate(plans):
             sched = self.ml.model.merge_schedule(plan.merge)
             if sched not in self.merge_index:
@@ -352,6 +371,15 @@ class PlanTable:
                 if k is None:
                     raise HwsearchError(f"plan {p}: layer {name!r} choice {choice.label()} is not in this table; "
                                         "accepted: the model's layers and the choices the table was built with")
+                cols[p, j] = self.offsets[j] + k
+            for block, choice in (plan.kv_cache or {}).items():
+                j = self.kv_position.get(block)
+                k = None if j is None else self.index[j].get(choice)
+                if k is None:
+                    if j is None and choice.is_identity(self.ml.model.dtype):
+                        continue
+                    raise HwsearchError(f"plan {p}: KV cache of {block!r} choice {choice.label()} is not in this table; "
+                                        "accepted: the decoder blocks and KV-cache choices the table was built with")
                 cols[p, j] = self.offsets[j] + k
         return m_idx, cols
 

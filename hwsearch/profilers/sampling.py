@@ -4,7 +4,8 @@ Three sources, in this order in every plan:
 (a) the reference set: ~30 fixed kernels every device measures. Their latencies are the
     device's hardware embedding (the meta-predictor's input) and give its roofline (peak
     compute from large GEMMs, bandwidth from decode GEMMs and element-wise ops);
-(b) the kernels catalogue models really run, across formats × sparsity × ranks;
+(b) the kernels catalogue models really run, across formats × sparsity × ranks (decoders'
+    decode attention at several cached contexts × KV-cache formats);
 (c) random shapes across ranges, so predictors learn shapes nobody listed.
 
 Budgets: `quick` (≤ 5 minutes on 2 cores), `standard`, `full`, or a number of configurations.
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.expand import model_kernels
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
 from hwsearch.spaces.catalog import get_model
+from hwsearch.spaces.formats import DEFAULT_KV_GROUP, KV_QUANT_FORMATS
 from hwsearch.spaces.knobs import Knobs
 from hwsearch.spaces.model import ModelSpec
 
@@ -30,6 +32,10 @@ MAX_BUDGET = 100_000  # kernel configurations; the full plan holds a few thousan
 BENCH_SHAPES: tuple[tuple[int, int, int], ...] = ((197, 768, 3072), (1, 4096, 4096))
 BENCH_FORMATS = ("bf16", "int8", "int4", "fp8")
 BENCH_RANK_FRACTION = 4  # low-rank rows use rank = min(K, N) / 4
+# Decode attention over a KV cache (Llama-3-8B: 32 query heads, 8 kv heads, head dim 128) at
+# these contexts, the cache in the compute dtype and quantised: the KV-cache knob's kernels.
+KV_CONTEXTS: tuple[int, ...] = (512, 2048, 8192)
+BENCH_KV_FORMATS: tuple[str | None, ...] = (None, "int8", "int4")
 
 
 def reference_set() -> list[OpSpec]:
@@ -68,7 +74,22 @@ def bench_set() -> list[OpSpec]:
         specs += [LinearSpec(m, k, n, fmt) for fmt in BENCH_FORMATS]
         specs += [LinearSpec(m, k, n, "bf16", rank=rank), LinearSpec(m, k, n, "int8", rank=rank)]
         specs += [LinearSpec(m, k, n, "bf16", sparsity="2:4")]
+    for context in KV_CONTEXTS:
+        specs += [AttentionSpec(1, 32, 128, "bf16", kv_tokens=context, kv_heads=8, kv_format=fmt) for fmt in BENCH_KV_FORMATS]
     return specs
+
+
+def kv_variants(spec: OpSpec, contexts: Sequence[int], formats: Sequence[str], groups: Sequence[int]) -> list[OpSpec]:
+    """A decode attention (it reads a cache: `kv_tokens` set) at each context, its cache in each
+    KV format (int8/int4 at each group size); any other kernel is itself."""
+    if not isinstance(spec, AttentionSpec) or spec.kv_tokens is None:
+        return [spec]
+    out: list[OpSpec] = []
+    for context in contexts:
+        for fmt in formats:
+            for group in groups if fmt in KV_QUANT_FORMATS else (None,):
+                out.append(replace(spec, kv_tokens=context + spec.tokens, kv_format=fmt, kv_group=group))
+    return out
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,10 @@ class CatalogueSweep:
     sparsities: tuple[str, ...]
     rank_fractions: tuple[int, ...]  # rank = min(K, N) // fraction, rounded down to a multiple of 32
     group_sizes: tuple[int, ...] = (128,)
+    # decode attention: the cached contexts and KV-cache formats (int8/int4 at `kv_groups`) swept
+    kv_contexts: tuple[int, ...] = KV_CONTEXTS
+    kv_formats: tuple[str, ...] = ("bf16", "int8", "int4")
+    kv_groups: tuple[int, ...] = (DEFAULT_KV_GROUP,)
 
 
 SWEEPS = {
@@ -133,7 +158,7 @@ def catalogue_set(sweep: CatalogueSweep) -> list[OpSpec]:
     for ref in sweep.models:  # non-GEMM kernels in the model's own dtype too (a ViT runs them in fp32)
         model = get_model(ref)
         specs += [s for _, s in model_kernels(model, dtype=model.dtype) if not isinstance(s, LinearSpec)]
-    return specs
+    return [v for s in specs for v in kv_variants(s, sweep.kv_contexts, sweep.kv_formats, sweep.kv_groups)]
 
 
 def _log_uniform(rng: random.Random, low: int, high: int, multiple: int = 1) -> int:
@@ -238,7 +263,8 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     """What a model's search needs measured on this machine (`hwsearch profile --for MODEL`).
 
     Every kernel family the model's search space scores (each layer under each native choice, the
-    attention, norms, activations and merges of every merge schedule), on a grid of anchor token
+    attention (over each native KV cache of a decode block), norms, activations and merges of every
+    merge schedule), on a grid of anchor token
     counts and ranks close enough that `MeasuredTable` interpolates every other kernel of the
     space between measured neighbours.
     """
@@ -250,7 +276,8 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     spec = get_model(model) if isinstance(model, str) else model
     space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend)), knobs)
     choices = {name: [c for c in ls.choices() if ls.native.get(c, True)] for name, ls in space.layers.items()}
-    kernels = space_kernels(spec, choices, space.merge_options, dtype=spec.dtype)
+    kv = {block: [c for c in options if space.caps.kv_native(c, spec.dtype)] for block, options in space.kv.items()}
+    kernels = space_kernels(spec, choices, space.merge_options, dtype=spec.dtype, kv_choices=kv)
     groups: dict[object, list[OpSpec]] = {}
     for k in kernels:
         groups.setdefault(family_key(k), []).append(k)

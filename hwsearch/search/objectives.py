@@ -14,6 +14,9 @@ scores any batch of plans with one fancy-indexed sum. The same tables drive the 
 Decision variables are the layers, except that a group constraint (q/k/v share a format,
 gate/up are fused) makes its members one variable whose choice applies to all of them: the
 search only proposes plans where grouped layers agree on every knob, a subset of the valid ones.
+A decode step's decoder block adds one more: its KV-cache format (`Variable.kv_block`), which
+costs its attention kernel's latency. The size objective is the weights' bytes only (a cache
+grows with the context: its bytes are reported beside, as the plan's `kv_cache_mb`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from hwsearch.errors import HwsearchError, unknown
 from hwsearch.search.quality_metrics import QualityMetric, model_metric, quality_metric
 from hwsearch.spaces.knobs import SearchSpace
 from hwsearch.spaces.model import ModelSpec
-from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan
+from hwsearch.spaces.plan import KVCacheChoice, LayerChoice, MergePlan, Plan
 from hwsearch.spaces.size import linear_bytes
 
 MB = 1e6
@@ -98,11 +101,27 @@ class Variable:
 
     name: str
     layers: tuple[str, ...]
-    choices: tuple[LayerChoice, ...]
+    choices: tuple[Any, ...]  # LayerChoice; KVCacheChoice for a block's KV cache
+    kv_block: str | None = None  # the decoder block whose KV-cache format this variable sets
 
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(c.label() for c in self.choices)
+
+
+def assign(variables: Sequence[Variable], picks: Sequence[Any], dtype: str) -> tuple[dict[str, LayerChoice],
+                                                                                     dict[str, KVCacheChoice] | None]:
+    """A plan's `layers` and `kv_cache` from one choice per variable (identities left out)."""
+    layers: dict[str, LayerChoice] = {}
+    kv: dict[str, KVCacheChoice] = {}
+    for var, choice in zip(variables, picks, strict=True):
+        if choice.is_identity(dtype):
+            continue
+        if var.kv_block is not None:
+            kv[var.kv_block] = choice
+        else:
+            layers.update(dict.fromkeys(var.layers, choice))
+    return layers, kv or None
 
 
 def decision_variables(space: SearchSpace) -> tuple[Variable, ...]:
@@ -123,6 +142,7 @@ def decision_variables(space: SearchSpace) -> tuple[Variable, ...]:
         choices = [identity] + [c for c in dict.fromkeys(shared) if c != identity]
         name = layer if len(members) == 1 else next(g.name for g in model.groups_of(layer))
         out.append(Variable(name, tuple(members), tuple(choices)))
+    out += [Variable(f"{block}.kv_cache", (), options, block) for block, options in space.kv.items() if len(options) > 1]
     return tuple(out)
 
 
@@ -198,14 +218,10 @@ class Tables:
         return idx, merge
 
     def plan(self, idx: Sequence[int], merge: int) -> Plan:
-        dtype = self.model.dtype
-        layers = {}
-        for var, i in zip(self.variables, idx, strict=True):
-            choice = var.choices[int(i)]
-            if not choice.is_identity(dtype):
-                layers.update(dict.fromkeys(var.layers, choice))
+        picks = [var.choices[int(i)] for var, i in zip(self.variables, idx, strict=True)]
+        layers, kv = assign(self.variables, picks, self.model.dtype)
         m = self.merges[int(merge)]
-        return Plan(model=self.model.name, device=self.device, layers=layers, merge=m if m.r else None)
+        return Plan(model=self.model.name, device=self.device, layers=layers, merge=m if m.r else None, kv_cache=kv)
 
     # -- bounds ----------------------------------------------------------------------------------
     def extreme(self, name: str, best: bool = True, additive: bool = False) -> float:
@@ -233,7 +249,7 @@ def size_terms(model: ModelSpec, variables: Sequence[Variable]) -> np.ndarray:
     width = max(len(v.choices) for v in variables)
     rows = []
     for var in variables:
-        layers = [model.layer(n) for n in var.layers]
+        layers = [model.layer(n) for n in var.layers]  # none for a KV cache: weights only
         rows.append([
             sum(linear_bytes(L.K, L.N, c.format, c.group_size, c.sparsity, c.rank, L.bias).total for L in layers) / MB
             for c in var.choices
@@ -253,14 +269,15 @@ def latency_terms(
     from hwsearch.predictors.model_latency import ModelLatency
 
     layer_choices = {layer: var.choices for var in variables for layer in var.layers}
-    table = ModelLatency(model, predictor, overhead).table(layer_choices, list(merges))
+    kv_choices = {var.kv_block: var.choices for var in variables if var.kv_block is not None}
+    table = ModelLatency(model, predictor, overhead).table(layer_choices, list(merges), kv_choices)
     entry, base = table.entries()
     measured_share = float(table.measured.mean()) if table.measured.size else 0.0
     width = max(len(v.choices) for v in variables)
     terms = np.full((len(merges), len(variables), width), np.nan)
     for j, var in enumerate(variables):
-        for layer in var.layers:
-            p = table.position[layer]
+        positions = [table.kv_position[var.kv_block]] if var.kv_block is not None else [table.position[n] for n in var.layers]
+        for p in positions:
             cols = [table.offsets[p] + table.index[p][c] for c in var.choices]
             terms[:, j, : len(cols)] = np.nan_to_num(terms[:, j, : len(cols)]) + entry[:, cols]
     return terms, base, measured_share
@@ -275,6 +292,12 @@ def quality_terms(
     sign = quality_metric(table.metric).sign
     dtype = model.dtype
     width = max(len(v.choices) for v in variables)
+    cached = [var.name for var in variables if var.kv_block is not None]
+    if cached:
+        raise HwsearchError(
+            f"the quality objective has no measured sensitivity of KV-cache formats ({', '.join(cached[:2])}); accepted: "
+            "knobs kv_formats=[] (no KV-cache knob) with quality, or the latency and size objectives"
+        )
     rows = []
     for var in variables:
         row = []

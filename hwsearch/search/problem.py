@@ -52,9 +52,10 @@ def device_capabilities(name: str, fingerprint: dict[str, Any]) -> Capabilities:
     if "sm" in fingerprint:
         from hwsearch.kernels.cuda import capabilities_at
 
-        return Capabilities.from_dict(capabilities_at(int(fingerprint["sm"])), name)
-    return Capabilities.from_dict(capabilities_from_flags(fingerprint.get("cpu_flags", ()), fingerprint.get("arch", "")),
-                                  name)
+        caps = capabilities_at(int(fingerprint["sm"]))
+    else:
+        caps = capabilities_from_flags(fingerprint.get("cpu_flags", ()), fingerprint.get("arch", ""))
+    return Capabilities.from_dict({**caps, "kv_cache": registry.kv_cache_formats(backend, caps)}, name)
 
 
 def _custom_task(spec: SearchSpec, model_spec: Any) -> Any:

@@ -17,10 +17,11 @@ from sqlalchemy.engine import Engine
 
 from hwsearch.errors import HwsearchError
 from hwsearch.search import pareto, verify
-from hwsearch.search.objectives import MERGE_PARAM, OBJECTIVES, decision_variables
+from hwsearch.search.objectives import MERGE_PARAM, OBJECTIVES, assign, decision_variables
 from hwsearch.search.spec import SearchSpec
 from hwsearch.spaces.knobs import SearchSpace
 from hwsearch.spaces.plan import Figure, Plan, Provenance
+from hwsearch.spaces.size import plan_kv_bytes
 
 MAX_STORED_FRONT = 200
 
@@ -51,15 +52,14 @@ def search_space(engine: Engine, spec: SearchSpec) -> SearchSpace:
 
 def plan_of(trial: FrozenTrial, space: SearchSpace, spec: SearchSpec, provenance: dict[str, Any] | None = None) -> Plan:
     """The plan a trial stands for, with its predicted figures."""
-    dtype = space.model.dtype
-    layers = {}
-    for var in decision_variables(space):
+    variables = decision_variables(space)
+    picks = []
+    for var in variables:
         label = trial.params.get(var.name)
         if label is None:
             raise HwsearchError(f"trial {trial.number} has no parameter {var.name!r}; accepted: a trial of this job's study")
-        choice = var.choices[var.labels.index(label)]
-        if not choice.is_identity(dtype):
-            layers.update(dict.fromkeys(var.layers, choice))
+        picks.append(var.choices[var.labels.index(label)])
+    layers, kv = assign(variables, picks, space.model.dtype)
     merge = None
     label = trial.params.get(MERGE_PARAM, "none")
     if label != "none":
@@ -76,7 +76,12 @@ def plan_of(trial: FrozenTrial, space: SearchSpace, spec: SearchSpec, provenance
         upper = float(value) * (1 + band / 100) if band is not None and name == "latency" else None
         predicted[obj.column] = Figure(value=float(value), unit=obj.unit or obj.name, upper=upper, provenance=Provenance(
             source=prov.get("source", "analytic"), predictor_id=None if pid is None else str(pid), **kw))
-    return Plan(model=spec.model_name, device=spec.device, layers=layers, merge=merge, predicted=predicted)
+    plan = Plan(model=spec.model_name, device=spec.device, layers=layers, merge=merge, predicted=predicted, kv_cache=kv)
+    cache = plan_kv_bytes(space.model, plan)
+    if cache:  # beside the size objective (weights only): the KV cache at the model's context
+        plan.predicted["kv_cache_mb"] = Figure(value=cache / 1e6, unit="MB", provenance=Provenance(
+            source="analytic", detail="exact KV-cache bytes at the model's context (not in size_mb)"))
+    return plan
 
 
 def columns(spec: SearchSpec) -> list[str]:

@@ -25,13 +25,14 @@ N_WEIGHTS = 64
 
 def uniform_plans(tables: Tables) -> list[tuple[np.ndarray, int]]:
     """Every layer the same dense full-rank choice, for each choice all variables share."""
+    layers = [v for v in tables.variables if v.kv_block is None]  # KV caches stay in the model's dtype
     labels = None
-    for var in tables.variables:
+    for var in layers:
         mine = {c.label() for c in var.choices if c.rank is None and c.sparsity == "dense"}
         labels = mine if labels is None else labels & mine
     out = []
     for label in sorted(labels or ()):
-        idx = np.array([v.labels.index(label) for v in tables.variables], dtype=np.int64)
+        idx = np.array([v.labels.index(label) if v.kv_block is None else 0 for v in tables.variables], dtype=np.int64)
         out.append((idx, 0))
     return out
 

@@ -28,6 +28,7 @@ FLOAT_DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 INT4_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
 DEFAULT_INT4_GROUP = 128
 KV_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int4")
+KV_QUANT_FORMATS: tuple[str, ...] = ("int8", "int4")
 KV_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
 DEFAULT_KV_GROUP = 64
 SCALINGS: tuple[str, ...] = ("awq",)
@@ -55,7 +56,7 @@ def check_kv_format(fmt: Any) -> str:
 def kv_group(fmt: str, group_size: Any) -> int | None:
     """The group size a KV-cache format carries: int8/int4 take one (default `DEFAULT_KV_GROUP`),
     float formats none."""
-    if fmt in ("int8", "int4"):
+    if fmt in KV_QUANT_FORMATS:
         if group_size is None:
             return DEFAULT_KV_GROUP
         if isinstance(group_size, bool) or group_size not in KV_GROUP_SIZES:

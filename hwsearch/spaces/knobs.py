@@ -1,8 +1,10 @@
 """Knobs and search spaces: what each layer of a model may be, on a given device.
 
 Per linear layer: format (int4 with a group size), N:M sparsity, rank (full, or multiples of
-`rank_step` up to `rank_fraction` of min(K, N)). Per model: a token-merge schedule (`r` per
-block from `start_block` on) for ViT-style models. Group constraints come from the ModelSpec.
+`rank_step` up to `rank_fraction` of min(K, N)). Per decoder block of a decode step: the KV
+cache's format (the model's dtype, int8, int4 with a group size). Per model: a token-merge
+schedule (`r` per block from `start_block` on) for ViT-style models. Group constraints come
+from the ModelSpec.
 
 A device's capabilities are handed in as data (`spaces` imports nothing of ours): the formats
 and N:M patterns it runs natively. Every choice is marked native or emulated; emulated choices
@@ -18,38 +20,58 @@ from typing import Any
 
 from hwsearch.errors import HwsearchError
 from hwsearch.spaces.formats import (
+    DEFAULT_KV_GROUP,
+    FLOAT_DTYPES,
     FORMATS,
     INT4_GROUP_SIZES,
+    KV_FORMATS,
+    KV_QUANT_FORMATS,
     NAMED_SPARSITY,
     canonical_sparsity,
     check_format,
     check_int4_group_size,
+    check_kv_format,
+    kv_group,
 )
 from hwsearch.spaces.model import ModelSpec
-from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan, validate_plan
+from hwsearch.spaces.plan import KVCacheChoice, LayerChoice, MergePlan, Plan, validate_plan
 
 MERGE_FRACTIONS = (0.04, 0.08, 0.12, 0.18)
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a device runs natively: formats and N:M patterns (dense, low rank, merging always)."""
+    """What a device runs natively: formats and N:M patterns (dense, low rank, merging always);
+    KV-cache formats with a decode-attention kernel (`kv_kernels`) and those of them it runs
+    natively (`kv_formats`)."""
 
     name: str = "any"
     formats: frozenset[str] = frozenset(FORMATS)
     sparsities: frozenset[str] = frozenset(NAMED_SPARSITY)
+    kv_formats: frozenset[str] = frozenset(KV_FORMATS)
+    kv_kernels: frozenset[str] = frozenset(KV_FORMATS)
 
     @classmethod
     def from_dict(cls, caps: Mapping[str, Any], name: str = "device") -> Capabilities:
         """From a backend's capability dict (`hwsearch.kernels.registry.capabilities`): each
-        format flagged, and `nm` for 2:4, e.g. `{fp32: True, int8: True, fp8: False, nm: False}`.
-        The backend decides the flags (a CUDA device's from its compute capability)."""
+        format flagged, and `nm` for 2:4, e.g. `{fp32: True, int8: True, fp8: False, nm: False}`,
+        and `kv_cache`: each KV-cache format with a kernel, flagged native or not (absent: only
+        the float dtypes, which plain attention reads). The backend decides the flags (a CUDA
+        device's from its compute capability)."""
         formats = frozenset(f for f in FORMATS if caps.get(f))
         sparsities = {"dense"} | ({"2:4"} if caps.get("nm") else set())
-        return cls(name, formats, frozenset(sparsities))
+        kv = caps.get("kv_cache") or {f: bool(caps.get(f)) for f in FLOAT_DTYPES}
+        return cls(name, formats, frozenset(sparsities), frozenset(f for f, ok in kv.items() if ok), frozenset(kv))
 
     def native(self, choice: LayerChoice) -> bool:
         return choice.format in self.formats and choice.sparsity in self.sparsities | {"dense"}
+
+    def kv_native(self, choice: KVCacheChoice, dtype: str) -> bool:
+        """A cache in the model's `dtype` is plain attention; one in another float dtype is cast
+        whole every step (emulated); int8/int4 as the device's kernels say."""
+        if choice.format in FLOAT_DTYPES:
+            return choice.format == dtype and dtype in self.kv_formats
+        return choice.format in self.kv_formats
 
 
 @dataclass(frozen=True)
@@ -64,11 +86,17 @@ class Knobs:
     low_rank: bool = True
     merge_r: tuple[int, ...] | None = None  # None: a few sizes relative to the model's tokens
     merge_start: tuple[int, ...] | None = None  # None: every block
+    kv_formats: tuple[str, ...] = KV_QUANT_FORMATS  # besides the model's dtype, on decode blocks
+    kv_group_sizes: tuple[int, ...] = (DEFAULT_KV_GROUP,)
     allow_emulated: bool = False
 
     def __post_init__(self) -> None:
         for fmt in self.formats:
             check_format(fmt)
+        for fmt in self.kv_formats:
+            check_kv_format(fmt)
+        for g in self.kv_group_sizes:
+            kv_group("int8", g)
         object.__setattr__(self, "sparsities", tuple(canonical_sparsity(s) for s in self.sparsities))
         for g in self.group_sizes:
             check_int4_group_size(g)
@@ -118,6 +146,7 @@ class SearchSpace:
         self.caps = caps or Capabilities()
         self.knobs = knobs or Knobs()
         self.layers = {layer.name: self._layer_space(layer) for layer in model.layers}
+        self.kv = self._kv_options()
         self.merge_options = self._merge_options()
 
     # -- construction --------------------------------------------------------------------------
@@ -136,6 +165,19 @@ class SearchSpace:
         space = LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks)
         native = {c: self.caps.native(c) for c in space.choices()}
         return LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks, native)
+
+    def _kv_options(self) -> dict[str, tuple[KVCacheChoice, ...]]:
+        """Per decoder block of a decode step (it reads a cache: `kv_tokens`), the KV-cache choices:
+        the model's dtype first, then the knob's formats that have a kernel here (native ones, or
+        every one with `allow_emulated`)."""
+        k, dtype = self.knobs, self.model.dtype
+        options = [KVCacheChoice(format=dtype)]
+        for fmt in dict.fromkeys(k.kv_formats):
+            for g in k.kv_group_sizes if fmt in KV_QUANT_FORMATS else (None,):
+                choice = KVCacheChoice(format=fmt, group_size=g)
+                if fmt != dtype and (self.caps.kv_native(choice, dtype) or (k.allow_emulated and fmt in self.caps.kv_kernels)):
+                    options.append(choice)
+        return {b.prefix: tuple(options) for b in self.model.blocks if b.kind == "llama" and b.kv_tokens is not None}
 
     def _merge_options(self) -> tuple[MergePlan, ...]:
         spec = self.model
@@ -168,9 +210,23 @@ class SearchSpace:
         if reason:
             raise HwsearchError(f"plan layer {layer!r}: {reason}")
 
+    def check_kv(self, block: str, choice: KVCacheChoice) -> None:
+        """A block's KV-cache choice is in the space (the model's dtype always is)."""
+        if choice.is_identity(self.model.dtype):
+            return
+        options = self.kv.get(block)
+        if not options:
+            raise HwsearchError(f"plan KV cache of {block!r}: the block reads no cache in this model (a prefill); "
+                                f"accepted: {self.model.dtype} or no entry")
+        if choice not in options:
+            raise HwsearchError(f"plan KV cache of {block!r}: {choice.label()} is not in the space; accepted: "
+                                + ", ".join(c.label() for c in options))
+
     def check_plan(self, plan: Plan) -> None:
-        """One-line error for the first problem; also checks the merge schedule is in the space."""
+        """One-line error for the first problem; also checks the merge schedule and KV caches are in the space."""
         validate_plan(plan, self.model, self)
+        for block, choice in (plan.kv_cache or {}).items():
+            self.check_kv(block, choice)
         merge = plan.merge
         if isinstance(merge, MergePlan) and merge.r and merge not in self.merge_options:
             shown = ", ".join(f"r={m.r}@{m.start_block}" for m in self.merge_options if m.r)
@@ -178,13 +234,17 @@ class SearchSpace:
 
     def native(self, plan: Plan) -> bool:
         """Whether every layer of the plan runs on a native path of the device."""
-        return all(self.caps.native(plan.choice(n, self.model.dtype)) for n in self.layers)
+        dtype = self.model.dtype
+        return (all(self.caps.native(plan.choice(n, dtype)) for n in self.layers)
+                and all(self.caps.kv_native(plan.kv_choice(b, dtype), dtype) for b in self.kv))
 
     def size(self) -> int:
         """Number of distinct plans (per-layer choices × merge schedules), ignoring groups."""
         total = len(self.merge_options)
         for space in self.layers.values():
             total *= len(space.choices())
+        for options in self.kv.values():
+            total *= len(options)
         return total
 
     def sample(self, rng: random.Random, aggressiveness: float = 0.5, device: str | None = None) -> Plan:
@@ -208,4 +268,6 @@ class SearchSpace:
         if len(self.merge_options) > 1 and rng.random() < aggressiveness:
             merge = rng.choice(self.merge_options[1:])
         layers = {n: c for n, c in chosen.items() if not c.is_identity(self.model.dtype)}
-        return Plan(model=self.model.name, device=device or self.caps.name, layers=layers, merge=merge)
+        kv = {b: rng.choice(opts[1:]) for b, opts in self.kv.items() if len(opts) > 1 and rng.random() < aggressiveness}
+        return Plan(model=self.model.name, device=device or self.caps.name, layers=layers, merge=merge,
+                    kv_cache=kv or None)

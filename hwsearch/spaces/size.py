@@ -12,6 +12,8 @@ layer or for the one weight of a full-rank layer:
 - bias (on the last factor only) in the dtype the kernel adds it in.
 
 Everything is exact integer arithmetic so the figure equals the bytes of the real tensors.
+`kv_cache_bytes` is the same for a decoder block's KV cache (`kernels.kvcache`'s `nbytes()`):
+not part of the weight bytes, it grows with the context and is reported beside them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, parse_sparsity
+from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, DEFAULT_KV_GROUP, DTYPE_BYTES, parse_sparsity
+from hwsearch.spaces.model import ModelSpec
+from hwsearch.spaces.plan import Plan
 
 VALUE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "fp8": 8, "int4": 4}
 BIAS_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 4, "fp8": 4, "int4": 2}
@@ -80,3 +84,37 @@ def linear_bytes(
     if rank is None:
         return factor_bytes(K, N, fmt, group_size, sparsity, bias)
     return factor_bytes(K, rank, fmt, group_size, sparsity, False) + factor_bytes(rank, N, fmt, group_size, sparsity, bias)
+
+
+KV_SCALE_BYTES = 2  # fp16 scale and fp16 minimum per group of a quantised KV cache
+
+
+def kv_cache_bytes(fmt: str, group_size: int | None, kv_heads: int, tokens: int, head_dim: int,
+                   dtype: str = "bf16", batch: int = 1) -> int:
+    """Exact bytes of a KV cache holding `tokens` tokens (keys and values; `kernels.kvcache`'s
+    `nbytes()`): a float format is 2·heads·tokens·head_dim elements; int8/int4 are codes plus an
+    fp16 scale and minimum per group (keys: per channel per `group_size` tokens, the tokens of the
+    group not yet full kept in `dtype`; values: per token per `group_size` channels)."""
+    rows = batch * kv_heads
+    if fmt in DTYPE_BYTES:
+        return 2 * rows * tokens * head_dim * DTYPE_BYTES[fmt]
+    bits = VALUE_BITS[fmt]
+    group = int(group_size or DEFAULT_KV_GROUP)
+    full, residual = divmod(tokens, group)
+    keys = rows * (full * group * head_dim * bits // 8 + full * head_dim * 2 * KV_SCALE_BYTES
+                   + residual * head_dim * DTYPE_BYTES[dtype])
+    values = rows * tokens * (head_dim * bits // 8 + head_dim // min(group, head_dim) * 2 * KV_SCALE_BYTES)
+    return keys + values
+
+
+def plan_kv_bytes(model: ModelSpec, plan: Plan | None) -> int:
+    """Exact bytes of every decode block's KV cache at the model's context under `plan` (blocks
+    the plan leaves out keep the model's dtype); 0 for a model that reads no cache."""
+    total = 0
+    for block in model.blocks:
+        if block.kind != "llama" or block.kv_tokens is None:
+            continue
+        choice = plan.kv_choice(block.prefix, model.dtype) if plan is not None else None
+        fmt, group = (choice.format, choice.group_size) if choice is not None else (model.dtype, None)
+        total += kv_cache_bytes(fmt, group, block.kv_heads or block.heads, block.kv_tokens, block.head_dim, model.dtype)
+    return total
