@@ -296,3 +296,23 @@ def test_a_decode_step_is_timed_at_its_context(lm: LlamaLM) -> None:
     module, inputs = decoder_model(get_model("llama3_8b:blocks=1,tokens=1,context=128"))
     assert isinstance(inputs, DecodeStep) and inputs.context == 128 and inputs.inputs.shape == (1, 1, LLAMA3_8B.dim)
     assert len(module.layers) == 1 and not hasattr(module, "lm_head")  # the spec's blocks alone, as predicted
+
+
+def test_kv_cache_formats_have_a_measured_sensitivity(tiny_task) -> None:
+    """Each decode block's KV-cache format is measured alone like a layer's choice, so a latency x
+    perplexity search can trade cache bits: the proxy predicts a plan's perplexity with them."""
+    from hwsearch.search.objectives import build_tables
+    from hwsearch.search.sensitivity import measure_sensitivity
+    from hwsearch.spaces import Knobs, SearchSpace
+
+    spec = get_model("tiny_llama:tokens=1,context=512")
+    space = SearchSpace(spec, knobs=Knobs(formats=("fp32", "int8"), sparsities=("dense",), low_rank=False,
+                                          kv_formats=("int8", "int4")))
+    assert set(space.kv) == {f"layers.{i}" for i in range(TINY_LLAMA.layers)}
+    table = measure_sensitivity(tiny_task, space)
+    assert set(table.kv) == set(space.kv) and all(set(row) == {"int8g64", "int4g64"} for row in table.kv.values())
+    assert all(table.kv_divergence[b]["int4g64"] >= table.kv_divergence[b]["int8g64"] >= 0 for b in table.kv)
+    plan = Plan(model=spec.name, kv_cache={b: KVCacheChoice(format="int4") for b in space.kv})
+    assert table.predict(plan) > table.base_test  # perplexity: a coarser cache is predicted worse
+    tables = build_tables(space, ["quality"], "here", sensitivity=table)
+    assert any(v.kv_block for v in tables.variables)

@@ -39,7 +39,7 @@ def _vit_blocks(model: nn.Module) -> nn.Module:
     return blocks
 
 
-def _cache_reader(model: nn.Module, prefix: str) -> nn.Module:
+def cache_reader(model: nn.Module, prefix: str) -> nn.Module:
     """The attention module of block `prefix` that reads a KV cache (it has `kv_choice`)."""
     modules = dict(model.named_modules())
     found = [m for n, m in modules.items() if (n == prefix or n.startswith(prefix + ".")) and hasattr(m, "kv_choice")]
@@ -55,7 +55,7 @@ def set_kv_caches(model: nn.Module, plan: Plan) -> None:
     """Each decoder block `plan.kv_cache` names reads its KV cache in that format (through
     `kvcache.make_cache`); the others keep theirs (the compute dtype unless set before)."""
     for prefix, choice in (plan.kv_cache or {}).items():
-        _cache_reader(model, prefix).kv_choice = choice
+        cache_reader(model, prefix).kv_choice = choice
 
 
 def merge_schedule(model: nn.Module, plan: Plan, spec: ModelSpec | None) -> tuple[int, ...]:

@@ -146,14 +146,9 @@ class LlamaAttention(nn.Module):
         v = self.v_proj(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         q, k = rope(q, past, self.rope_theta), rope(k, past, self.rope_theta)
         cache.append(k, v)
-        keys, values = cache.keys(), cache.values()
-        if t == 1:  # one new token attends to everything cached
-            out = F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
-        elif past == 0:
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
-        else:  # a chunk appended to a non-empty cache: token i sees the cache and chunk tokens <= i
-            mask = torch.arange(past + t)[None, :] <= past + torch.arange(t)[:, None]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        # the cache's own kernel (`KVCache.attend`, bottom-right causal): a quantised cache is read
+        # from its codes, the kernel its format was profiled and predicted with
+        out = cache.attend(q)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -292,17 +292,16 @@ def quality_terms(
     sign = quality_metric(table.metric).sign
     dtype = model.dtype
     width = max(len(v.choices) for v in variables)
-    cached = [var.name for var in variables if var.kv_block is not None]
-    if cached:
-        raise HwsearchError(
-            f"the quality objective has no measured sensitivity of KV-cache formats ({', '.join(cached[:2])}); accepted: "
-            "knobs kv_formats=[] (no KV-cache knob) with quality, or the latency and size objectives"
-        )
     rows = []
     for var in variables:
         row = []
         for c in var.choices:
-            row.append(0.0 if c.is_identity(dtype) else sign * sum(table.divergence[n][c.label()] for n in var.layers))
+            if c.is_identity(dtype):
+                row.append(0.0)
+            elif var.kv_block is not None:  # a block's KV-cache format, measured alone like a layer's choice
+                row.append(sign * table.kv_divergence[var.kv_block][c.label()])
+            else:
+                row.append(sign * sum(table.divergence[n][c.label()] for n in var.layers))
         rows.append(row)
     per_var = _pad(rows, width)
     base = np.array([sign * table.merge_divergence[m.label()] if m.r else 0.0 for m in merges])

@@ -1,7 +1,7 @@
 """The quality proxy a search scores: a sensitivity table per (model, weights, space).
 
-For each layer × choice (and each merge schedule), the quality change and the output divergence
-when only that is changed, measured once on calibration data (`quality_tasks.QualityTask`) and
+For each layer × choice (each decoder block × KV-cache format, and each merge schedule), the
+quality change and the output divergence when only that is changed, measured once on calibration data (`quality_tasks.QualityTask`) and
 stored as JSON in the data directory (keyed by model, weights hash and space). A plan's quality
 is predicted from the sum of its entries (`SensitivityTable.predict`).
 """
@@ -20,6 +20,7 @@ from torch import nn
 
 from hwsearch.config import data_dir
 from hwsearch.errors import HwsearchError
+from hwsearch.kernels.apply import cache_reader
 from hwsearch.kernels.modules import CompressedLinear
 from hwsearch.search.objectives import divergence_curve
 from hwsearch.search.quality_metrics import quality_metric
@@ -27,7 +28,7 @@ from hwsearch.search.quality_tasks import QualityTask
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.plan import MergePlan, Plan
 
-SENSITIVITY_VERSION = 2
+SENSITIVITY_VERSION = 3
 
 
 @dataclass
@@ -56,6 +57,9 @@ class SensitivityTable:
     merge: dict[str, float] = field(default_factory=dict)
     divergence: dict[str, dict[str, float]] = field(default_factory=dict)
     merge_divergence: dict[str, float] = field(default_factory=dict)
+    # decoder block -> KV-cache format label -> quality change / divergence, that block's cache alone
+    kv: dict[str, dict[str, float]] = field(default_factory=dict)
+    kv_divergence: dict[str, dict[str, float]] = field(default_factory=dict)
     alpha: float = 1.0
     version: int = SENSITIVITY_VERSION
 
@@ -72,6 +76,14 @@ class SensitivityTable:
             if key not in row:
                 raise HwsearchError(f"choice {key} of layer {name!r} was not measured; accepted: {', '.join(sorted(row))}")
             out.append((row[key], self.divergence[name][key]))
+        for block, kv in (plan.kv_cache or {}).items():
+            if kv.is_identity(dtype):
+                continue
+            row = self.kv.get(block)
+            if row is None or kv.label() not in row:
+                accepted = ", ".join(sorted(row or {})) or "none: no KV-cache formats in its space"
+                raise HwsearchError(f"KV cache {kv.label()} of block {block!r} was not measured; accepted: {accepted}")
+            out.append((row[kv.label()], self.kv_divergence[block][kv.label()]))
         if isinstance(plan.merge, MergePlan) and plan.merge.r:
             key = plan.merge.label()
             if key not in self.merge:
@@ -101,6 +113,7 @@ class SensitivityTable:
         pairs = np.array(
             [(q, self.divergence[n][k]) for n, row in self.layers.items() for k, q in row.items()]
             + [(q, self.merge_divergence[k]) for k, q in self.merge.items()]
+            + [(q, self.kv_divergence[b][k]) for b, row in self.kv.items() for k, q in row.items()]
         )
         if len(pairs) == 0:
             return self
@@ -127,6 +140,7 @@ def space_key(space: SearchSpace) -> str:
     doc = {
         "layers": {n: [c.label() for c in s.choices()] for n, s in space.layers.items()},
         "merge": [m.label() for m in space.merge_options],
+        **({"kv": {b: [c.label() for c in opts] for b, opts in space.kv.items()}} if space.kv else {}),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -156,7 +170,8 @@ def measure_sensitivity(
     dtype = task.spec.dtype
     jobs = [(n, c) for n, s in space.layers.items() for c in s.choices() if not c.is_identity(dtype)]
     merges = [m for m in space.merge_options if m.r]
-    total, done = len(jobs) + len(merges), 0
+    kv_jobs = [(b, c) for b, opts in space.kv.items() for c in opts if not c.is_identity(dtype)]
+    total, done = len(jobs) + len(merges) + len(kv_jobs), 0
     for name, choice in jobs:
         original = model.get_submodule(name)
         _swap(model, name, CompressedLinear(original, choice, rows=task.spec.layer(name).tokens))
@@ -166,6 +181,19 @@ def measure_sensitivity(
             table.divergence.setdefault(name, {})[choice.label()] = _divergence(divergence, quality, base, task.metric)
         finally:
             _swap(model, name, original)
+        done += 1
+        if progress:
+            progress(done, total)
+    for block, kv in kv_jobs:
+        reader = cache_reader(model, block)
+        before = reader.kv_choice
+        reader.kv_choice = kv
+        try:
+            quality, divergence = task.pair(model, "calib")
+            table.kv.setdefault(block, {})[kv.label()] = quality - base
+            table.kv_divergence.setdefault(block, {})[kv.label()] = _divergence(divergence, quality, base, task.metric)
+        finally:
+            reader.kv_choice = before
         done += 1
         if progress:
             progress(done, total)
