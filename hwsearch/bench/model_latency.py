@@ -43,7 +43,7 @@ from hwsearch.predictors.registry import Answer, best_predictor
 from hwsearch.profilers.coverage import local_fingerprint
 from hwsearch.search.spec import SearchSpec
 from hwsearch.search.verify import torch_model
-from hwsearch.spaces.catalog import get_model
+from hwsearch.spaces.catalog import get_model, split_model_refs
 
 AGGRESSIVENESS = (0.1, 0.9)
 
@@ -80,7 +80,7 @@ def run(
 
     if plans < 3:
         raise HwsearchError(f"plans={plans} is too few to fit and score the overhead; accepted: 3 or more")
-    requests = [m.strip() for m in model.split(",") if m.strip()] if isinstance(model, str) else list(model)
+    requests = split_model_refs(model) if isinstance(model, str) else list(model)
     fp = local_fingerprint(engine, device, "hwsearch bench model-latency")
     backend = fp.get("backend", "cpu")
     threads = threads or fp.get("threads") or 1

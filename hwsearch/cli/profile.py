@@ -26,7 +26,7 @@ def profile(
     """Measure kernels on a device and store them (resumable: stored ones are not measured again)."""
     from hwsearch.profilers.runner import profile_local
     from hwsearch.profilers.sampling import parse_budget
-    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.catalog import get_model, split_model_refs
 
     if local == (device is not None):
         raise HwsearchError("say where to profile; accepted: --local, or --device NAME (a Ray node offering device:NAME)")
@@ -34,7 +34,7 @@ def profile(
         raise HwsearchError("--name goes with --local; a --device is stored under its own NAME; accepted: --device NAME alone")
     parsed = parse_budget(budget)
     max_flops = None if max_gflops is None else max_gflops * 1e9
-    models = [m.strip() for m in (for_models or "").split(",") if m.strip()]
+    models = split_model_refs(for_models or "")
     if models and device is not None:
         raise HwsearchError("--for measures on this machine; accepted: --local --for MODEL[,MODEL]")
     for m in models:

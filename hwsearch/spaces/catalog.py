@@ -214,6 +214,21 @@ def parse_model_ref(ref: str) -> tuple[str, dict[str, int]]:
     return name.strip(), options
 
 
+def split_model_refs(text: str) -> list[str]:
+    """A comma list of model references whose options also use commas:
+    `tiny_llama:tokens=1,context=512,vit_base` -> ['tiny_llama:tokens=1,context=512', 'vit_base']
+    (a `key=value` piece belongs to the reference before it)."""
+    refs: list[str] = []
+    for piece in (p.strip() for p in str(text).split(",")):
+        if not piece:
+            continue
+        if refs and "=" in piece and ":" not in piece and ":" in refs[-1]:
+            refs[-1] += f",{piece}"
+        else:
+            refs.append(piece)
+    return refs
+
+
 def get_model(ref: str, **options: int) -> ModelSpec:
     """A catalogue model by name (options as keywords or after a colon).
 
