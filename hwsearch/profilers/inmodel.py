@@ -70,6 +70,9 @@ def layer_times(module: nn.Module, args: Any, names: Sequence[str], threads: int
 
     A layer called several times in one pass is timed per call (the floor is per call).
     """
+    from hwsearch.profilers.timing import steady_allocator
+
+    steady_allocator()  # the allocator state the end-to-end timings see
     if threads is not None:
         torch.set_num_threads(threads)
     modules = dict(module.named_modules())

@@ -24,6 +24,12 @@ pyperf, Google Benchmark):
   (32 kernels of the quick plan, built and timed three times): the floor agreed between
   repetitions within ±10 % for 77–79 % of pairs at 2 threads (90 % at 1 thread), the median of
   three round medians for 55 % (66 %).
+- **a steady allocator**: glibc serves a large block (a ViT's activations, a KV cache grown by
+  concatenation) with a fresh mmap, page faults and all, until frees have raised its adaptive
+  threshold, so the same plan timed in a young process and in one that has run for a while
+  differed by up to 2x (tiny_llama's decode step at 2,048 cached tokens on this project's 2-core
+  VM: 2.1-2.7 ms vs 1.43-1.49 ms). `steady_allocator` fixes the thresholds first: every timing
+  sees the state of a long-running server process, whatever ran before it.
 - **stability gate**: the floor must be confirmed: the second-fastest round's floor within
   `gate` of it. An unconfirmed item is re-measured in `extra_rounds` more rounds (interleaved
   among such items); still unconfirmed, it is flagged `unstable` and stored with its spread
@@ -34,6 +40,8 @@ CUDA items synchronise at block edges (blocks of ≥ 1 ms make that cost negligi
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import random
 import time
@@ -230,6 +238,24 @@ class Harness:
         )
 
 
+_STEADY: bool | None = None
+STEADY_BYTES = 1 << 30  # blocks below this come from the heap, and the heap is not trimmed back
+
+
+def steady_allocator() -> bool:
+    """Fix glibc's mmap and trim thresholds for this process (once); False where the C library
+    is not glibc (nothing to fix there, or no way to)."""
+    global _STEADY
+    if _STEADY is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+            _STEADY = bool(libc.mallopt(m_mmap_threshold, STEADY_BYTES)) and bool(libc.mallopt(m_trim_threshold, STEADY_BYTES))
+        except (OSError, AttributeError):
+            _STEADY = False
+    return _STEADY
+
+
 def time_items(
     items: Sequence[Sequence[Callable[[], object]] | Item],
     *,
@@ -241,6 +267,7 @@ def time_items(
     """Time several items (each an `Item`, or a list of copies to rotate) in interleaved rounds."""
     if not items:
         raise ValueError("time_items needs at least one item")
+    steady_allocator()
     if threads is not None:
         torch.set_num_threads(threads)
     harness = Harness(protocol, sync=synchronizer(device), seed=seed)
