@@ -13,6 +13,12 @@ Our formats map onto compressed-tensors' presets:
   zero point), bf16 inputs, stored `pack-quantized`;
 - fp8 = `FP8_DYNAMIC`: e4m3 per-channel weights, per-token dynamic inputs, `float-quantized`.
 
+AWQ int4 layers are written as the same `W4A16_ASYM` group scheme: compressed-tensors has no
+AWQ field (llm-compressor's `AWQModifier` folds the scales into the preceding norm or linear
+and then quantises, so an AWQ checkpoint is a plain pack-quantized one with pre-scaled
+weights). The config cannot say that a layer is scaled nor carry the 1/s input scale; the
+export says so in a warning.
+
 Targets are `re:` regexes matching each module under any parent prefix, so one config fits the
 bare stack and its causal-LM wrapper (see `plan_view.module_regex`). 2:4 sparsity is written as
 `sparsity_config` in the `sparse-24-bitmask` format of compressed-tensors'
@@ -89,6 +95,12 @@ def quantization_config(view: PlanView, kept_in: str = "the plan file") -> tuple
     warnings = view.warnings(TARGET, kept_in, sparsity_ok=("2:4",))
     if not config_groups:
         warnings.append(f"the plan quantises no layer: {TARGET} config_groups is empty")
+    if view.awq:
+        warnings.append(
+            f"{TARGET} has no AWQ field: AWQ int4 layers ({summarize(view.awq)}) are written as plain W4A16_ASYM "
+            f"groups; their checkpoint must hold the scaled weights W·diag(s) with 1/s folded into the preceding norm "
+            f"or linear (llm-compressor's AWQModifier does this); {KEPT} {kept_in}"
+        )
     sparse = view.with_sparsity().get("2:4", [])
     if sparse:
         doc["sparsity_config"] = _sparsity_24(view, sparse)

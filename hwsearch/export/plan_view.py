@@ -81,6 +81,11 @@ class PlanView:
         """Layers left in floating point: what a target's ignore list names."""
         return [n for n in self.layer_names if self.choice(n).format not in QUANT_FORMATS]
 
+    @property
+    def awq(self) -> list[str]:
+        """Layers with AWQ-scaled int4 weights, in model order."""
+        return [n for n, c in self.quantized.items() if c.scaling == "awq"]
+
     def with_sparsity(self) -> dict[str, list[str]]:
         """Non-dense N:M pattern -> layers using it."""
         out: dict[str, list[str]] = {}

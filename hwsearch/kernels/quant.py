@@ -1,4 +1,4 @@
-"""Quantisers and N:M masks shared by every kernel, module and reference.
+"""Quantisers, N:M masks and low-rank factors shared by every kernel, module and reference.
 
 One implementation of each so the profiled kernel, the compressed module and the fp64 reference
 all agree on what "int4 with group 64" or "2:4" means.
@@ -74,3 +74,10 @@ def dequantize_int4_groups(q: torch.Tensor, scale: torch.Tensor, lo: torch.Tenso
     rows, k = q.shape
     expand = torch.arange(k, device=q.device) // group_size
     return q.float() * scale[:, expand] + lo[:, expand]
+
+
+def low_rank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated SVD W ≈ B A with A (rank, K), B (N, rank), singular values split evenly."""
+    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root).float()

@@ -16,13 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def forward(module: nn.Module, inputs: Any) -> Any:
-    """One forward pass on `inputs`: a tensor, a tuple of positional inputs or a dict of keyword ones
-    (a Hugging Face model's tokenised batch)."""
-    if isinstance(inputs, dict):
-        return module(**inputs)
-    return module(*inputs) if isinstance(inputs, tuple) else module(inputs)
+from hwsearch.kernels.apply import forward
 
 
 def layer_times(module: nn.Module, args: Any, names: Sequence[str], threads: int | None = None,
