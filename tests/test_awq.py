@@ -140,6 +140,10 @@ def test_space_offers_awq_only_where_told() -> None:
     assert [c.label() for c in plain.layers["blocks.0.mlp.fc1"].choices()] == ["fp32", "int4g32", "int4g128"]
     with pytest.raises(HwsearchError, match="int4 scaling awq is not in the space; accepted: none"):
         plain.check_choice("blocks.0.mlp.fc1", LayerChoice(format="int4", scaling="awq"))
+    sparse = Knobs(formats=("fp32", "int4"), group_sizes=(32,), sparsities=("dense", "2:4"), rank_step=64, scalings=("awq",))
+    offered = SearchSpace(spec, knobs=sparse).layers["blocks.0.mlp.fc1"]
+    assert [c.label() for c in offered.choices() if c.scaling] == ["int4g32-awq"]  # dense full rank only
+    assert "dense full-rank layers only" in offered.why_not(LayerChoice(format="int4", group_size=32, sparsity="2:4", scaling="awq"))
     with pytest.raises(HwsearchError, match="unknown int4 scaling 'smooth'; accepted: awq"):
         Knobs(scalings=("smooth",))
     rng = __import__("random").Random(0)

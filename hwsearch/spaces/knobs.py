@@ -1,7 +1,9 @@
 """Knobs and search spaces: what each layer of a model may be, on a given device.
 
 Per linear layer: format (int4 with a group size, plain or AWQ-scaled), N:M sparsity, rank
-(full, or multiples of `rank_step` up to `rank_fraction` of min(K, N)). AWQ needs the model's
+(full, or multiples of `rank_step` up to `rank_fraction` of min(K, N)). AWQ is offered for dense
+full-rank int4 (the weight-only setting it was made for; a plan may still combine it with N:M or
+a rank, which `apply_plan` runs, but the search does not spend its sensitivity budget there). AWQ needs the model's
 calibration data, which a space cannot see: `Knobs.scalings` None is decided by whoever knows
 (`Knobs.with_calibration`: the search where its quality task has calibration inputs). Per model: a token-merge schedule (`r` per
 block from `start_block` on) for ViT-style models. Group constraints come from the ModelSpec.
@@ -100,17 +102,18 @@ class LayerSpace:
     sparsities: tuple[str, ...]
     ranks: tuple[int | None, ...]
     native: Mapping[LayerChoice, bool] = field(default_factory=dict, compare=False)
-    scalings: tuple[str, ...] = ()  # beside plain int4 (scaling None), always offered
+    scalings: tuple[str, ...] = ()  # beside plain int4 (always offered), for dense full-rank int4
 
     def choices(self) -> list[LayerChoice]:
         out = []
         for fmt in self.formats:
             int4 = fmt == "int4"
             for g in self.group_sizes if int4 else (None,):
-                for scaling in (None, *self.scalings) if int4 else (None,):
-                    for sp in self.sparsities:
-                        for rank in self.ranks:
-                            out.append(LayerChoice(format=fmt, group_size=g, sparsity=sp, rank=rank, scaling=scaling))
+                for sp in self.sparsities:
+                    for rank in self.ranks:
+                        out.append(LayerChoice(format=fmt, group_size=g, sparsity=sp, rank=rank))
+                        if int4 and sp == "dense" and rank is None:  # AWQ: dense full-rank int4 (`scalings`)
+                            out += [LayerChoice(format=fmt, group_size=g, scaling=s) for s in self.scalings]
         return out
 
     def why_not(self, choice: LayerChoice) -> str | None:
@@ -127,6 +130,9 @@ class LayerSpace:
         if choice.scaling is not None and choice.scaling not in self.scalings:
             offered = ", ".join(("none", *self.scalings))
             return f"int4 scaling {choice.scaling} is not in the space; accepted: {offered}"
+        if choice.scaling is not None and (choice.sparsity != "dense" or choice.rank is not None):
+            return (f"int4 scaling {choice.scaling} is in the space for dense full-rank layers only; "
+                    f"accepted: {choice.scaling} without sparsity or rank")
         return None
 
 
