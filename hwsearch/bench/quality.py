@@ -19,6 +19,7 @@ import numpy as np
 
 from hwsearch.errors import HwsearchError
 from hwsearch.predictors.metrics import spearman
+from hwsearch.search.quality_metrics import quality_metric
 from hwsearch.search.quality_tasks import quality_task
 from hwsearch.search.sensitivity import quality_space, sensitivity_table
 from hwsearch.spaces.knobs import Knobs
@@ -68,12 +69,15 @@ def bench_quality(
         "bench": "quality",
         "model": task.name,
         "metric": task.metric,
+        "direction": quality_metric(task.metric).direction,
+        "metric_label": quality_metric(task.metric).label,
         "split": "test (held out); sensitivity measured on calib",
         "plans": plans,
         "seed": seed,
         "spearman": spearman(pred, real),
         "mae": float(np.mean(np.abs(pred - real))),
-        "proxy": "divergence: base·exp(-alpha·sum of single-layer output divergences), alpha fitted on the table",
+        "proxy": "divergence: floor + (base - floor)·exp(∓alpha·sum of single-layer output divergences) (- for a "
+                 "higher-is-better metric, + for perplexity), alpha fitted on the table",
         "alpha": table.alpha,
         "spearman_additive": spearman(additive, real),
         "mae_additive": float(np.mean(np.abs(additive - real))),

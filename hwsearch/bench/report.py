@@ -113,9 +113,9 @@ def print_predictors(doc: dict[str, Any], device: str) -> None:
 def print_quality(doc: dict[str, Any], plans: int) -> None:
     """`bench quality`: the sensitivity proxy against real quality of random plans."""
     print(
-        f"{doc['model']}: {plans} random plans, real {doc['metric']} {doc['real_min']:.3f}..{doc['real_max']:.3f} "
+        f"{doc['model']}: {plans} random plans, real {doc['metric_label']} {doc['real_min']:.3f}..{doc['real_max']:.3f} "
         f"(uncompressed {doc['base_quality']:.3f}); proxy Spearman {doc['spearman']:.3f}, MAE {doc['mae']:.4f} "
-        f"(additive top-1 deltas: Spearman {doc['spearman_additive']:.3f}, MAE {doc['mae_additive']:.4f})"
+        f"(additive single-change deltas: Spearman {doc['spearman_additive']:.3f}, MAE {doc['mae_additive']:.4f})"
     )
 
 

@@ -27,7 +27,6 @@ from sqlalchemy.engine import Engine
 
 from hwsearch.errors import HwsearchError
 from hwsearch.search import pareto
-from hwsearch.search.objectives import OBJECTIVES
 from hwsearch.search.problem import build_problem
 from hwsearch.search.reference import exact_front
 from hwsearch.search.samplers import SAMPLERS
@@ -46,8 +45,8 @@ def reduced_knobs(depth: int, dim: int) -> dict[str, Any]:
             "rank_fraction": 0.4, "merge_start": [0, depth // 2]}
 
 
-def _box(front: np.ndarray, objectives: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    s = pareto.signs(objectives)
+def _box(front: np.ndarray, objectives: list[str], metric: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    s = pareto.signs(objectives, metric)
     z = front * s
     lo, hi = z.min(0), z.max(0)
     nadir = hi + MARGIN * np.where(hi > lo, hi - lo, np.abs(hi) + 1e-9)
@@ -78,8 +77,9 @@ def run(engine: Engine, device: str, model: str = "vit_base", trials: int = 500,
     t0 = time.perf_counter()
     ref = exact_front(tables, objectives)
     ref_seconds = time.perf_counter() - t0
-    ideal, nadir = _box(ref, objectives)
-    hv_ref = pareto.hypervolume(ref, objectives, ideal, nadir)
+    metric = tables.metric
+    ideal, nadir = _box(ref, objectives, metric)
+    hv_ref = pareto.hypervolume(ref, objectives, ideal, nadir, metric)
     runs = [(s, True) for s in samplers] + [(s, False) for s in samplers] + [("random", False)]
     out: dict[str, dict[str, Any]] = {}
     fronts: dict[str, np.ndarray] = {}
@@ -93,12 +93,12 @@ def run(engine: Engine, device: str, model: str = "vit_base", trials: int = 500,
                 done = optimize_in_memory(tables, objectives, {}, sampler, seed, trials, warm)
                 speeds.append(len(done) / (time.perf_counter() - started))
                 values = np.array([t.values for t in done], dtype=float)
-                curve = pareto.hv_curve(values, np.ones(len(values), bool), objectives, ideal, nadir) / hv_ref
+                curve = pareto.hv_curve(values, np.ones(len(values), bool), objectives, ideal, nadir, metric) / hv_ref
                 curves.append(curve)
                 ratios.append(float(curve[-1]))
                 hits.append(pareto.trials_to(curve, 0.95))
                 if seed == 0:
-                    fronts[key] = values[pareto.pareto_mask(values * pareto.signs(objectives))]
+                    fronts[key] = values[pareto.pareto_mask(values * pareto.signs(objectives, metric))]
                 bar.advance(task)
             reached = [h for h in hits if h is not None]
             out[key] = {
@@ -162,7 +162,7 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
 
     li = objectives.index("latency")
     other = 1 - li
-    sign = OBJECTIVES[objectives[other]].sign
+    sign = problem.tables.objective(objectives[other]).sign
     margin = problem.tables.margin("latency")
     band = (margin - 1) * 100
     budgets = [float(np.quantile(ref[:, li] * margin, q)) for q in BUDGET_QUANTILES]

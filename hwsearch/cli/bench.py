@@ -115,7 +115,7 @@ def bench_predictors(
 
 @bench_app.command("quality")
 def bench_quality_cmd(
-    model: str = typer.Option("digits_vit", "--model", help="A model with weights: digits_vit or minilm."),
+    model: str = typer.Option("digits_vit", "--model", help="A model with weights: digits_vit, minilm or tiny_llama."),
     plans: int = typer.Option(50, "--plans", help="Random plans to apply and score."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random plans."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),

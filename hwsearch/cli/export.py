@@ -48,7 +48,7 @@ def export_plan(
         handle = Client(db_url=db).job(job)
         number = trial if trial is not None else handle.best_trial(**budget)
         plan = handle.plan(number)
-        which = chosen_plan(job, number, None if trial is not None else bounds)
+        which = chosen_plan(job, number, None if trial is not None else bounds, handle.spec().quality_metric)
     with warnings.catch_warnings(record=True):  # each is printed below as one line
         warnings.simplefilter("always", ExportWarning)
         result = export(plan, fmt, out)

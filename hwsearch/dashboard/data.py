@@ -136,14 +136,21 @@ def _objective_names(spec: dict[str, Any] | None, stored: list[str] | None, n: i
     return tuple(f"objective {i}" for i in range(n))
 
 
+def quality_metric_of(spec: dict[str, Any] | None) -> str:
+    """The quality metric of a job's model (its direction is the quality objective's)."""
+    from hwsearch.search.quality_metrics import model_metric
+
+    return model_metric(spec_field(spec, "model")).name
+
+
 def constraint_bounds(spec: dict[str, Any] | None) -> dict[str, tuple[str, float]]:
     """A job's constraints as {objective column: ("max" | "min", bound)} for drawing lines."""
-    from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES
+    from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, constraint
 
     out = {}
     for key, bound in (spec_field(spec, "constraints") or {}).items():
         if key in CONSTRAINTS and bound is not None:
-            name, kind = CONSTRAINTS[key]
+            name, kind = constraint(key, quality_metric_of(spec))
             out[OBJECTIVES[name].column] = (kind, float(bound))
     return out
 
@@ -303,16 +310,19 @@ def hypervolume_history(url: str, job_id: int, n_trials: int) -> tuple[pd.DataFr
     feasible = df["feasible"].to_numpy(dtype=bool)
     if not feasible.any():
         return empty, "No feasible trial yet."
-    stored = ((job(url, job_id) or {}).get("result") or {}).get("bounds")
+    row = job(url, job_id) or {}
+    metric = quality_metric_of(row.get("spec"))
+    stored = (row.get("result") or {}).get("bounds")
     if stored and len(stored[0]) == len(names):
         ideal, nadir = np.asarray(stored[0], dtype=float), np.asarray(stored[1], dtype=float)
         note = "Normalised to the space's ideal and nadir point, as the HV `hwsearch jobs show` prints."
     else:
-        signed = values[feasible] * pareto.signs(names)
-        ideal, nadir = np.nanmin(signed, 0) * pareto.signs(names), np.nanmax(signed, 0) * pareto.signs(names)
+        sign = pareto.signs(names, metric)
+        signed = values[feasible] * sign
+        ideal, nadir = np.nanmin(signed, 0) * sign, np.nanmax(signed, 0) * sign
         note = ("Normalised to the best and worst of the completed trials (the space's own bounds are stored "
                 "when the job finishes).")
-    curve = pareto.hv_curve(values, feasible, names, ideal, nadir)
+    curve = pareto.hv_curve(values, feasible, names, ideal, nadir, metric)
     return pd.DataFrame({"trial": np.arange(1, len(curve) + 1), "hypervolume": curve}), note
 
 

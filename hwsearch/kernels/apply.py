@@ -3,7 +3,8 @@
 Every layer the plan compresses becomes a `CompressedLinear` running its registered kernel
 (real int8/int4 CPU kernels where torch has them, exact emulation elsewhere), the one the
 device's `Dispatch` measured fastest when one is given; blocks from the
-first merging block on become `TomeBlock`s. Layers the plan leaves uncompressed are the original
+first merging block on become `TomeBlock`s; each decoder block the plan's `kv_cache` names reads
+its KV cache in that format. Layers the plan leaves uncompressed are the original
 modules, so the identity plan gives back a copy of the model that computes exactly the same.
 
 AWQ int4 layers need calibration: `calibration=` the model's calibration inputs (a tensor, a
@@ -45,6 +46,25 @@ def _vit_blocks(model: nn.Module) -> nn.Module:
             f"{type(model).__name__} has no timm-style ViT blocks with a class token; accepted: token merging only on such models"
         )
     return blocks
+
+
+def _cache_reader(model: nn.Module, prefix: str) -> nn.Module:
+    """The attention module of block `prefix` that reads a KV cache (it has `kv_choice`)."""
+    modules = dict(model.named_modules())
+    found = [m for n, m in modules.items() if (n == prefix or n.startswith(prefix + ".")) and hasattr(m, "kv_choice")]
+    if not found:
+        raise HwsearchError(
+            f"plan sets the KV cache of {prefix!r}, which has no attention reading a KV cache in {type(model).__name__}; "
+            "accepted: decoder blocks of a model whose attention has kv_choice (LlamaLM, LlamaDecoder)"
+        )
+    return found[0]
+
+
+def set_kv_caches(model: nn.Module, plan: Plan) -> None:
+    """Each decoder block `plan.kv_cache` names reads its KV cache in that format (through
+    `kvcache.make_cache`); the others keep theirs (the compute dtype unless set before)."""
+    for prefix, choice in (plan.kv_cache or {}).items():
+        _cache_reader(model, prefix).kv_choice = choice
 
 
 def merge_schedule(model: nn.Module, plan: Plan, spec: ModelSpec | None) -> tuple[int, ...]:
@@ -138,6 +158,7 @@ def apply_plan(
         rows = spec.layer(name).tokens if spec is not None else 1
         _set_module(out, name, CompressedLinear(modules[name], choice, rows=rows, backend=backend, dispatch=dispatch,
                                                 calibration=activations.get(name)))
+    set_kv_caches(out, plan)
     schedule = merge_schedule(out, plan, spec)
     if any(schedule):
         blocks = _vit_blocks(out)

@@ -4,8 +4,9 @@
 `blocks.{i}.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/mlp.fc2`, `norm`, `head`), so a plan written
 against a catalogue ViT names the same modules. `LlamaDecoder` is a stack of Llama-style
 decoder blocks named as Hugging Face does (`layers.{i}.self_attn.{q,k,v,o}_proj`,
-`mlp.{gate,up,down}_proj`, `input_layernorm`, `post_attention_layernorm`). Both take their
-shapes from the catalogue configs in `hwsearch.spaces.catalog`.
+`mlp.{gate,up,down}_proj`, `input_layernorm`, `post_attention_layernorm`) on hidden states;
+`LlamaLM` adds `embed_tokens`, `norm` and `lm_head` and decodes through per-block KV caches.
+All take their shapes from the catalogue configs in `hwsearch.spaces.catalog`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwsearch.errors import HwsearchError
+from hwsearch.kernels.kvcache import KVCache, make_cache
 from hwsearch.spaces.catalog import LlamaConfig, ViTConfig
+from hwsearch.spaces.plan import KVCacheChoice
 
 
 class PatchEmbed(nn.Module):
@@ -99,26 +103,57 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-b, a], dim=-1)
 
 
+def rope(x: torch.Tensor, start: int, theta: float) -> torch.Tensor:
+    """Rotary position embedding of (batch, heads, tokens, head_dim) at positions start, start+1, ...:
+    a decode step continues the positions of the tokens already in the cache."""
+    head_dim, t = x.shape[-1], x.shape[-2]
+    pos = torch.arange(start, start + t, dtype=torch.float32)
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    ang = torch.outer(pos, inv).repeat(1, 2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
 class LlamaAttention(nn.Module):
+    """Grouped-query attention with RoPE that reads its keys and values through a KV cache.
+
+    `kv_choice` (set by `apply_plan` from `plan.kv_cache`) is the cache format; `new_cache`
+    makes that cache with `kvcache.make_cache`, so a registered quantised format runs without
+    the model knowing it. Without a cache a forward is a causal pass over its own tokens, still
+    through a fresh cache, so the cache format shapes every prediction as in decoding.
+    """
+
+    kv_choice: KVCacheChoice | None = None
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.num_heads, self.num_key_value_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
+        self.rope_theta = cfg.rope_theta
         self.q_proj = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def new_cache(self, dtype: torch.dtype = torch.float32) -> KVCache:
+        return make_cache(self.kv_choice, dtype)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
+        cache = self.new_cache(x.dtype) if cache is None else cache
+        past = len(cache)
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
-        pos = torch.arange(t, dtype=torch.float32)
-        inv = 1.0 / (500000.0 ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
-        ang = torch.outer(pos, inv).repeat(1, 2)
-        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        q, k = rope(q, past, self.rope_theta), rope(k, past, self.rope_theta)
+        cache.append(k, v)
+        keys, values = cache.keys(), cache.values()
+        if t == 1:  # one new token attends to everything cached
+            out = F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+        elif past == 0:
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
+        else:  # a chunk appended to a non-empty cache: token i sees the cache and chunk tokens <= i
+            mask = torch.arange(past + t)[None, :] <= past + torch.arange(t)[:, None]
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -141,9 +176,17 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.dim, eps=1e-5)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _check_caches(caches: list[KVCache] | None, layers: int) -> list[KVCache | None]:
+    if caches is None:
+        return [None] * layers
+    if len(caches) != layers:
+        raise HwsearchError(f"got {len(caches)} KV caches for {layers} decoder blocks; accepted: one per block (new_caches())")
+    return list(caches)
 
 
 class LlamaDecoder(nn.Module):
@@ -151,9 +194,79 @@ class LlamaDecoder(nn.Module):
 
     def __init__(self, cfg: LlamaConfig, blocks: int = 1):
         super().__init__()
+        self.cfg = cfg
         self.layers = nn.ModuleList([LlamaBlock(cfg) for _ in range(blocks)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def new_caches(self, dtype: torch.dtype = torch.float32) -> list[KVCache]:
+        """One empty cache per block, each in the format its attention's `kv_choice` names."""
+        return [layer.self_attn.new_cache(dtype) for layer in self.layers]
+
+    def forward(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        for layer, cache in zip(self.layers, _check_caches(caches, len(self.layers)), strict=True):
+            x = layer(x, cache)
         return x
+
+
+class LlamaLM(LlamaDecoder):
+    """A Llama-style causal language model named as the catalogue's `llama_spec` (and Hugging Face's
+    `LlamaModel` without the `model.` prefix): `embed_tokens`, `layers.{i}`, `norm`, `lm_head`.
+
+    `forward(ids, caches)` gives next-token logits (batch, tokens, vocab); with `caches` (from
+    `new_caches()`) it continues after what they hold and appends to them, so a prefill then
+    single-token steps compute what one forward over the whole sequence does.
+    """
+
+    def __init__(self, cfg: LlamaConfig, blocks: int | None = None):
+        super().__init__(cfg, cfg.layers if blocks is None else blocks)
+        self.embed_tokens = nn.Embedding(cfg.vocab, cfg.dim)
+        self.norm = nn.RMSNorm(cfg.dim, eps=1e-5)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:  # type: ignore[override]
+        return self.lm_head(self.norm(super().forward(self.embed_tokens(ids), caches)))
+
+    def new_caches(self, dtype: torch.dtype | None = None) -> list[KVCache]:
+        return super().new_caches(self.embed_tokens.weight.dtype if dtype is None else dtype)
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, steps: int) -> torch.Tensor:
+        """Greedy decoding: prefill `ids` (batch, tokens), then `steps` single-token steps through the
+        KV caches; returns the `steps` new tokens (batch, steps)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise HwsearchError(f"steps={steps!r} is not a token count; accepted: an integer >= 0")
+        caches = self.new_caches()
+        out = []
+        logits = self(ids, caches)
+        for _ in range(steps):
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(token)
+            logits = self(token, caches)
+        return torch.cat(out, dim=1) if out else ids.new_zeros((ids.shape[0], 0))
+
+
+def seeded_llama(cfg: LlamaConfig, blocks: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaLM:
+    """A `LlamaLM` of `blocks` blocks with seeded random weights (std 0.02, Llama's init), for timing
+    at real shapes. Refused when its weights would not fit in half of this machine's memory:
+    deeper stacks are for prediction only."""
+    import os
+
+    n_bytes = _llama_params(cfg, blocks) * torch.empty((), dtype=dtype).element_size()
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if n_bytes > available // 2:
+        raise HwsearchError(
+            f"{blocks} blocks of this Llama need {n_bytes / 2**30:.1f} GiB of weights, more than half of the "
+            f"{available / 2**30:.1f} GiB available; accepted: fewer blocks (deeper stacks are for latency prediction only)"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    model = LlamaLM(cfg, blocks)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    return model.to(dtype).eval()
+
+
+def _llama_params(cfg: LlamaConfig, blocks: int) -> int:
+    kv = cfg.kv_heads * cfg.head_dim
+    block = cfg.dim * (2 * cfg.dim + 2 * kv) + 3 * cfg.dim * cfg.ffn + 2 * cfg.dim
+    return blocks * block + 2 * cfg.vocab * cfg.dim + cfg.dim

@@ -138,11 +138,14 @@ class JobHandle:
     def best_trial(self, max_latency_ms: float | None = None, max_size_mb: float | None = None,
                    min_quality: float | None = None) -> int:
         """The trial of the Pareto plan within the bounds that is best on the job's first objective they
-        leave free (`pareto.best_under`, as `hwsearch export` and the dashboard choose)."""
+        leave free (`pareto.best_under`, as `hwsearch export` and the dashboard choose). `min_quality` is
+        "no worse than": an upper bound for a lower-is-better metric such as perplexity."""
         budget = {"latency_ms": max_latency_ms, "size_mb": max_size_mb, "min_quality": min_quality}
         band = results.latency_band(self.status().result)
         try:
-            return int(pareto.best_under(self.pareto(), self.spec().objectives, budget, band_pct=band)["trial"])
+            spec = self.spec()
+            return int(pareto.best_under(self.pareto(), spec.objectives, budget, band_pct=band,
+                                         metric=spec.quality_metric)["trial"])
         except HwsearchError as err:
             raise HwsearchError(f"job {self.id}: {err}") from None
 

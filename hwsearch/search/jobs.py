@@ -36,7 +36,7 @@ from hwsearch.db.engine import make_engine, session_scope
 from hwsearch.db.models import Job, utcnow
 from hwsearch.errors import HwsearchError, check_range
 from hwsearch.search import pareto
-from hwsearch.search.objectives import OBJECTIVES
+from hwsearch.search.objectives import OBJECTIVES, objective
 from hwsearch.search.spec import SearchSpec
 
 HEARTBEAT_S = 2.0
@@ -242,9 +242,9 @@ class StudyProgress:
     flat however many trials are done. The front is all progress needs: the hypervolume and the
     best point of the feasible trials are those of their front."""
 
-    def __init__(self, engine: Engine, study_id: int, objectives: Sequence[str]) -> None:
-        self.engine, self.study_id, self.objectives = engine, study_id, list(objectives)
-        self.directions = [OBJECTIVES[o].direction for o in self.objectives]
+    def __init__(self, engine: Engine, study_id: int, objectives: Sequence[str], metric: str | None = None) -> None:
+        self.engine, self.study_id, self.objectives, self.metric = engine, study_id, list(objectives), metric
+        self.directions = [objective(o, metric).direction for o in self.objectives]
         self.last_id, self.count, self.feasible = -1, 0, 0
         self.front = np.empty((0, len(self.objectives)))
         self._lock = threading.Lock()  # the runner's final beat may meet the thread's
@@ -265,8 +265,8 @@ class StudyProgress:
     def as_dict(self, bounds: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
         progress: dict[str, Any] = {"hypervolume": 0.0, "best": None, "feasible": self.feasible}
         if len(self.front):
-            progress["hypervolume"] = pareto.hypervolume(self.front, self.objectives, *bounds)
-            best = self.front[int(np.argmin(self.front[:, 0] * OBJECTIVES[self.objectives[0]].sign))]
+            progress["hypervolume"] = pareto.hypervolume(self.front, self.objectives, *bounds, self.metric)
+            best = self.front[int(np.argmin(self.front[:, 0] * objective(self.objectives[0], self.metric).sign))]
             progress["best"] = {OBJECTIVES[o].column: float(v) for o, v in zip(self.objectives, best, strict=True)}
         return progress
 
@@ -275,11 +275,11 @@ class _Heartbeat(threading.Thread):
     """Every HEARTBEAT_S: heartbeat, trial count, best feasible point and hypervolume into the row."""
 
     def __init__(self, engine: Engine, job_id: int, attempt: int, study_id: int, objectives: list[str],
-                 bounds: tuple[np.ndarray, np.ndarray]) -> None:
+                 bounds: tuple[np.ndarray, np.ndarray], metric: str | None = None) -> None:
         super().__init__(daemon=True, name=f"hwsearch-heartbeat-{job_id}")
         self.engine, self.job_id, self.attempt, self.study_id = engine, job_id, attempt, study_id
         self.objectives, self.bounds = objectives, bounds
-        self.study = StudyProgress(engine, study_id, objectives)
+        self.study = StudyProgress(engine, study_id, objectives, metric)
         self.done = threading.Event()
 
     def beat(self) -> None:
@@ -365,7 +365,7 @@ def run_job(db_url: str, job_id: int, attempt: int, spec: SearchSpec | None = No
             study_id = storage.get_study_id_from_name(job.study_name)
             storage.remove_session()
             bounds = pareto.bounds(problem.tables, spec.objectives)
-            beat = _Heartbeat(engine, job_id, attempt, study_id, spec.objectives, bounds)
+            beat = _Heartbeat(engine, job_id, attempt, study_id, spec.objectives, bounds, spec.quality_metric)
             beat.start()
             doc = spec.to_doc()
             calls = [{"db_url": db_url, "job_id": job_id, "attempt": attempt, "study_name": job.study_name,

@@ -19,13 +19,14 @@ search only proposes plans where grouped layers agree on every knob, a subset of
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from hwsearch.errors import HwsearchError, unknown
+from hwsearch.search.quality_metrics import QualityMetric, model_metric, quality_metric
 from hwsearch.spaces.knobs import SearchSpace
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan
@@ -54,7 +55,9 @@ OBJECTIVES: dict[str, Objective] = {
     "size": Objective("size", "size_mb", "MB", "minimize"),
     "quality": Objective("quality", "quality", "", "maximize"),
 }
-# constraint key -> (objective, bound kind): "max" means value <= bound, "min" value >= bound.
+# constraint key -> (objective, bound kind) for the default directions: "max" means value <= bound,
+# "min" value >= bound. Every constraint is "no worse than the bound", so the kind follows the
+# objective's direction: `constraint(key, metric)` gives it for a quality metric such as perplexity.
 CONSTRAINTS: dict[str, tuple[str, str]] = {
     "latency_ms": ("latency", "max"),
     "size_mb": ("size", "max"),
@@ -63,10 +66,30 @@ CONSTRAINTS: dict[str, tuple[str, str]] = {
 MERGE_PARAM = "merge"
 
 
-def objective(name: str) -> Objective:
+def objective(name: str, metric: QualityMetric | str | None = None) -> Objective:
+    """The objective `name`; the quality objective takes the direction of its `metric` (a
+    `QualityMetric` or its name; None keeps higher-is-better)."""
     if name not in OBJECTIVES:
         raise unknown("objective", name, OBJECTIVES)
-    return OBJECTIVES[name]
+    found = OBJECTIVES[name]
+    if name != "quality" or metric is None:
+        return found
+    metric = quality_metric(metric) if isinstance(metric, str) else metric
+    return replace(found, direction=metric.direction)
+
+
+def constraint(key: str, metric: QualityMetric | str | None = None) -> tuple[str, str]:
+    """(objective, bound kind) of a constraint key: "max" (value <= bound) for an objective to
+    minimise, "min" (value >= bound) for one to maximise."""
+    if key not in CONSTRAINTS:
+        raise unknown("constraint", key, CONSTRAINTS)
+    name = CONSTRAINTS[key][0]
+    return name, "max" if objective(name, metric).direction == "minimize" else "min"
+
+
+def model_objective(name: str, model: str | None) -> Objective:
+    """The objective `name` for a search of `model` (a catalogue reference, None for a torch model)."""
+    return objective(name, model_metric(model))
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,15 @@ class Tables:
     # objective -> increasing map from its additive sum to its value (identity where absent);
     # increasing, so fronts, extremes and knapsack solutions of the sums are those of the values
     outputs: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    metric: str | None = None  # the quality metric (its direction is the quality objective's)
+
+    def objective(self, name: str) -> Objective:
+        """An objective of these tables, the quality one in the direction of their metric."""
+        return objective(name, self.metric)
+
+    @property
+    def directions(self) -> list[str]:
+        return [self.objective(o).direction for o in self.objectives]
 
     def finish(self, name: str, sums: np.ndarray) -> np.ndarray:
         """An objective's values from its additive sums."""
@@ -179,7 +211,7 @@ class Tables:
     def extreme(self, name: str, best: bool = True, additive: bool = False) -> float:
         """The best (or worst) value of an objective over the whole space (exact: additive);
         `additive` gives its additive sum instead of its value."""
-        sign = objective(name).sign * (1 if best else -1)
+        sign = self.objective(name).sign * (1 if best else -1)
         t = self.terms[name] * sign
         per_merge = self.base[name] * sign + np.nanmin(t, axis=2).sum(1)
         total = float(per_merge.min() * sign)
@@ -238,28 +270,41 @@ def latency_terms(
 def quality_terms(
     table: Any, model: ModelSpec, variables: Sequence[Variable], merges: Sequence[MergePlan]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Minus the output divergence per (variable, choice), broadcast over merges, and per merge."""
+    """The output divergence per (variable, choice), broadcast over merges, and per merge, signed
+    so the quality objective's value increases with their sum: minus the divergence for a
+    higher-is-better metric, plus it for a lower-is-better one (`QualityMetric.sign`)."""
+    sign = quality_metric(table.metric).sign
     dtype = model.dtype
     width = max(len(v.choices) for v in variables)
     rows = []
     for var in variables:
         row = []
         for c in var.choices:
-            row.append(0.0 if c.is_identity(dtype) else -sum(table.divergence[n][c.label()] for n in var.layers))
+            row.append(0.0 if c.is_identity(dtype) else sign * sum(table.divergence[n][c.label()] for n in var.layers))
         rows.append(row)
     per_var = _pad(rows, width)
-    base = np.array([-table.merge_divergence[m.label()] if m.r else 0.0 for m in merges])
+    base = np.array([sign * table.merge_divergence[m.label()] if m.r else 0.0 for m in merges])
     return np.broadcast_to(per_var, (len(merges), *per_var.shape)).copy(), base
 
 
-def divergence_curve(divergence: float | np.ndarray, floor: float, base: float, alpha: float) -> float | np.ndarray:
-    """Quality from a summed output divergence D: floor + (base - floor)·exp(-alpha·D), decreasing."""
-    return floor + (base - floor) * np.exp(-alpha * np.clip(divergence, 0.0, None))
+def divergence_curve(
+    divergence: float | np.ndarray, floor: float, base: float, alpha: float, metric: QualityMetric | str | None = None
+) -> float | np.ndarray:
+    """Quality from a summed output divergence D: floor + (base - floor)·exp(sign·alpha·D), worse
+    as D grows: decays towards `floor` for a higher-is-better metric (sign -1), grows from `base`
+    for a lower-is-better one (sign +1: perplexity = base·exp(alpha·D), as cross-entropy rises by
+    about the KL)."""
+    sign = quality_metric(metric).sign if not isinstance(metric, QualityMetric) else metric.sign
+    return floor + (base - floor) * np.exp(sign * alpha * np.clip(divergence, 0.0, None))
 
 
-def quality_from_sum(neg_divergence: np.ndarray, floor: float, base: float, alpha: float) -> np.ndarray:
-    """The quality objective's output map: its additive sum is minus the summed divergence."""
-    return np.asarray(divergence_curve(-np.asarray(neg_divergence), floor, base, alpha))
+def quality_from_sum(
+    signed_divergence: np.ndarray, floor: float, base: float, alpha: float, metric: str | None = None
+) -> np.ndarray:
+    """The quality objective's output map: its additive sum is the summed divergence times the
+    metric's sign (`quality_terms`)."""
+    sign = quality_metric(metric).sign
+    return np.asarray(divergence_curve(sign * np.asarray(signed_divergence), floor, base, alpha, metric))
 
 
 def build_tables(
@@ -301,6 +346,7 @@ def build_tables(
                 raise HwsearchError(f"the quality objective needs a sensitivity table for model {model.name!r}")
             terms[name], base[name] = quality_terms(sensitivity, model, variables, merges)
             outputs[name] = partial(quality_from_sum, floor=sensitivity.floor, base=sensitivity.base_test,
-                                    alpha=sensitivity.alpha)
-    return Tables(model, device, variables, merges, terms, base, dict(provenance or {}), outputs)
+                                    alpha=sensitivity.alpha, metric=sensitivity.metric)
+    metric = sensitivity.metric if sensitivity is not None else None
+    return Tables(model, device, variables, merges, terms, base, dict(provenance or {}), outputs, metric)
 

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from hwsearch.errors import HwsearchError, unknown
-from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, Tables
+from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, Tables, constraint, objective
 from hwsearch.search.optuna_compat import hypervolume as exact_hypervolume
 from hwsearch.search.optuna_compat import is_pareto_front
 
 
-def signs(objectives: Sequence[str]) -> np.ndarray:
-    return np.array([OBJECTIVES[o].sign for o in objectives])
+def signs(objectives: Sequence[str], metric: str | None = None) -> np.ndarray:
+    """+1 for an objective to minimise, -1 for one to maximise (quality: in its `metric`'s direction)."""
+    return np.array([objective(o, metric).sign for o in objectives])
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -61,12 +62,13 @@ def front_mask(values: np.ndarray, directions: Sequence[str], feasible: np.ndarr
 
 
 def best_under(front: pd.DataFrame, objectives: Sequence[str], budget: Mapping[str, float | None],
-               band_pct: float | None = None) -> pd.Series:
+               band_pct: float | None = None, metric: str | None = None) -> pd.Series:
     """The front's row within `budget` that is best on the first objective the budget leaves free.
 
     `front` has the objectives' columns (`latency_ms`, `size_mb`, `quality`); `budget` uses the
-    constraint keys of a SearchSpec (`latency_ms`, `size_mb`: upper bounds; `min_quality`: a
-    lower bound); None means no bound. The values compared are the predicted ones, as the
+    constraint keys of a SearchSpec (`latency_ms`, `size_mb`: upper bounds; `min_quality`: "no
+    worse than", a lower bound, or an upper one for a lower-is-better `metric` such as
+    perplexity); None means no bound. The values compared are the predicted ones, as the
     search scored them; with `band_pct` (the job's calibrated latency band) a latency budget
     holds for the upper bound, latency × (1 + band/100). Raises HwsearchError naming the range
     the front reaches.
@@ -80,7 +82,7 @@ def best_under(front: pd.DataFrame, objectives: Sequence[str], budget: Mapping[s
             continue
         if key not in CONSTRAINTS:
             raise unknown("budget", key, CONSTRAINTS)
-        name, kind = CONSTRAINTS[key]
+        name, kind = constraint(key, metric)
         col = OBJECTIVES[name].column
         if col not in front:
             have = [k for k, (n, _) in CONSTRAINTS.items() if OBJECTIVES[n].column in front]
@@ -98,7 +100,7 @@ def best_under(front: pd.DataFrame, objectives: Sequence[str], budget: Mapping[s
         keep &= within
         bounded.add(name)
     order = [o for o in objectives if o not in bounded] or list(objectives)
-    obj = OBJECTIVES[order[0]]
+    obj = objective(order[0], metric)
     rows = front[keep]
     pick = rows[obj.column].idxmin() if obj.direction == "minimize" else rows[obj.column].idxmax()
     return rows.loc[pick]
@@ -111,17 +113,19 @@ def bounds(tables: Tables, objectives: Sequence[str]) -> tuple[np.ndarray, np.nd
     return ideal, nadir
 
 
-def normalise(values: np.ndarray, objectives: Sequence[str], ideal: Sequence[float], nadir: Sequence[float]) -> np.ndarray:
+def normalise(values: np.ndarray, objectives: Sequence[str], ideal: Sequence[float], nadir: Sequence[float],
+              metric: str | None = None) -> np.ndarray:
     """Rescale to minimisation in [0, 1]: 0 at the ideal, 1 at the nadir."""
-    s = signs(objectives)
+    s = signs(objectives, metric)
     lo, hi = np.asarray(ideal) * s, np.asarray(nadir) * s
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     return (np.asarray(values, dtype=float).reshape(-1, len(objectives)) * s - lo) / span
 
 
-def hypervolume(values: np.ndarray, objectives: Sequence[str], ideal: Sequence[float], nadir: Sequence[float]) -> float:
+def hypervolume(values: np.ndarray, objectives: Sequence[str], ideal: Sequence[float], nadir: Sequence[float],
+                metric: str | None = None) -> float:
     """Normalised hypervolume of `values` (n, k) in the objectives' own directions."""
-    z = normalise(values, objectives, ideal, nadir)
+    z = normalise(values, objectives, ideal, nadir, metric)
     z = z[np.all(z <= 1.0, axis=1)]
     if len(z) == 0:
         return 0.0
@@ -129,9 +133,9 @@ def hypervolume(values: np.ndarray, objectives: Sequence[str], ideal: Sequence[f
 
 
 def hv_curve(values: np.ndarray, feasible: np.ndarray, objectives: Sequence[str], ideal: Sequence[float],
-             nadir: Sequence[float]) -> np.ndarray:
+             nadir: Sequence[float], metric: str | None = None) -> np.ndarray:
     """Hypervolume of the feasible points among the first t trials, for t = 1..n."""
-    z = normalise(values, objectives, ideal, nadir)
+    z = normalise(values, objectives, ideal, nadir, metric)
     out = np.zeros(len(z))
     front = np.zeros((0, z.shape[1]))
     hv = 0.0
@@ -151,7 +155,7 @@ def trials_to(curve: np.ndarray, target: float) -> int | None:
 
 
 def front_frame(trials: Sequence[Any], objectives: Sequence[str], job_id: int | None = None,
-                columns: Sequence[str] = (), dtype: str = "fp32") -> pd.DataFrame:
+                columns: Sequence[str] = (), dtype: str = "fp32", metric: str | None = None) -> pd.DataFrame:
     """Feasible, non-dominated trials as a table: trial, plan_id, objective columns, what they compress.
 
     `trials` are Optuna FrozenTrials written by a search worker (values in user attributes);
@@ -164,7 +168,7 @@ def front_frame(trials: Sequence[Any], objectives: Sequence[str], job_id: int | 
         return pd.DataFrame(columns=["trial", "plan_id", *cols, *extra, "compressed", "merge"])
     values = np.array([t.values for t in rows], dtype=float)
     feasible = np.array([not any(v > 0 for v in t.constraints.values()) for t in rows])
-    keep = front_mask(values, [OBJECTIVES[o].direction for o in objectives], feasible)
+    keep = front_mask(values, [objective(o, metric).direction for o in objectives], feasible)
     out = []
     for t in (t for t, k in zip(rows, keep, strict=True) if k):
         merge = t.params.get("merge", "none")

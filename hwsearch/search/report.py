@@ -12,6 +12,7 @@ from rich.table import Table
 from hwsearch.console import wide_console
 from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL, error_pct
 from hwsearch.search.jobs import JobStatus
+from hwsearch.search.objectives import OBJECTIVES, constraint
 
 COLUMN_FORMAT = {"latency_ms": "{:.3f}", "size_mb": "{:.2f}", "quality": "{:.4f}"}
 NO_QUALITY = ("This search did not look at accuracy: its plans are the fastest and smallest whatever they do to the "
@@ -144,12 +145,18 @@ def print_job(st: JobStatus, front: pd.DataFrame, console: Console | None = None
         print_verification(st.result, console)
 
 
-BOUND_TEXT = {"max_latency_ms": "latency_ms <= {:g}", "max_size_mb": "size_mb <= {:g}", "min_quality": "quality >= {:g}"}
+BOUND_KEYS = {"max_latency_ms": "latency_ms", "max_size_mb": "size_mb", "min_quality": "min_quality"}
 
 
-def chosen_plan(job_id: int, trial: int, bounds: dict[str, float] | None = None) -> str:
+def bound_text(key: str, value: float, metric: str | None = None) -> str:
+    """`min_quality` 0.95 -> "quality >= 0.95" ("quality <= 8" for perplexity: no worse than the bound)."""
+    name, kind = constraint(BOUND_KEYS[key], metric)
+    return f"{OBJECTIVES[name].column} {'<=' if kind == 'max' else '>='} {value:g}"
+
+
+def chosen_plan(job_id: int, trial: int, bounds: dict[str, float] | None = None, metric: str | None = None) -> str:
     """Which plan of a job was taken, in words: "job 2 trial 17 (the best Pareto plan with quality >= 0.95)";
     `bounds` None: the trial was named, not chosen."""
     why = "" if bounds is None else " (the best Pareto plan" + "".join(
-        f"{' with' if i == 0 else ','} {BOUND_TEXT[k].format(v)}" for i, (k, v) in enumerate(bounds.items())) + ")"
+        f"{' with' if i == 0 else ','} {bound_text(k, v, metric)}" for i, (k, v) in enumerate(bounds.items())) + ")"
     return f"job {job_id} trial {trial}{why}"

@@ -87,7 +87,7 @@ def columns(spec: SearchSpec) -> list[str]:
 
 
 def front(trials: list[FrozenTrial], spec: SearchSpec, job_id: int | None, dtype: str = "fp32") -> pd.DataFrame:
-    return pareto.front_frame(trials, spec.objectives, job_id, columns(spec), dtype)
+    return pareto.front_frame(trials, spec.objectives, job_id, columns(spec), dtype, spec.quality_metric)
 
 
 REFIT_ROUNDS = 3
@@ -185,7 +185,7 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
         provenance["latency"].update(band_pct=band, correction=correction)
     return {
         "front_size": int(len(table)),
-        "hypervolume": pareto.hypervolume(values, spec.objectives, ideal, nadir) if len(values) else 0.0,
+        "hypervolume": pareto.hypervolume(values, spec.objectives, ideal, nadir, spec.quality_metric) if len(values) else 0.0,
         "pareto": table.head(MAX_STORED_FRONT).to_dict(orient="records"),
         "verified": [{k: v for k, v in r.items() if k != "plan"} for r in verified],
         "verification": {**verify.summary(verified, spec.constraints.get("latency_ms")),

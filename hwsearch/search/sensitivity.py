@@ -25,6 +25,7 @@ from hwsearch.errors import HwsearchError
 from hwsearch.kernels.apply import layer_inputs
 from hwsearch.kernels.modules import CompressedLinear
 from hwsearch.search.objectives import divergence_curve
+from hwsearch.search.quality_metrics import quality_metric
 from hwsearch.search.quality_tasks import QualityTask
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.plan import MergePlan, Plan
@@ -42,8 +43,9 @@ class SensitivityTable:
     - `additive`: base quality + the sum of the single-change quality deltas;
     - `divergence` (default): the single-change divergences (KL of the output distribution, or
       1 - cosine) add up far better than top-1 deltas, which are coarse and saturate; their sum
-      D is mapped to quality by q = floor + (base - floor)·exp(-alpha·D), with alpha fitted once
-      on the table's own single-change entries.
+      D is mapped to quality by q = floor + (base - floor)·exp(sign·alpha·D) (`divergence_curve`:
+      towards the floor for top-1 and cosine, base·exp(alpha·D) for perplexity), with alpha
+      fitted once on the table's own single-change entries.
     """
 
     model: str
@@ -83,8 +85,8 @@ class SensitivityTable:
         return out
 
     def curve(self, divergence: float | np.ndarray, base: float | None = None) -> float | np.ndarray:
-        """Quality predicted from a summed divergence (monotone decreasing)."""
-        return divergence_curve(divergence, self.floor, self.base_test if base is None else base, self.alpha)
+        """Quality predicted from a summed divergence (monotone: worse as it grows)."""
+        return divergence_curve(divergence, self.floor, self.base_test if base is None else base, self.alpha, self.metric)
 
     def predict(self, plan: Plan, dtype: str = "fp32", kind: str = "divergence") -> float:
         """Predicted held-out quality of `plan`."""
@@ -108,7 +110,7 @@ class SensitivityTable:
         dq, div = pairs[:, 0], np.clip(pairs[:, 1], 0.0, None)
 
         def loss(log_alpha: float) -> float:
-            curve = divergence_curve(div, self.floor, self.base_calib, float(np.exp(log_alpha))) - self.base_calib
+            curve = divergence_curve(div, self.floor, self.base_calib, float(np.exp(log_alpha)), self.metric) - self.base_calib
             return float(np.mean((curve - dq) ** 2))
 
         self.alpha = float(np.exp(minimize_scalar(loss, bounds=(-8, 8), method="bounded").x))
@@ -132,9 +134,9 @@ def space_key(space: SearchSpace) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _divergence(divergence: float, quality: float, base: float) -> float:
-    """A task without an output divergence (a custom score) uses its quality drop instead."""
-    return divergence if divergence == divergence else max(0.0, base - quality)
+def _divergence(divergence: float, quality: float, base: float, metric: str) -> float:
+    """A task without an output divergence (a custom score) uses how much worse it got instead."""
+    return divergence if divergence == divergence else max(0.0, quality_metric(metric).sign * (quality - base))
 
 
 def _swap(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
@@ -151,9 +153,8 @@ def measure_sensitivity(
     """Change one layer (or the merge schedule) at a time and measure quality on `calib`."""
     model = task.model
     base = task.pair(model, "calib")[0]
-    floor = 1.0 / task.model_classes if task.metric == "top1" else 0.0
     table = SensitivityTable(
-        task.name, task.metric, task.weights_hash, space_key(space), base, task.pair(model, "test")[0], floor
+        task.name, task.metric, task.weights_hash, space_key(space), base, task.pair(model, "test")[0], task.floor
     )
     dtype = task.spec.dtype
     jobs = [(n, c) for n, s in space.layers.items() for c in s.choices() if not c.is_identity(dtype)]
@@ -171,7 +172,7 @@ def measure_sensitivity(
         try:
             quality, divergence = task.pair(model, "calib")
             table.layers.setdefault(name, {})[choice.label()] = quality - base
-            table.divergence.setdefault(name, {})[choice.label()] = _divergence(divergence, quality, base)
+            table.divergence.setdefault(name, {})[choice.label()] = _divergence(divergence, quality, base, task.metric)
         finally:
             _swap(model, name, original)
         done += 1
@@ -181,7 +182,7 @@ def measure_sensitivity(
         plan = Plan(model=task.spec.name, merge=merge)
         quality, divergence = task.measure(plan, "calib")
         table.merge[merge.label()] = quality - base
-        table.merge_divergence[merge.label()] = _divergence(divergence, quality, base)
+        table.merge_divergence[merge.label()] = _divergence(divergence, quality, base, task.metric)
         done += 1
         if progress:
             progress(done, total)

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hwsearch.errors import HwsearchError, check_range, unknown
-from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES
+from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, objective
 from hwsearch.search.samplers import check_sampler
 from hwsearch.spaces.knobs import Knobs
 from hwsearch.spaces.model import Block, Layer, LayerGroup, ModelSpec
@@ -199,8 +199,15 @@ class SearchSpec(BaseModel):
         return knobs_from_doc(self.knobs).with_calibration(scored and not self.custom)
 
     @property
+    def quality_metric(self) -> str:
+        """The metric quality is measured in (its direction is the quality objective's)."""
+        from hwsearch.search.quality_metrics import model_metric
+
+        return model_metric(self.model if isinstance(self.model, str) else None).name
+
+    @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o].direction for o in self.objectives]
+        return [objective(o, self.quality_metric).direction for o in self.objectives]
 
     def job_name(self) -> str:
         return (self.name or f"{self.model_name}@{self.device} {'x'.join(self.objectives)}")[:NAME_MAX]

@@ -21,7 +21,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from hwsearch.db.engine import PG_READ_ONLY, database_url, make_engine, parse_url, sqlite_read_only
-from hwsearch.search.objectives import CONSTRAINTS, MERGE_PARAM, OBJECTIVES, Tables
+from hwsearch.search.objectives import MERGE_PARAM, OBJECTIVES, Tables, constraint
 from hwsearch.search.optuna_compat import start_generation, trial_id
 from hwsearch.search.pareto import front_mask
 from hwsearch.search.samplers import make_sampler
@@ -62,7 +62,7 @@ def constraint_values(constraints: Mapping[str, float], scores: Mapping[str, np.
     value's calibrated upper bound (`Tables.margin`: the latency band), not the bare estimate."""
     out = {}
     for key, bound in constraints.items():
-        name, kind = CONSTRAINTS[key]
+        name, kind = constraint(key, tables.metric if tables is not None else None)
         margin = tables.margin(name) if tables is not None else 1.0
         out[key] = scores[name] * margin - bound if kind == "max" else bound - scores[name]
     return out
@@ -89,7 +89,7 @@ def ask_tell(mem: optuna.Study, tables: Tables, dists: Mapping[str, CategoricalD
 def optimize_in_memory(tables: Tables, objectives: Sequence[str], constraints: Mapping[str, float], sampler: str,
                        seed: int, n_trials: int, warm: bool) -> list[optuna.trial.FrozenTrial]:
     """The same search without storage (benchmarks): what the samplers do, nothing else."""
-    mem = optuna.create_study(directions=[OBJECTIVES[o].direction for o in objectives], sampler=make_sampler(sampler, seed))
+    mem = optuna.create_study(directions=[tables.objective(o).direction for o in objectives], sampler=make_sampler(sampler, seed))
     if warm:
         for idx, m in warm_start(tables):
             mem.enqueue_trial(tables.params(idx, m))
@@ -159,7 +159,7 @@ def run_worker(
     engine = make_engine(db_url)
     try:
         study_id = storage.get_study_id_from_name(study_name)
-        directions = [OBJECTIVES[o].direction for o in objectives]
+        directions = [tables.objective(o).direction for o in objectives]
         mem = optuna.create_study(directions=directions, sampler=make_sampler(sampler, seed))
         dists = distributions(tables)
         mine: set[int] = set()  # ids this worker wrote (already in `mem`) and has not read back yet

