@@ -248,6 +248,8 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     from hwsearch.spaces.knobs import Capabilities, SearchSpace
 
     spec = get_model(model) if isinstance(model, str) else model
+    # a model with weights may be searched for quality, whose space has AWQ int4 (its input scale is a kernel)
+    knobs = (knobs or Knobs()).with_calibration(spec.has_weights)
     space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend)), knobs)
     choices = {name: [c for c in ls.choices() if ls.native.get(c, True)] for name, ls in space.layers.items()}
     kernels = space_kernels(spec, choices, space.merge_options, dtype=spec.dtype)
