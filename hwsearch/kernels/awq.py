@@ -93,7 +93,7 @@ def clip_groups(weight: torch.Tensor, x: torch.Tensor, group_size: int, ratios: 
     w = weight.view(rows, groups, group_size)
     xg = x.T.reshape(groups, group_size, -1)  # (G, g, T)
     lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-    best_err = torch.full((rows, groups), float("inf"))
+    best_err = torch.full((rows, groups), float("inf"), device=weight.device)
     best = w
     for r in ratios:
         clipped = torch.maximum(torch.minimum(w, hi * r), lo * r)
