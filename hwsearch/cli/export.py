@@ -15,7 +15,7 @@ def export_plan(
     trial: int | None = typer.Option(None, "--trial", help="With JOB: this trial's plan."),
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="With JOB: its best Pareto plan under X ms."),
     max_size_mb: float | None = typer.Option(None, "--max-size-mb", help="With JOB: its best Pareto plan under X MB."),
-    min_quality: float | None = typer.Option(None, "--min-quality", help="With JOB: its best Pareto plan of quality >= X."),
+    min_quality: float | None = typer.Option(None, "--min-quality", help="With JOB: its best Pareto plan of quality no worse than X (>= X; perplexity: <= X)."),
     plan_file: str | None = typer.Option(None, "--plan", help="A hwsearch.plan JSON file (v2, or v1) (instead of JOB)."),
     fmt: str = typer.Option(..., "--format", help="plan | compressed-tensors | modelopt"),
     out: str = typer.Option(..., "--out", help="File to write (modelopt: .yaml); the full plan is kept beside it."),

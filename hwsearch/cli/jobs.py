@@ -19,7 +19,7 @@ def search(
     objectives: str = typer.Option("latency,size", "--objectives", help="Comma list of latency, size, quality."),
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="Constraint: predicted latency <= X ms."),
     max_size_mb: float | None = typer.Option(None, "--max-size-mb", help="Constraint: linear-layer size <= X MB."),
-    min_quality: float | None = typer.Option(None, "--min-quality", help="Constraint: predicted quality >= X."),
+    min_quality: float | None = typer.Option(None, "--min-quality", help="Constraint: predicted quality no worse than X (>= X; perplexity: <= X)."),
     trials: int = typer.Option(500, "--trials", help="Trials in the study."),
     workers: int = typer.Option(1, "--workers", help="Parallel trial workers (Ray tasks)."),
     sampler: str = typer.Option("nsga2", "--sampler", help=" | ".join(sampler_names())),

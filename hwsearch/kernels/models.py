@@ -17,7 +17,7 @@ from torch import nn
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.kvcache import KVCache, make_cache
-from hwsearch.spaces.catalog import LlamaConfig, ViTConfig
+from hwsearch.spaces.catalog import LLAMA3_8B, TINY_LLAMA, LlamaConfig, ViTConfig, get_model
 from hwsearch.spaces.plan import KVCacheChoice
 
 
@@ -258,12 +258,29 @@ def seeded_llama(cfg: LlamaConfig, blocks: int, seed: int = 0, dtype: torch.dtyp
             f"{available / 2**30:.1f} GiB available; accepted: fewer blocks (deeper stacks are for latency prediction only)"
         )
     gen = torch.Generator().manual_seed(seed)
-    model = LlamaLM(cfg, blocks)
+    with torch.device("meta"):  # no default init: the weights are allocated once, in `dtype`
+        model = LlamaLM(cfg, blocks).to(dtype)
+    model = model.to_empty(device="cpu")
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("weight") and param.dim() >= 2:
+        for _, param in model.named_parameters():
+            if param.dim() >= 2:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
-    return model.to(dtype).eval()
+            else:  # RMSNorm scales
+                param.fill_(1.0)
+    return model.eval()
+
+
+LLAMA_CONFIGS: dict[str, LlamaConfig] = {"llama3_8b": LLAMA3_8B, "tiny_llama": TINY_LLAMA}
+
+
+def catalogue_llama(ref: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaLM:
+    """A catalogue decoder (`llama3_8b:blocks=2`) as a real `LlamaLM` with seeded random weights and
+    the spec's number of blocks, for timing at its real shapes (trained tiny_llama weights come
+    from `search.quality_tasks.load_tiny_llama`)."""
+    name = ref.partition(":")[0].strip()
+    if name not in LLAMA_CONFIGS:
+        raise HwsearchError(f"model {name!r} is not a catalogue decoder; accepted: {', '.join(LLAMA_CONFIGS)}")
+    return seeded_llama(LLAMA_CONFIGS[name], int(get_model(ref).options["blocks"]), seed, dtype)
 
 
 def _llama_params(cfg: LlamaConfig, blocks: int) -> int:
