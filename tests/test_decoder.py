@@ -285,7 +285,8 @@ def test_a_perplexity_search_minimises_it() -> None:
 def test_a_decode_step_is_timed_at_its_context(lm: LlamaLM) -> None:
     """`DecodeStep`: every call is one step over caches holding exactly `context` tokens (filled once,
     never grown by the calls), and the step is the one the model computes after such a cache."""
-    from hwsearch.profilers.inmodel import DecodeStep, forward
+    from hwsearch.kernels.apply import forward
+    from hwsearch.kernels.kvcache import DecodeStep
     from hwsearch.search.verify import decoder_model
 
     step = DecodeStep(torch.zeros(1, 1, dtype=torch.long), context=64)

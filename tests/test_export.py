@@ -182,6 +182,39 @@ def test_modelopt_config_shape_and_yaml_round_trip(tmp_path: Path) -> None:
     assert loaded["quant_cfg"][0] == entries[0] and loaded["algorithm"] == "max"
 
 
+def awq_plan(**layers: LayerChoice) -> Plan:
+    awq = LayerChoice(format="int4", group_size=64, scaling="awq")
+    return Plan(model=MODEL, layers={"blocks.0.mlp.fc1": awq, "blocks.1.mlp.fc1": awq, **layers})
+
+
+def test_compressed_tensors_writes_awq_layers_as_prescaled_w4a16_and_says_so(tmp_path: Path) -> None:
+    from compressed_tensors.quantization import QuantizationConfig
+
+    plan = awq_plan(**{"blocks.2.mlp.fc1": LayerChoice(format="int4", group_size=64)})
+    with pytest.warns(UserWarning, match="has no AWQ field"):
+        result = export(plan, "compressed-tensors", tmp_path / "q.json")
+    config = QuantizationConfig.model_validate(json.loads(result.path.read_text()))
+    (group,) = config.config_groups.values()  # AWQ and plain int4 g64 are one W4A16_ASYM group
+    assert (group.weights.num_bits, group.weights.group_size, group.weights.symmetric) == (4, 64, False)
+    assert len(group.targets) == 3
+    (line,) = [w for w in result.warnings if "AWQ" in w]
+    assert "blocks.0.mlp.fc1, blocks.1.mlp.fc1" in line and "blocks.2" not in line and "folded into the preceding" in line
+    assert Plan.from_json(result.plan_path.read_text()) == plan  # the scaling is kept in the plan file
+
+
+def test_modelopt_awq_lite_when_every_quantised_layer_is_awq(tmp_path: Path) -> None:
+    config, lost = quant_config(PlanView.of(awq_plan()))
+    assert config["algorithm"] == {"method": "awq_lite", "alpha_step": 0.1}
+    assert any("awq_lite computes its own AWQ scales" in w for w in lost)
+    loaded = yaml.safe_load(export(awq_plan(), "modelopt", tmp_path / "q.yaml").path.read_text())
+    assert loaded["algorithm"] == {"method": "awq_lite", "alpha_step": 0.1}
+    mixed, lost = quant_config(PlanView.of(awq_plan(**{"blocks.0.attn.qkv": LayerChoice(format="int8")})))
+    assert mixed["algorithm"] == "max"
+    assert any("one calibration algorithm per config" in w and "blocks.0.mlp.fc1" in w for w in lost)
+    assert quant_config(PlanView.of(mixed_plan()))[0]["algorithm"] == "max"  # no AWQ: nothing said about it
+    assert not any("AWQ" in w for w in quant_config(PlanView.of(mixed_plan()))[1])
+
+
 def test_modelopt_patterns_hit_exactly_the_planned_quantizers() -> None:
     plan = mixed_plan()
     config, _ = quant_config(PlanView.of(plan))

@@ -72,8 +72,8 @@ def run(
     import torch
 
     from hwsearch.kernels import registry
-    from hwsearch.kernels.apply import apply_plan
-    from hwsearch.profilers.inmodel import forward, layer_times
+    from hwsearch.kernels.apply import apply_plan, forward
+    from hwsearch.profilers.inmodel import layer_times
     from hwsearch.profilers.noise import stored_noise
     from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
     from hwsearch.spaces.knobs import Capabilities, SearchSpace

@@ -119,6 +119,18 @@ def print_quality(doc: dict[str, Any], plans: int) -> None:
     )
 
 
+def print_awq(doc: dict[str, Any]) -> None:
+    """`bench awq`: AWQ against plain int4: per group, the layer counts and the whole-model figures."""
+    for g, row in doc["groups"].items():
+        n = len(row["layers"])
+        print(f"{doc['model']} int4 g{g}: AWQ lowers the output divergence of {row['awq_less_sensitive']}/{n} layers "
+              f"(equal {row['awq_equal']}, higher {row['awq_more_sensitive']}), calib split")
+        for key, fig in row["whole_model"].items():
+            if isinstance(fig, dict):
+                print(f"  all layers {key}: {doc['metric']} {fig['quality']:.4f} (change {fig['delta']:+.4f}), "
+                      f"divergence {fig['divergence']:.5f}")
+
+
 def print_model_latency(doc: dict[str, Any], model: str, device: str, plans: int) -> None:
     """`bench model-latency`: whole-model MAPE per model beside the same plans timed twice."""
     print(f"{model} on {device}, {plans} random plans ({doc['predictor']['detail']}): MAPE {doc['mape']:.1f} %, "

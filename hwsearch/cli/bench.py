@@ -129,6 +129,21 @@ def bench_quality_cmd(
     show(doc, as_json, lambda: print_quality(doc, plans))
 
 
+@bench_app.command("awq")
+def bench_awq_cmd(
+    model: str = typer.Option("digits_vit", "--model", help="A model with weights and calibration data: digits_vit or minilm."),
+    group_sizes: list[int] = typer.Option([128, 32], "--group-size", help="int4 group sizes to compare (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """AWQ int4 vs plain int4: per-layer sensitivity (calib) and the whole model, per group size."""
+    from hwsearch.bench.awq import bench_awq
+    from hwsearch.bench.report import print_awq
+
+    with BenchProgress(not as_json) as progress:
+        doc = bench_awq(model, tuple(group_sizes), progress=progress)
+    show(doc, as_json, lambda: print_awq(doc))
+
+
 @bench_app.command("model-latency")
 def bench_model_latency(
     device: str = typer.Option(..., "--device", help="A stored device profiled on this machine."),

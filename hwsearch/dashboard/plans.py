@@ -52,7 +52,7 @@ def layer_table(doc: dict[str, Any]) -> pd.DataFrame:
         if layer is not None:
             full = linear_bytes(layer.K, layer.N, dtype, bias=layer.bias).total
             kept = linear_bytes(layer.K, layer.N, choice.format, choice.group_size, choice.sparsity, choice.rank,
-                                bias=layer.bias).total
+                                bias=layer.bias, scaling=choice.scaling).total
             row.update({"block": layer.block, "role": layer.role, "shape (K×N)": f"{layer.K}×{layer.N}",
                         "size %": round(100.0 * kept / full, 1)})
         rows.append(row)

@@ -20,6 +20,12 @@ exactly how the plan quantises values; what it cannot say is a warning: keys qua
 over groups of tokens (KIVI), the residual group kept unquantised, blocks with different formats
 (the widest quantised one is written, for every block), and that vLLM serves no asymmetric cache.
 
+AWQ int4 layers are written as the same `W4A16_ASYM` group scheme: compressed-tensors has no
+AWQ field (llm-compressor's `AWQModifier` folds the scales into the preceding norm or linear
+and then quantises, so an AWQ checkpoint is a plain pack-quantized one with pre-scaled
+weights). The config cannot say that a layer is scaled nor carry the 1/s input scale; the
+export says so in a warning.
+
 Targets are `re:` regexes matching each module under any parent prefix, so one config fits the
 bare stack and its causal-LM wrapper (see `plan_view.module_regex`). 2:4 sparsity is written as
 `sparsity_config` in the `sparse-24-bitmask` format of compressed-tensors'
@@ -100,6 +106,12 @@ def quantization_config(view: PlanView, kept_in: str = "the plan file") -> tuple
         warnings += lost
     if not config_groups:
         warnings.append(f"the plan quantises no layer: {TARGET} config_groups is empty")
+    if view.awq:
+        warnings.append(
+            f"{TARGET} has no AWQ field: AWQ int4 layers ({summarize(view.awq)}) are written as plain W4A16_ASYM "
+            f"groups; their checkpoint must hold the scaled weights W·diag(s) with 1/s folded into the preceding norm "
+            f"or linear (llm-compressor's AWQModifier does this); {KEPT} {kept_in}"
+        )
     sparse = view.with_sparsity().get("2:4", [])
     if sparse:
         doc["sparsity_config"] = _sparsity_24(view, sparse)

@@ -26,6 +26,14 @@ tokens, axis -2 of (batch, heads, tokens, head_dim)), values `{-1: group}` (per 
 groups of channels). Symmetric, like the weights (a warning says so), and the residual group
 the plan keeps unquantised has no word here (a warning).
 
+AWQ: ModelOpt's calibration algorithm is one per config (`INT4_AWQ_CFG` has `algorithm:
+{method: awq_lite, alpha_step: 0.1}`; awq_lite searches its own per-layer alpha on the
+`forward_loop` data and keeps 1/s as the input quantizer's `pre_quant_scale`, the runtime form
+hwsearch uses). A plan whose quantised layers are all AWQ int4 is written with awq_lite at our
+alpha step; a plan mixing AWQ and other quantised layers cannot be expressed (awq_lite would
+scale every quantised layer) and is written with `max`, with a warning naming the AWQ layers.
+Either way the scales hwsearch calibrated are not carried: ModelOpt computes its own.
+
 Quantizer names are `<module>.weight_quantizer`; each layer gets the exact name and `*.<name>`
 (the module under any parent, e.g. Hugging Face's `model.`). The file is YAML because
 `block_sizes` keys are integers (-1), which JSON would turn into strings that ModelOpt rejects;
@@ -46,6 +54,7 @@ import yaml
 from hwsearch.errors import HwsearchError
 from hwsearch.export.plan_view import KEPT, PlanView, summarize
 from hwsearch.export.targets import Target, register_target
+from hwsearch.kernels.awq import ALPHAS
 from hwsearch.spaces.plan import KVCacheChoice, LayerChoice
 
 TARGET = "ModelOpt"
@@ -53,6 +62,7 @@ HEADER = "# NVIDIA ModelOpt quantization config"  # the first line of every file
 SUFFIXES = (".yaml", ".yml")
 FP8_E4M3 = (4, 3)
 PER_TOKEN_DYNAMIC = {"axis": None, "type": "dynamic", "block_sizes": {-1: None}}
+AWQ_LITE = {"method": "awq_lite", "alpha_step": round(ALPHAS[1] - ALPHAS[0], 6)}
 
 
 def quantizer_cfgs(choice: LayerChoice) -> dict[str, dict[str, Any]]:
@@ -115,7 +125,20 @@ def quant_config(view: PlanView, kept_in: str = "the plan file") -> tuple[dict[s
         )
     if len(entries) == 1:
         warnings.append(f"the plan quantises no layer: the {TARGET} config disables every quantizer")
-    return {"quant_cfg": entries, "algorithm": "max"}, warnings
+    awq = view.awq
+    algorithm: Any = "max"
+    if awq and len(awq) == len(view.quantized):
+        algorithm = dict(AWQ_LITE)
+        warnings.append(
+            f"{TARGET} awq_lite computes its own AWQ scales on the forward_loop data ({summarize(awq)}); the scales "
+            f"hwsearch calibrated are not carried; {KEPT} {kept_in}"
+        )
+    elif awq:
+        warnings.append(
+            f"{TARGET} has one calibration algorithm per config: AWQ on only some quantised layers ({summarize(awq)}) "
+            f"cannot be expressed, so they are exported as plain int4 (algorithm max); {KEPT} {kept_in}"
+        )
+    return {"quant_cfg": entries, "algorithm": algorithm}, warnings
 
 
 def to_yaml(config: dict[str, Any], model: str) -> str:

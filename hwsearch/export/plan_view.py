@@ -97,6 +97,11 @@ class PlanView:
         return [f"{b} {c.format}" for b, c in (self.plan.kv_cache or {}).items()
                 if c.format in FLOAT_DTYPES and c.format != dtype]
 
+    @property
+    def awq(self) -> list[str]:
+        """Layers with AWQ-scaled int4 weights, in model order."""
+        return [n for n, c in self.quantized.items() if c.scaling == "awq"]
+
     def with_sparsity(self) -> dict[str, list[str]]:
         """Non-dense N:M pattern -> layers using it."""
         out: dict[str, list[str]] = {}

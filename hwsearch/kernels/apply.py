@@ -6,16 +6,26 @@ device's `Dispatch` measured fastest when one is given; blocks from the
 first merging block on become `TomeBlock`s; each decoder block the plan's `kv_cache` names reads
 its KV cache in that format. Layers the plan leaves uncompressed are the original
 modules, so the identity plan gives back a copy of the model that computes exactly the same.
+
+AWQ int4 layers need calibration: `calibration=` the model's calibration inputs (a tensor, a
+tuple of positional inputs or a dict of keyword inputs); each AWQ layer's input activations
+are collected with forward hooks on the uncompressed model (`layer_inputs`), then the layer is
+built from them (`hwsearch.kernels.awq`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from typing import Any
 
+import torch
 from torch import nn
 
 from hwsearch.errors import HwsearchError
+from hwsearch.kernels.awq import MAX_TOKENS, keep_rows
 from hwsearch.kernels.dispatch import Dispatch
+from hwsearch.kernels.kvcache import DecodeStep
 from hwsearch.kernels.modules import CompressedLinear, TomeBlock, TomeState
 from hwsearch.spaces.catalog import CATALOG, get_model
 from hwsearch.spaces.model import Block, ModelSpec
@@ -73,16 +83,49 @@ def merge_schedule(model: nn.Module, plan: Plan, spec: ModelSpec | None) -> tupl
     return ModelSpec(type(model).__name__, (), described, tokens=tokens, class_token=True).merge_schedule(plan.merge)
 
 
+def forward(module: nn.Module, inputs: Any) -> Any:
+    """One forward pass on `inputs`: a tensor, a tuple of positional inputs, a dict of keyword ones
+    (a Hugging Face model's tokenised batch) or a `kvcache.DecodeStep` (a decoder's step over its cache)."""
+    if isinstance(inputs, DecodeStep):
+        return inputs.run(module)
+    if isinstance(inputs, dict):
+        return module(**inputs)
+    return module(*inputs) if isinstance(inputs, tuple) else module(inputs)
+
+
+def layer_inputs(model: nn.Module, names: Sequence[str], inputs: Any, max_rows: int = MAX_TOKENS) -> dict[str, torch.Tensor]:
+    """Each named linear's input activations (tokens, K) when `model` runs on `inputs` (one
+    forward pass, no gradients; at most `max_rows` rows a layer, an even stride over them)."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+        hook = lambda _m, args, _out, n=name: seen[n].append(args[0].detach().float().reshape(-1, args[0].shape[-1]))  # noqa: E731
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            forward(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [n for n, xs in seen.items() if not xs]
+    if missing:
+        raise HwsearchError(f"layer(s) {', '.join(missing[:3])} did not run on the calibration inputs; accepted: "
+                            f"inputs {type(model).__name__} runs every AWQ layer on")
+    return {n: keep_rows(torch.cat(xs), max_rows) for n, xs in seen.items()}
+
+
 def apply_plan(
     model: nn.Module, plan: Plan, spec: ModelSpec | None = None, backend: str = "cpu", inplace: bool = False,
-    validate: bool = True, dispatch: Dispatch | None = None,
+    validate: bool = True, dispatch: Dispatch | None = None, calibration: Any = None,
 ) -> nn.Module:
     """The model compressed as `plan` says (a copy unless `inplace`).
 
     `spec` (default: the catalogue entry named by the plan, if any) validates the plan and gives
     each layer its rows; without it, layer names are checked against the module itself.
     `validate=False` skips the group constraints (sensitivity measurements change one layer
-    of a group on purpose).
+    of a group on purpose). `calibration`: the model's calibration inputs, needed (only) when
+    the plan has AWQ layers.
 
     >>> import torch
     >>> import hwsearch as hw
@@ -97,18 +140,27 @@ def apply_plan(
         spec = get_model(plan.model)
     if spec is not None and validate:
         validate_plan(plan, spec)
-    out = model if inplace else copy.deepcopy(model)
-    modules = dict(out.named_modules())
-    dtype = spec.dtype if spec is not None else "fp32"
-    for name, choice in plan.layers.items():
+    modules = dict(model.named_modules())
+    for name in plan.layers:
         target = modules.get(name)
         if not isinstance(target, nn.Linear):
             what = "no module" if target is None else f"a {type(target).__name__}, not an nn.Linear"
             raise HwsearchError(f"plan layer {name!r} is {what} in {type(model).__name__}; accepted: names of nn.Linear modules")
+    scaled = [n for n, c in plan.layers.items() if c.scaling == "awq"]
+    if scaled and calibration is None:
+        more = f", ... ({len(scaled)} layers)" if len(scaled) > 3 else ""
+        raise HwsearchError(f"plan has AWQ int4 layers ({', '.join(scaled[:3])}{more}) and no calibration data; accepted: "
+                            "apply_plan(..., calibration=<the model's calibration inputs: a tensor, tuple or dict of keyword inputs>)")
+    activations = layer_inputs(model, scaled, calibration) if scaled else {}
+    out = model if inplace else copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    dtype = spec.dtype if spec is not None else "fp32"
+    for name, choice in plan.layers.items():
         if choice.is_identity(dtype) and choice.format == "fp32":
             continue
         rows = spec.layer(name).tokens if spec is not None else 1
-        _set_module(out, name, CompressedLinear(target, choice, rows=rows, backend=backend, dispatch=dispatch))
+        _set_module(out, name, CompressedLinear(modules[name], choice, rows=rows, backend=backend, dispatch=dispatch,
+                                                calibration=activations.get(name)))
     set_kv_caches(out, plan)
     schedule = merge_schedule(out, plan, spec)
     if any(schedule):

@@ -4,7 +4,10 @@ This is the bridge between a `ModelSpec` and latency: the profiler measures the 
 catalogue models run, and the whole-model predictor sums predicted kernel latencies over this
 list. A low-rank layer stays one `LinearSpec` with `rank` (its `factors()` are the two GEMMs);
 merged tokens shrink the token count of everything after the merge point; the merge costs a
-`tome_merge` kernel of its own.
+`tome_merge` kernel of its own. An AWQ int4 layer runs its int4 GEMM after multiplying its
+input by 1/s: that scale is priced as one element-wise pass over the (tokens, K) input, the
+profiled `add` kernel in the activation dtype (`input_scale_kernel`; on a 2-core Xeon a bf16
+multiply by a K-vector took 0.73-1.03x the add of the same shape, 1 to 512 rows).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hwsearch.kernels.specs import AttentionSpec, ElementwiseSpec, LinearSpec, NormSpec, OpSpec, TomeMergeSpec
+from hwsearch.spaces.formats import ACT_DTYPE
 from hwsearch.spaces.model import Block, ModelSpec
 
 DEFAULT_FORMAT = "bf16"
@@ -39,8 +43,19 @@ def linear_spec(tokens: int, K: int, N: int, choice: Any) -> LinearSpec:
     return LinearSpec(tokens, K, N, c["format"], group, c["sparsity"], c["rank"])
 
 
-def _linear(tokens: int, layer: Any, choices: Mapping[str, Any] | None) -> LinearSpec:
-    return linear_spec(tokens, layer.K, layer.N, None if choices is None else choices.get(layer.name))
+def input_scale_kernel(tokens: int, K: int, choice: Any) -> ElementwiseSpec | None:
+    """The element-wise kernel an AWQ layer runs on its input before the GEMM (None: no scaling)."""
+    if choice is None:
+        return None
+    scaling = choice.get("scaling") if isinstance(choice, Mapping) else getattr(choice, "scaling", None)
+    return ElementwiseSpec("add", tokens, K, ACT_DTYPE["int4"]) if scaling else None
+
+
+def _linear(tokens: int, layer: Any, choices: Mapping[str, Any] | None) -> list[OpSpec]:
+    """A layer's kernels: its input scale (AWQ) and its GEMM."""
+    choice = None if choices is None else choices.get(layer.name)
+    scale = input_scale_kernel(tokens, layer.K, choice)
+    return ([scale] if scale is not None else []) + [linear_spec(tokens, layer.K, layer.N, choice)]
 
 
 def attention_spec(block: Block, dtype: str, kv: Any = None) -> AttentionSpec:
@@ -84,7 +99,8 @@ def model_kernels(
     """(owner, spec) for every kernel one forward pass of `model` runs under a plan's choices
     (`kv_cache`: a plan's KV-cache choice per block prefix; blocks left out read the dtype).
 
-    `owner` is the layer name for GEMMs and `blocks.{i}.{what}` for the other kernels.
+    `owner` is the layer name for a layer's kernels (its GEMM, and an AWQ layer's input scale)
+    and `blocks.{i}.{what}` for the other kernels.
     """
     merged = model.with_merge(merge) if merge is not None else model
     out: list[tuple[str, OpSpec]] = []
@@ -92,7 +108,7 @@ def model_kernels(
     for layer in merged.layers:
         by_block.setdefault(layer.block, []).append(layer)
     for layer in by_block.get(None, []):
-        out.append((layer.name, _linear(layer.tokens, layer, choices)))
+        out += [(layer.name, s) for s in _linear(layer.tokens, layer, choices)]
     for block in merged.blocks:
         tag = block.prefix or f"blocks.{block.index}"
         pre, mid, post = _block_ops(block, dtype, (kv_cache or {}).get(tag))
@@ -100,9 +116,9 @@ def model_kernels(
         attn = [lay for lay in layers if not lay.after_merge]
         mlp = [lay for lay in layers if lay.after_merge]
         out += [(_owner(tag, s), s) for s in pre]
-        out += [(lay.name, _linear(lay.tokens, lay, choices)) for lay in attn]
+        out += [(lay.name, s) for lay in attn for s in _linear(lay.tokens, lay, choices)]
         out += [(_owner(tag, s), s) for s in mid + post[:1]]
-        out += [(lay.name, _linear(lay.tokens, lay, choices)) for lay in mlp]
+        out += [(lay.name, s) for lay in mlp for s in _linear(lay.tokens, lay, choices)]
         out += [(_owner(tag, s), s) for s in post[1:]]
     return out
 
@@ -130,6 +146,9 @@ def space_kernels(
         for layer in merged.layers:
             for choice in layer_choices.get(layer.name, ()):
                 seen.setdefault(layer_kernel(layer, layer.tokens, choice))
+                scale = input_scale_kernel(layer.tokens, layer.K, choice)
+                if scale is not None:
+                    seen.setdefault(scale)
         for block in merged.blocks:
             for choice in (kv_choices or {}).get(block.prefix, ()):
                 seen.setdefault(attention_spec(block, dtype, choice))

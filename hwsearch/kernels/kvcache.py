@@ -18,11 +18,15 @@ quantised bytes plus scales (`nbytes()`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hwsearch.errors import HwsearchError, unknown
 from hwsearch.kernels.quant import pack_int4_halves, quantize_kv, unpack_int4_halves
@@ -248,3 +252,37 @@ def make_cache(choice: KVCacheChoice | None = None, dtype: torch.dtype = torch.f
     if choice is None:
         choice = KVCacheChoice(format={v: k for k, v in TORCH_DTYPES.items()}[dtype])
     return cache_class(choice)(choice, dtype)
+
+
+@dataclass
+class DecodeStep:
+    """A decoder's inputs for one decode step at a fixed context: `inputs` (the new tokens) attend
+    to `context` cached tokens.
+
+    Each module gets its own KV caches (`module.new_caches()`, in the formats its plan chose),
+    filled once with seeded random keys and values (a step costs what the cache's length and
+    format make it cost, whatever the values) and entered through shallow copies on every call:
+    caches append by building new tensors, so the filled ones stay as they are and every timed
+    step runs at exactly `context` tokens, however many steps the harness takes.
+    """
+
+    inputs: torch.Tensor
+    context: int
+    seed: int = 0
+    _filled: dict[int, tuple[nn.Module, list[Any]]] = field(default_factory=dict, repr=False)
+
+    def caches(self, module: nn.Module) -> list[Any]:
+        if id(module) not in self._filled:
+            caches = module.new_caches()
+            attention = [m for m in module.modules() if hasattr(m, "new_cache") and hasattr(m, "num_key_value_heads")]
+            gen = torch.Generator().manual_seed(self.seed)
+            dtype = next(module.parameters()).dtype
+            for attn, cache in zip(attention, caches, strict=True):
+                shape = (self.inputs.shape[0], attn.num_key_value_heads, self.context, attn.head_dim)
+                if self.context:
+                    cache.append(torch.randn(shape, generator=gen).to(dtype), torch.randn(shape, generator=gen).to(dtype))
+            self._filled[id(module)] = (module, caches)  # the module kept: its id is not reused meanwhile
+        return self._filled[id(module)][1]
+
+    def run(self, module: nn.Module) -> Any:
+        return module(self.inputs, [copy.copy(c) for c in self.caches(module)])

@@ -7,7 +7,8 @@
   indices, scales/zero points, bias. This is what a checkpoint of the compressed model holds,
   so `state_dict()` bytes equal `hwsearch.spaces.size.linear_bytes` exactly.
 Both are derived from the same quantisers (`hwsearch.kernels.quant`), so they agree value for
-value.
+value. An AWQ int4 layer (`hwsearch.kernels.awq`) stores and runs the scaled weight
+W diag(s) and keeps `input_scale` = 1/s (bf16, K values), which multiplies its input first.
 
 `TomeBlock` runs a timm-style block with ToMe (Bolya et al., ICLR 2023): proportional
 attention (log token sizes added to the logits) and bipartite soft matching of `r` tokens
@@ -21,11 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwsearch.errors import HwsearchError
 from hwsearch.kernels import registry
+from hwsearch.kernels.awq import AwqResult, awq_search
 from hwsearch.kernels.dispatch import Dispatch
 from hwsearch.kernels.expand import linear_spec
 from hwsearch.kernels.inputs import TORCH_DTYPES
 from hwsearch.kernels.quant import (
+    low_rank_factors,
     nm_mask,
     quantize_fp8_rows,
     quantize_int4_groups,
@@ -82,18 +86,14 @@ def stored_form(weight: torch.Tensor, fmt: str, group_size: int | None, sparsity
     return out
 
 
-def low_rank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated SVD W ≈ B A with A (rank, K), B (N, rank), singular values split evenly."""
-    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
-    root = s[:rank].sqrt()
-    return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root).float()
-
-
 class CompressedLinear(nn.Module):
-    """`nn.Linear` replacement that runs one `LinearSpec` on the backend's selected kernel."""
+    """`nn.Linear` replacement that runs one `LinearSpec` on the backend's selected kernel.
+
+    An AWQ choice needs `calibration`: the layer's input activations (tokens, K) from the
+    uncompressed model on calibration data (`hwsearch.kernels.apply.layer_inputs`)."""
 
     def __init__(self, linear: nn.Linear, choice: LayerChoice, rows: int = 1, backend: str = "cpu",
-                 dispatch: Dispatch | None = None):
+                 dispatch: Dispatch | None = None, calibration: torch.Tensor | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.choice = choice
@@ -102,6 +102,15 @@ class CompressedLinear(nn.Module):
         self.act_dtype = TORCH_DTYPES[ACT_DTYPE[choice.format]]
         weight = linear.weight.detach().float()
         bias = None if linear.bias is None else linear.bias.detach().float()
+        self.awq: dict[str, float] | None = None  # alpha and calibration output errors, for reports
+        if choice.scaling == "awq":
+            if calibration is None:
+                raise HwsearchError(f"layer choice {choice.label()} needs calibration inputs; accepted: "
+                                    "CompressedLinear(..., calibration=<the layer's input activations (tokens, K)>)")
+            found: AwqResult = awq_search(weight, calibration, choice)
+            self.awq = {"alpha": found.alpha, "error": found.error, "plain_error": found.plain_error}
+            weight = found.weight
+            self.register_buffer("input_scale", (1.0 / found.scale).to(TORCH_DTYPES[ACT_DTYPE["int4"]]))
         nm = self.spec.nm
         if choice.rank is None:
             params = {"weight": weight}
@@ -134,6 +143,8 @@ class CompressedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(self.act_dtype).contiguous()
+        if self.awq is not None:
+            x2 = x2 * self.input_scale
         y = self.kernel.run(self.spec, self._state, x2)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 

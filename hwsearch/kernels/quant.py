@@ -1,4 +1,4 @@
-"""Quantisers and N:M masks shared by every kernel, module and reference.
+"""Quantisers, N:M masks and low-rank factors shared by every kernel, module and reference.
 
 One implementation of each so the profiled kernel, the compressed module and the fp64 reference
 all agree on what "int4 with group 64" or "2:4" means.
@@ -108,3 +108,10 @@ def unpack_int4_halves(packed: torch.Tensor, out: torch.Tensor | None = None) ->
     out[..., :half].copy_(packed & 15)
     out[..., half:].copy_(packed >> 4)
     return out
+
+
+def low_rank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated SVD W ≈ B A with A (rank, K), B (N, rank), singular values split evenly."""
+    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root).float()

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels.expand import attention_spec, layer_kernel, model_kernels
+from hwsearch.kernels.expand import attention_spec, input_scale_kernel, layer_kernel, model_kernels
 from hwsearch.kernels.specs import LinearSpec, OpSpec
 from hwsearch.predictors.base import pack, unpack
 from hwsearch.predictors.kinds import PredictorKind, register_kind
@@ -317,6 +317,7 @@ class PlanTable:
         self.launches = np.zeros((n_m, width))
         self.casts = np.zeros((n_m, width))
         self.measured = np.zeros((n_m, width), dtype=bool)
+        self.scale_ms = np.zeros((n_m, width))  # an AWQ choice's input-scale kernel (scaled like the other kernels)
         self.base_ms = np.zeros(n_m)
         self.base_measured_ms = np.zeros(n_m)
         self.base_launches = np.zeros(n_m)
@@ -330,8 +331,15 @@ class PlanTable:
             self.base_measured_ms[mi] = float(rest_ms[measured_mask(ml.predictor, rest)].sum()) if rest else 0.0
             self.base_launches[mi] = len(rest)
             specs: list[OpSpec] = []
+            scales: list[OpSpec] = []  # AWQ layers' input scales, and the column each belongs to
+            scale_cols: list[int] = []
             for layer, opts in zip(merged.layers, self.choices, strict=False):
-                specs += [layer_kernel(layer, layer.tokens, c) for c in opts]
+                for c in opts:
+                    scale = input_scale_kernel(layer.tokens, layer.K, c)
+                    if scale is not None:
+                        scales.append(scale)
+                        scale_cols.append(len(specs))
+                    specs.append(layer_kernel(layer, layer.tokens, c))
             merged_blocks = {b.prefix: b for b in merged.blocks}
             for block, opts in zip(self.kv_blocks, self.choices[len(self.layers):], strict=True):
                 specs += [attention_spec(merged_blocks[block], model.dtype, c) for c in opts]
@@ -339,6 +347,10 @@ class PlanTable:
             self.launches[mi] = [_launches(s) for s in specs]
             self.casts[mi] = [_cast_melems(s, model.dtype) if isinstance(s, LinearSpec) else 0.0 for s in specs]
             self.measured[mi] = measured_mask(ml.predictor, specs)
+            if scales:
+                scale_ms = ml.predictor.predict_specs(scales)
+                self.scale_ms[mi] = np.bincount(scale_cols, weights=scale_ms, minlength=width)
+                self.launches[mi] += np.bincount(scale_cols, minlength=width)
         oh = ml.overhead
         kv_cols = sum(len(c) for c in self.choices[len(self.layers):])  # attention kernels: `scale` applies
         own = np.array([[oh.scale_of(layer_kernel(layer, layer.tokens, c)) or np.nan
@@ -350,7 +362,8 @@ class PlanTable:
                             + [0.0] * kv_cols])
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
-        self._entry = scaled + oh.per_kernel_ms * self.launches + oh.per_cast_melem_ms * self.casts
+        self._entry = (scaled + oh.scale * self.scale_ms + oh.per_kernel_ms * self.launches
+                       + oh.per_cast_melem_ms * self.casts)
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
         self._base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
                       + oh.per_merge_block_ms * merging + ml.offset_ms)
@@ -400,7 +413,7 @@ class PlanTable:
         """Per plan, the share of its kernel sum answered by measurements (not predictions)."""
         m_idx, cols = self.encode(plans)
         rows = m_idx[:, None]
-        total = self.base_ms[m_idx] + self.ms[rows, cols].sum(1)
+        total = self.base_ms[m_idx] + (self.ms + self.scale_ms)[rows, cols].sum(1)
         measured = self.base_measured_ms[m_idx] + (self.ms * self.measured)[rows, cols].sum(1)
         return measured / np.maximum(total, 1e-12)
 

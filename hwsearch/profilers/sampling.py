@@ -274,6 +274,8 @@ def model_plan(model: str | ModelSpec, backend: str = "cpu", knobs: Knobs | None
     from hwsearch.spaces.knobs import Capabilities, SearchSpace
 
     spec = get_model(model) if isinstance(model, str) else model
+    # a model with weights may be searched for quality, whose space has AWQ int4 (its input scale is a kernel)
+    knobs = (knobs or Knobs()).with_calibration(spec.has_weights)
     space = SearchSpace(spec, Capabilities.from_dict(registry.capabilities(backend)), knobs)
     choices = {name: [c for c in ls.choices() if ls.native.get(c, True)] for name, ls in space.layers.items()}
     kv = {block: [c for c in options if space.caps.kv_native(c, spec.dtype)] for block, options in space.kv.items()}

@@ -47,6 +47,8 @@ def layer_latency(ml: Any, plan: Plan) -> pd.DataFrame:
         row = rows.setdefault(owner, {"layer": owner, "block": _block(owner), "op": spec.op,
                                       "choice": plan.choice(owner, dtype).label() if spec.op == "linear" else spec.op,
                                       "kernels": 0, "predicted_ms": 0.0})
+        if spec.op == "linear":  # a layer's row names its GEMM (an AWQ layer's input scale comes first)
+            row["op"], row["choice"] = "linear", plan.choice(owner, dtype).label()
         row["kernels"] += 1
         row["predicted_ms"] += float(t)
     total = ml.plan(plan)

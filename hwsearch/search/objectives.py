@@ -251,7 +251,8 @@ def size_terms(model: ModelSpec, variables: Sequence[Variable]) -> np.ndarray:
     for var in variables:
         layers = [model.layer(n) for n in var.layers]  # none for a KV cache: weights only
         rows.append([
-            sum(linear_bytes(L.K, L.N, c.format, c.group_size, c.sparsity, c.rank, L.bias).total for L in layers) / MB
+            sum(linear_bytes(L.K, L.N, c.format, c.group_size, c.sparsity, c.rank, L.bias, c.scaling).total
+                for L in layers) / MB
             for c in var.choices
         ])
     return _pad(rows, width)

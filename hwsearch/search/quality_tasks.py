@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -394,6 +395,9 @@ class QualityTask:
     weights_hash: str = ""
     floor: float = 0.0  # what the proxy's curve tends to for a higher-is-better metric (top-1: chance)
     splits: tuple[str, ...] = ("calib", "test")
+    # the calib split as model inputs (a tensor or a dict of keyword inputs): what AWQ layers are
+    # calibrated on; None for a task without calibration data (a user's own evaluation function)
+    calibration: Any = None
 
     def evaluate(self, plan: Plan | None = None, split: str = "test", validate: bool = True) -> float:
         """Real quality of the model compressed by `plan` on `split`."""
@@ -401,7 +405,8 @@ class QualityTask:
 
     def measure(self, plan: Plan | None = None, split: str = "test", validate: bool = True) -> tuple[float, float]:
         """(quality, divergence) of the model compressed by `plan` on `split`."""
-        module = self.model if plan is None else apply_plan(self.model, plan, self.spec, validate=validate)
+        module = self.model if plan is None else apply_plan(self.model, plan, self.spec, validate=validate,
+                                                            calibration=self.calibration)
         return self.pair(module, split)
 
     def pair(self, module: nn.Module, split: str) -> tuple[float, float]:
@@ -446,7 +451,8 @@ def quality_task(
             kl = F.kl_div(out.log_softmax(-1), reference[split].log_softmax(-1), log_target=True, reduction="batchmean")
             return int((out.argmax(-1) == y).sum()) / len(y), float(kl)
 
-        return QualityTask(name, "top1", spec, model, score, weights_hash(model), 1.0 / DIGITS_VIT.classes)
+        return QualityTask(name, "top1", spec, model, score, weights_hash(model), 1.0 / DIGITS_VIT.classes,
+                           calibration=data.calib[0])
     if name == "minilm":
         minilm = load_minilm()
         reference = minilm.embed()
@@ -460,7 +466,8 @@ def quality_task(
             cos = float((minilm.embed(module)[rows] * reference[rows]).sum(-1).mean())
             return cos, 1.0 - cos
 
-        return QualityTask(name, "cosine", spec, minilm.model, cosine, weights_hash(minilm.model))
+        calib = {k: v[: n // 2] for k, v in minilm.batch.items()}
+        return QualityTask(name, "cosine", spec, minilm.model, cosine, weights_hash(minilm.model), calibration=calib)
     if name == "tiny_llama":
         return tiny_llama_task(get_model(name), llama, progress)
     raise no_quality(name)
@@ -481,4 +488,4 @@ def tiny_llama_task(spec: ModelSpec, cfg: TinyLlamaConfig, progress: Callable[[s
         out = next_token_logits(module, windows[split])
         return perplexity(out, windows[split]), next_token_kl(out, reference[split])
 
-    return QualityTask("tiny_llama", "perplexity", spec, model, score, weights_hash(model))
+    return QualityTask("tiny_llama", "perplexity", spec, model, score, weights_hash(model), calibration=windows["calib"][:, :-1])

@@ -3,7 +3,9 @@
 For each layer × choice (each decoder block × KV-cache format, and each merge schedule), the
 quality change and the output divergence when only that is changed, measured once on calibration data (`quality_tasks.QualityTask`) and
 stored as JSON in the data directory (keyed by model, weights hash and space). A plan's quality
-is predicted from the sum of its entries (`SensitivityTable.predict`).
+is predicted from the sum of its entries (`SensitivityTable.predict`). An AWQ int4 choice is
+measured like any other, each layer calibrated on its own inputs from the uncompressed model
+on the task's calibration inputs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from hwsearch.config import data_dir
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels.apply import cache_reader
+from hwsearch.kernels.apply import cache_reader, layer_inputs
 from hwsearch.kernels.modules import CompressedLinear
 from hwsearch.search.objectives import divergence_curve
 from hwsearch.search.quality_metrics import quality_metric
@@ -172,9 +174,15 @@ def measure_sensitivity(
     merges = [m for m in space.merge_options if m.r]
     kv_jobs = [(b, c) for b, opts in space.kv.items() for c in opts if not c.is_identity(dtype)]
     total, done = len(jobs) + len(merges) + len(kv_jobs), 0
+    scaled = list(dict.fromkeys(n for n, c in jobs if c.scaling is not None))
+    if scaled and task.calibration is None:
+        raise HwsearchError(f"the space offers AWQ int4 layers but task {task.name!r} has no calibration inputs; "
+                            "accepted: Knobs(scalings=()) for it, or a task with calibration data")
+    activations = layer_inputs(model, scaled, task.calibration) if scaled else {}
     for name, choice in jobs:
         original = model.get_submodule(name)
-        _swap(model, name, CompressedLinear(original, choice, rows=task.spec.layer(name).tokens))
+        _swap(model, name, CompressedLinear(original, choice, rows=task.spec.layer(name).tokens,
+                                            calibration=activations.get(name)))
         try:
             quality, divergence = task.pair(model, "calib")
             table.layers.setdefault(name, {})[choice.label()] = quality - base
@@ -230,5 +238,7 @@ def sensitivity_table(
 
 
 def quality_space(task: QualityTask, knobs: Knobs | None = None) -> SearchSpace:
-    """The space quality studies use: every format and pattern, emulated ones included."""
-    return SearchSpace(task.spec, knobs=knobs or Knobs(allow_emulated=True))
+    """The space quality studies use: every format and pattern, emulated ones included (and AWQ
+    int4 where the task has calibration data)."""
+    knobs = knobs or Knobs(allow_emulated=True)
+    return SearchSpace(task.spec, knobs=knobs.with_calibration(task.calibration is not None))

@@ -195,7 +195,11 @@ class SearchSpec(BaseModel):
         return spec_from_doc(self.model_spec)  # type: ignore[arg-type]
 
     def knob_values(self) -> Knobs:
-        return knobs_from_doc(self.knobs)
+        """The knobs, with AWQ int4 offered (where left open) when quality is scored on a catalogue
+        model's quality task: each of those calibrates on its calib split; a user's own
+        evaluation function comes with no calibration data."""
+        scored = "quality" in self.objectives or any(CONSTRAINTS[k][0] == "quality" for k in self.constraints)
+        return knobs_from_doc(self.knobs).with_calibration(scored and not self.custom)
 
     @property
     def quality_metric(self) -> str:

@@ -38,8 +38,8 @@ def decoder_model(model: ModelSpec) -> tuple[Any, Any]:
     tiny_llama has its trained weights, llama3_8b seeded ones at its real shapes."""
     import torch
 
+    from hwsearch.kernels.kvcache import DecodeStep
     from hwsearch.kernels.models import LlamaDecoder
-    from hwsearch.profilers.inmodel import DecodeStep
     from hwsearch.spaces.catalog import LLAMA3_8B
 
     if model.name.partition(":")[0] == "tiny_llama":
@@ -89,14 +89,14 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
     the profiler's protocol (blocks, rounds interleaved across the plans, stability gate)."""
     import torch
 
-    from hwsearch.kernels.apply import apply_plan
+    from hwsearch.kernels.apply import apply_plan, forward
     from hwsearch.kernels.registry import torch_device
-    from hwsearch.profilers.inmodel import forward
     from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
 
     base, x = torch_model(model, module, example_inputs)
     with torch.inference_mode():
-        built = [apply_plan(base, plan, model, backend=backend, dispatch=dispatch).eval() for plan in plans]
+        # AWQ layers are calibrated on the timing input: their scales' values do not change the time
+        built = [apply_plan(base, plan, model, backend=backend, dispatch=dispatch, calibration=x).eval() for plan in plans]
         timings = time_items([[lambda m=m: forward(m, x)] for m in built], threads=threads,
                              device=torch_device(backend), protocol=MODEL_PROTOCOL)
     del built

@@ -1,10 +1,14 @@
 """Knobs and search spaces: what each layer of a model may be, on a given device.
 
-Per linear layer: format (int4 with a group size), N:M sparsity, rank (full, or multiples of
-`rank_step` up to `rank_fraction` of min(K, N)). Per decoder block of a decode step: the KV
-cache's format (the model's dtype, int8, int4 with a group size). Per model: a token-merge
-schedule (`r` per block from `start_block` on) for ViT-style models. Group constraints come
-from the ModelSpec.
+Per linear layer: format (int4 with a group size, plain or AWQ-scaled), N:M sparsity, rank
+(full, or multiples of `rank_step` up to `rank_fraction` of min(K, N)). AWQ is offered for dense
+full-rank int4 (the weight-only setting it was made for; a plan may still combine it with N:M or
+a rank, which `apply_plan` runs, but the search does not spend its sensitivity budget there). AWQ needs the model's
+calibration data, which a space cannot see: `Knobs.scalings` None is decided by whoever knows
+(`Knobs.with_calibration`: the search where its quality task has calibration inputs). Per decoder
+block of a decode step: the KV cache's format (the model's dtype, int8, int4 with a group size).
+Per model: a token-merge schedule (`r` per block from `start_block` on) for ViT-style models.
+Group constraints come from the ModelSpec.
 
 A device's capabilities are handed in as data (`spaces` imports nothing of ours): the formats
 and N:M patterns it runs natively. Every choice is marked native or emulated; emulated choices
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hwsearch.errors import HwsearchError
@@ -27,6 +31,7 @@ from hwsearch.spaces.formats import (
     KV_FORMATS,
     KV_QUANT_FORMATS,
     NAMED_SPARSITY,
+    SCALINGS,
     canonical_sparsity,
     check_format,
     check_int4_group_size,
@@ -89,6 +94,7 @@ class Knobs:
     kv_formats: tuple[str, ...] = KV_QUANT_FORMATS  # besides the model's dtype, on decode blocks
     kv_group_sizes: tuple[int, ...] = (DEFAULT_KV_GROUP,)
     allow_emulated: bool = False
+    scalings: tuple[str, ...] | None = None  # int4 weight scalings offered beside plain int4; None: decided by the search
 
     def __post_init__(self) -> None:
         for fmt in self.formats:
@@ -97,11 +103,21 @@ class Knobs:
             check_kv_format(fmt)
         for g in self.kv_group_sizes:
             kv_group("int8", g)
+        for scaling in self.scalings or ():
+            if scaling not in SCALINGS:
+                raise HwsearchError(f"unknown int4 scaling {scaling!r}; accepted: {', '.join(SCALINGS)} (or none)")
         object.__setattr__(self, "sparsities", tuple(canonical_sparsity(s) for s in self.sparsities))
         for g in self.group_sizes:
             check_int4_group_size(g)
         if not 0 < self.rank_fraction < 1 or self.rank_step < 1:
             raise HwsearchError("rank_fraction must be in (0, 1) and rank_step >= 1; accepted: e.g. 0.5 and 32")
+
+    def with_calibration(self, calibrated: bool) -> Knobs:
+        """Scalings left open (None) decided: AWQ int4 beside plain int4 where the model has
+        calibration data to compute its scales on, plain int4 only otherwise."""
+        if self.scalings is not None:
+            return self
+        return replace(self, scalings=SCALINGS if calibrated else ())
 
 
 @dataclass(frozen=True)
@@ -114,14 +130,18 @@ class LayerSpace:
     sparsities: tuple[str, ...]
     ranks: tuple[int | None, ...]
     native: Mapping[LayerChoice, bool] = field(default_factory=dict, compare=False)
+    scalings: tuple[str, ...] = ()  # beside plain int4 (always offered), for dense full-rank int4
 
     def choices(self) -> list[LayerChoice]:
         out = []
         for fmt in self.formats:
-            for g in self.group_sizes if fmt == "int4" else (None,):
+            int4 = fmt == "int4"
+            for g in self.group_sizes if int4 else (None,):
                 for sp in self.sparsities:
                     for rank in self.ranks:
                         out.append(LayerChoice(format=fmt, group_size=g, sparsity=sp, rank=rank))
+                        if int4 and sp == "dense" and rank is None:  # AWQ: dense full-rank int4 (`scalings`)
+                            out += [LayerChoice(format=fmt, group_size=g, scaling=s) for s in self.scalings]
         return out
 
     def why_not(self, choice: LayerChoice) -> str | None:
@@ -135,6 +155,12 @@ class LayerSpace:
                 return f"{knob} {'full' if value is None else value} is not in the space; accepted: {shown}"
         if choice.format == "int4" and choice.group_size not in self.group_sizes:
             return f"int4 group size {choice.group_size} is not in the space; accepted: {', '.join(map(str, self.group_sizes))}"
+        if choice.scaling is not None and choice.scaling not in self.scalings:
+            offered = ", ".join(("none", *self.scalings))
+            return f"int4 scaling {choice.scaling} is not in the space; accepted: {offered}"
+        if choice.scaling is not None and (choice.sparsity != "dense" or choice.rank is not None):
+            return (f"int4 scaling {choice.scaling} is in the space for dense full-rank layers only; "
+                    f"accepted: {choice.scaling} without sparsity or rank")
         return None
 
 
@@ -162,9 +188,10 @@ class SearchSpace:
         ranks: tuple[int | None, ...] = (None,)
         if k.low_rank:
             ranks += tuple(r for r in range(k.rank_step, limit + 1, k.rank_step) if r < min(layer.K, layer.N))
-        space = LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks)
+        scalings = tuple(k.scalings or ())
+        space = LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks, scalings=scalings)
         native = {c: self.caps.native(c) for c in space.choices()}
-        return LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks, native)
+        return LayerSpace(layer.name, formats, k.group_sizes, sparsities, ranks, native, scalings)
 
     def _kv_options(self) -> dict[str, tuple[KVCacheChoice, ...]]:
         """Per decoder block of a decode step (it reads a cache: `kv_tokens`), the KV-cache choices:
@@ -263,7 +290,10 @@ class SearchSpace:
                         continue
                     base = chosen.get(member) or self.identity()
                     shared = {knob: getattr(pick, knob) for knob in group.shared}
-                    chosen[member] = LayerChoice(**{**base.model_dump(), **shared})
+                    merged = {**base.model_dump(), **shared}
+                    if merged["format"] != "int4":  # a member's AWQ goes with its int4 format
+                        merged["scaling"] = None
+                    chosen[member] = LayerChoice(**merged)
         merge = None
         if len(self.merge_options) > 1 and rng.random() < aggressiveness:
             merge = rng.choice(self.merge_options[1:])

@@ -9,7 +9,9 @@ layer or for the one weight of a full-rank layer:
   each, packed per row (this is the metadata a sparse format carries);
 - scales: int8 and fp8 one fp32 scale per output channel; int4 a bf16 scale and a bf16 zero
   point per group of `group_size` along K (a trailing partial group counts as a group);
-- bias (on the last factor only) in the dtype the kernel adds it in.
+- bias (on the last factor only) in the dtype the kernel adds it in;
+- an AWQ-scaled layer also keeps its input scale 1/s: one bf16 value per input channel (K),
+  counted with the scales.
 
 Everything is exact integer arithmetic so the figure equals the bytes of the real tensors.
 `kv_cache_bytes` is the same for a decoder block's KV cache (`kernels.kvcache`'s `nbytes()`):
@@ -29,6 +31,7 @@ VALUE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "fp8": 8, "int4": 4
 BIAS_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 4, "fp8": 4, "int4": 2}
 SCALE_BYTES = {"int8": 4, "fp8": 4}  # per output channel
 INT4_SCALE_BYTES = 2  # bf16 scale and bf16 zero point per group
+INPUT_SCALE_BYTES = 2  # an AWQ layer's bf16 1/s per input channel
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,16 @@ def factor_bytes(K: int, N: int, fmt: str, group_size: int | None, sparsity: str
 
 def linear_bytes(
     K: int, N: int, fmt: str = "fp32", group_size: int | None = None, sparsity: str = "dense",
-    rank: int | None = None, bias: bool = True,
+    rank: int | None = None, bias: bool = True, scaling: str | None = None,
 ) -> SizeBreakdown:
     """Exact storage of a linear layer under one choice (a low-rank layer is two factors)."""
     if fmt == "int4" and group_size is None:
         group_size = DEFAULT_INT4_GROUP
+    extra = SizeBreakdown(scales=K * INPUT_SCALE_BYTES if scaling else 0)
     if rank is None:
-        return factor_bytes(K, N, fmt, group_size, sparsity, bias)
-    return factor_bytes(K, rank, fmt, group_size, sparsity, False) + factor_bytes(rank, N, fmt, group_size, sparsity, bias)
+        return factor_bytes(K, N, fmt, group_size, sparsity, bias) + extra
+    return (factor_bytes(K, rank, fmt, group_size, sparsity, False) + factor_bytes(rank, N, fmt, group_size, sparsity, bias)
+            + extra)
 
 
 KV_SCALE_BYTES = 2  # fp16 scale and fp16 minimum per group of a quantised KV cache

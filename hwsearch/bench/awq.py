@@ -1,0 +1,60 @@
+"""`hwsearch bench awq`: AWQ int4 against plain int4 on a model with weights and calibration data.
+
+Per group size: the sensitivity proxy's own measurement (`measure_sensitivity`, calibration
+split, one layer changed at a time) of every layer as plain int4 and as AWQ int4, and the whole
+model with every layer plain int4 against every layer AWQ int4 (calibration and held-out
+splits). Reported per layer: the quality change and the output divergence of both, and how many
+layers AWQ makes less sensitive (lower divergence), equal or more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hwsearch.errors import HwsearchError
+from hwsearch.search.quality_tasks import quality_task
+from hwsearch.search.sensitivity import measure_sensitivity
+from hwsearch.spaces.formats import check_int4_group_size
+from hwsearch.spaces.knobs import Knobs, SearchSpace
+from hwsearch.spaces.plan import LayerChoice, Plan
+
+
+def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
+              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run the comparison; `progress(stage, done, total)` is called as it goes."""
+    report = progress or (lambda _stage, _done, _total: None)
+    task = quality_task(model, progress=lambda message: report(message, 0, 1))
+    if task.calibration is None:
+        raise HwsearchError(f"model {model!r} has no calibration data for AWQ; accepted: a model whose quality task has a calib split")
+    dtype, names = task.spec.dtype, task.spec.layer_names
+    out: dict[str, Any] = {"bench": "awq", "model": task.name, "metric": task.metric, "groups": {},
+                           "per_layer_split": "calib (the sensitivity proxy's measurement)"}
+    for g in group_sizes:
+        check_int4_group_size(g)
+        knobs = Knobs(formats=(dtype, "int4"), group_sizes=(g,), sparsities=("dense",), low_rank=False,
+                      merge_r=(), allow_emulated=True, scalings=("awq",))
+        table = measure_sensitivity(task, SearchSpace(task.spec, knobs=knobs),
+                                    lambda done, total, g=g: report(f"per-layer int4 g{g}, plain and AWQ", done, total))
+        plain, awq = LayerChoice(format="int4", group_size=g), LayerChoice(format="int4", group_size=g, scaling="awq")
+        layers = {n: {"plain_delta": table.layers[n][plain.label()], "awq_delta": table.layers[n][awq.label()],
+                      "plain_divergence": table.divergence[n][plain.label()],
+                      "awq_divergence": table.divergence[n][awq.label()]} for n in names}
+        whole: dict[str, Any] = {}
+        for split in task.splits:
+            base = task.evaluate(None, split)
+            for label, choice in (("plain", plain), ("awq", awq)):
+                quality, divergence = task.measure(Plan(model=task.spec.name, layers=dict.fromkeys(names, choice)), split)
+                whole[f"{split}_{label}"] = {"quality": quality, "delta": quality - base, "divergence": divergence}
+            whole[f"{split}_base"] = base
+        rows = layers.values()
+        out["groups"][str(g)] = {
+            "layers": layers,
+            "awq_less_sensitive": sum(r["awq_divergence"] < r["plain_divergence"] for r in rows),
+            "awq_equal": sum(r["awq_divergence"] == r["plain_divergence"] for r in rows),
+            "awq_more_sensitive": sum(r["awq_divergence"] > r["plain_divergence"] for r in rows),
+            "whole_model": whole,
+        }
+    out["base_calib"] = table.base_calib
+    return out
+
