@@ -116,8 +116,15 @@ def test_family_scales_and_composition_recover_a_known_model():
     # a fixed per-call cost in place (the module, the casts' launches) is fitted beside the scale
     offset = {"linear/int8": 0.05, "linear/fp32": 0.0}
     lined = [[(f, inside + offset[f], alone) for f, inside, alone in rec] for rec in records]
-    scales, offsets = family_lines(r for rec in lined for r in rec)
-    assert scales == pytest.approx(scale, rel=1e-6) and offsets == pytest.approx(offset, abs=1e-9)
+    scales, offsets, casts = family_lines(r for rec in lined for r in rec)
+    assert scales == pytest.approx(scale, rel=1e-6) and offsets == pytest.approx(offset, abs=1e-9) and casts == {}
+    # casts into a kernel's dtype and back cost per element moved, not per kernel ms: a line of their own
+    melems = {n: float(rng.uniform(0.1, 1.0)) for n in parts[0].layer_ms}
+    cast_records = [(fam, 1.5 * ms + 0.3 * melems[n], ms, melems[n]) for n, fam, ms in
+                    ((n, parts[0].family[n], ms) for n, ms in parts[0].layer_ms.items()) if fam == "linear/int8"] * 2
+    cast_records += [(f, 1.5 * ms + 0.3 * c, ms, c) for f, ms, c in (("linear/int8", 0.7, 0.9), ("linear/int8", 1.9, 0.2))]
+    s2, o2, c2 = family_lines(cast_records)
+    assert s2["linear/int8"] == pytest.approx(1.5, rel=1e-6) and c2["linear/int8"] == pytest.approx(0.3, rel=1e-6)
     y_lined = np.array(y) + np.array([sum(offset[f] for f in p.family.values()) for p in parts])
     fit = fit_compose("in_model_affine", parts, lined, y_lined, np.arange(8) > 0)
     assert fit.predict(parts[0]) == pytest.approx(y_lined[0], rel=1e-6)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
@@ -32,6 +33,7 @@ from hwsearch.predictors.model_latency import (
     Overhead,
     PlanLatency,
     anchor_key,
+    cast_melems,
     layer_family,
     merge_blocks,
 )
@@ -46,46 +48,54 @@ MIN_LAYERS = 3  # a family needs this many in-place timings for a scale of its o
 MODEL_MIN_LAYERS = 2 * MIN_LAYERS  # ... and this many of one model for that model's own line
 
 
-def family_scales(records: Iterable[tuple[str, float, float]], min_layers: int = MIN_LAYERS) -> dict[str, float]:
+def family_scales(records: Iterable[Sequence[Any]], min_layers: int = MIN_LAYERS) -> dict[str, float]:
     """Median in-model / isolated ratio per family from (family, in-model ms, isolated ms) records."""
     ratios: dict[str, list[float]] = defaultdict(list)
-    for fam, inside, alone in records:
+    for fam, inside, alone, *_ in records:
         if alone > 0 and math.isfinite(inside) and inside > 0:
             ratios[fam].append(inside / alone)
     return {f: float(np.median(r)) for f, r in sorted(ratios.items()) if len(r) >= min_layers}
 
 
-def family_lines(records: Iterable[tuple[str, float, float]], min_layers: int = MIN_LAYERS
-                 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Per family, in-model ms = scale · isolated ms + offset (the fixed cost of one call in
-    place: the Python module, the activation casts' launch), by non-negative least squares on
-    relative error; (scales, offsets)."""
-    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for fam, inside, alone in records:
+def family_lines(records: Iterable[Sequence[Any]], min_layers: int = MIN_LAYERS
+                 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Per family, in-model ms = scale · isolated ms + offset + cast · cast elements (the fixed
+    cost of one call in place, and the activation casts into the kernel's dtype and back, which
+    grow with tokens·(K+N) rather than with the kernel's time), by non-negative least squares on
+    relative error. Records are (family, in-model ms, isolated ms[, millions of cast elements]);
+    returns (scales, offsets, cast ms per million elements)."""
+    points: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for fam, inside, alone, *rest in records:
         if alone > 0 and math.isfinite(inside) and inside > 0:
-            points[fam].append((alone, inside))
+            points[fam].append((alone, inside, float(rest[0]) if rest else 0.0))
     scales: dict[str, float] = {}
     offsets: dict[str, float] = {}
+    casts: dict[str, float] = {}
     for fam, pts in sorted(points.items()):
         if len(pts) < min_layers:
             continue
-        alone, inside = np.array(pts).T
+        alone, inside, cast = np.array(pts).T
         w = 1.0 / inside
-        (a, b), _ = nnls(np.stack([alone, np.ones_like(alone)], 1) * w[:, None], inside * w)
+        (a, b, c), _ = nnls(np.stack([alone, np.ones_like(alone), cast], 1) * w[:, None], inside * w)
         scales[fam], offsets[fam] = float(a if a > 0 else np.median(inside / alone)), float(b)
-    return scales, offsets
+        if c > 0:
+            casts[fam] = float(c)
+    return scales, offsets, casts
 
 
 def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
-                    scales: Mapping[str, float], offsets: Mapping[str, float] | None = None) -> tuple[float, float]:
-    """(Σ scaled ms (plus per-call offset) of layers whose family has a scale, Σ ms of the others)."""
+                    scales: Mapping[str, float], offsets: Mapping[str, float] | None = None,
+                    casts: Mapping[str, float] | None = None, layer_casts: Mapping[str, float] | None = None
+                    ) -> tuple[float, float]:
+    """(Σ scaled ms (plus per-call offset and casts) of layers whose family has a scale, Σ ms of the others)."""
     fixed = free = 0.0
     for name, ms in per_layer.items():
-        s = scales.get(families[name])
+        fam = families[name]
+        s = scales.get(fam)
         if s is None:
             free += ms
         else:
-            fixed += s * ms + (offsets or {}).get(families[name], 0.0)
+            fixed += s * ms + (offsets or {}).get(fam, 0.0) + (casts or {}).get(fam, 0.0) * (layer_casts or {}).get(name, 0.0)
     return fixed, free
 
 
@@ -130,6 +140,7 @@ class PlanParts:
     cast_melems: float
     merge_blocks: int = 0  # blocks run with token merging (`model_latency.merge_blocks`)
     model_key: str = ""  # `model_latency.anchor_key` of the plan's model (which family lines it takes)
+    layer_casts: dict[str, float] = field(default_factory=dict)  # layer -> millions of activation elements it casts
 
     @property
     def kernel_ms(self) -> float:
@@ -144,15 +155,17 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
     layers = set(ml.model.layer_names)
     layer_ms: dict[str, float] = {}
     family: dict[str, str] = {}
+    casts: dict[str, float] = {}
     rest = 0.0
     for (owner, spec), t in zip(kernels, ms, strict=True):
         if owner in layers and isinstance(spec, LinearSpec):
             layer_ms[owner] = layer_ms.get(owner, 0.0) + float(t)
             family[owner] = layer_family(spec)
+            casts[owner] = cast_melems(spec, ml.model.dtype)
         else:
             rest += float(t)
     merging = merge_blocks(ml.model, None if plan is None else plan.merge)
-    return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model))
+    return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model), casts)
 
 
 @dataclass
@@ -165,7 +178,8 @@ class Composition:
         """End-to-end ms of a plan; with `anchor` (the uncompressed model's parts and its measured
         ms), that measurement plus the composed difference the plan makes (`Overhead.anchors`)."""
         oh = self.overhead.for_model(part.model_key)
-        fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms)
+        fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms,
+                                      oh.family_cast_ms, part.layer_casts)
         total = float(oh.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
                                           np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
         if anchor is not None:
@@ -199,18 +213,21 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
         return Composition(Overhead.fit(k, n, c, y, merge_blocks=merging))
     training = [r for i in idx for r in records[i]]
     affine = variant in ("in_model_affine", "per_model_affine")
-    scales, offsets = family_lines(training) if affine else (family_scales(training), {})
-    lines = Overhead(family_scale=scales, family_offset_ms=offsets)
+    scales, offsets, casts = family_lines(training) if affine else (family_scales(training), {}, {})
+    lines = Overhead(family_scale=scales, family_offset_ms=offsets, family_cast_ms=casts)
     if variant == "per_model_affine":
         for key in sorted({p.model_key for p in chosen}):
             own = [r for i in idx if parts[i].model_key == key for r in records[i]]
-            lines.model_family_scale[key], lines.model_family_offset_ms[key] = family_lines(own, MODEL_MIN_LAYERS)
+            (lines.model_family_scale[key], lines.model_family_offset_ms[key],
+             lines.model_family_cast_ms[key]) = family_lines(own, MODEL_MIN_LAYERS)
     split = []
     for p in chosen:
         oh = lines.for_model(p.model_key)
-        split.append(split_by_family(p.layer_ms, p.family, oh.family_scale, oh.family_offset_ms))
+        split.append(split_by_family(p.layer_ms, p.family, oh.family_scale, oh.family_offset_ms,
+                                     oh.family_cast_ms, p.layer_casts))
     fixed = np.array([f for f, _ in split])
     free = np.array([fr + p.rest_ms for (_, fr), p in zip(split, chosen, strict=True)])
     fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets)
     fitted.model_family_scale, fitted.model_family_offset_ms = lines.model_family_scale, lines.model_family_offset_ms
+    fitted.family_cast_ms, fitted.model_family_cast_ms = casts, lines.model_family_cast_ms
     return Composition(fitted)

@@ -97,6 +97,11 @@ class Overhead:
     # uses its own lines and every other model the pooled ones (`for_model`)
     model_family_scale: dict[str, dict[str, float]] = field(default_factory=dict)
     model_family_offset_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    # ms per million activation elements a layer of the family casts in place (into its kernel's
+    # activation dtype and back), where fitted: a bf16 layer of an fp32 model pays casts that
+    # grow with tokens·(K+N), which neither a scale on its kernel nor a fixed cost per call follows
+    family_cast_ms: dict[str, float] = field(default_factory=dict)
+    model_family_cast_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def for_model(self, key: str | None) -> Overhead:
         """The overhead a model composes with: the pooled family lines, with its own where fitted."""
@@ -104,17 +109,20 @@ class Overhead:
         if not own:
             return self
         return replace(self, family_scale={**self.family_scale, **own},
-                       family_offset_ms={**self.family_offset_ms, **self.model_family_offset_ms.get(key or "", {})})
+                       family_offset_ms={**self.family_offset_ms, **self.model_family_offset_ms.get(key or "", {})},
+                       family_cast_ms={**self.family_cast_ms, **self.model_family_cast_ms.get(key or "", {})})
 
     def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
         """A layer kernel's own family scale, or None where `scale` applies."""
         return self.family_scale.get(layer_family(spec)) if layer and isinstance(spec, LinearSpec) else None
 
-    def offset_of(self, spec: OpSpec, layer: bool = True) -> float:
-        """A layer kernel's fixed in-place cost per call (ms) where its family has a scale of its own."""
+    def offset_of(self, spec: OpSpec, layer: bool = True, casts: float = 0.0) -> float:
+        """A layer kernel's in-place cost beyond its scaled kernel (ms) where its family has a scale
+        of its own: the fixed cost per call, plus its casts (`casts`: millions of elements)."""
         if self.scale_of(spec, layer) is None:
             return 0.0
-        return self.family_offset_ms.get(layer_family(spec), 0.0)  # type: ignore[arg-type]
+        family = layer_family(spec)  # type: ignore[arg-type]
+        return self.family_offset_ms.get(family, 0.0) + self.family_cast_ms.get(family, 0.0) * casts
 
     def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray,
               fixed_ms: np.ndarray | float = 0.0, merge_blocks: np.ndarray | float = 0.0) -> np.ndarray:
@@ -168,7 +176,9 @@ class Overhead:
                 "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors),
                 "retime_band_pct": self.retime_band_pct,
                 "model_family_scale": {k: dict(v) for k, v in self.model_family_scale.items()},
-                "model_family_offset_ms": {k: dict(v) for k, v in self.model_family_offset_ms.items()}}
+                "model_family_offset_ms": {k: dict(v) for k, v in self.model_family_offset_ms.items()},
+                "family_cast_ms": dict(self.family_cast_ms),
+                "model_family_cast_ms": {k: dict(v) for k, v in self.model_family_cast_ms.items()}}
 
 
 def anchor_key(model: ModelSpec) -> str:
@@ -199,7 +209,7 @@ def _launches(spec: OpSpec) -> int:
     return len(spec.factors()) if isinstance(spec, LinearSpec) else 1
 
 
-def _cast_melems(spec: LinearSpec, dtype: str) -> float:
+def cast_melems(spec: LinearSpec, dtype: str) -> float:
     """Activation elements cast in and out when a layer's act dtype is not the model's (millions)."""
     return 0.0 if ACT_DTYPE[spec.format] == dtype else spec.M * (spec.K + spec.N) / 1e6
 
@@ -253,9 +263,11 @@ class ModelLatency:
         for s, t in zip(specs, ms, strict=True):
             by_op[s.op] = by_op.get(s.op, 0.0) + float(t)
         launches = sum(_launches(s) for s in specs)
-        casts = sum(_cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
+        casts = sum(cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
         own = np.array([self.overhead.scale_of(s, owner in layers) or np.nan for (owner, s) in ks])
-        fixed = float(np.nansum(own * ms)) + sum(self.overhead.offset_of(s, owner in layers) for owner, s in ks)
+        fixed = float(np.nansum(own * ms)) + sum(
+            self.overhead.offset_of(s, owner in layers, cast_melems(s, self.model.dtype) if isinstance(s, LinearSpec) else 0.0)
+            for owner, s in ks)
         free = float(ms[np.isnan(own)].sum())
         kernel_ms = float(ms.sum())
         merging = merge_blocks(self.model, None if plan is None else plan.merge)
@@ -345,7 +357,7 @@ class PlanTable:
                 specs += [attention_spec(merged_blocks[block], model.dtype, c) for c in opts]
             self.ms[mi] = ml.predictor.predict_specs(specs)
             self.launches[mi] = [_launches(s) for s in specs]
-            self.casts[mi] = [_cast_melems(s, model.dtype) if isinstance(s, LinearSpec) else 0.0 for s in specs]
+            self.casts[mi] = [cast_melems(s, model.dtype) if isinstance(s, LinearSpec) else 0.0 for s in specs]
             self.measured[mi] = measured_mask(ml.predictor, specs)
             if scales:
                 scale_ms = ml.predictor.predict_specs(scales)
@@ -357,9 +369,12 @@ class PlanTable:
                          for layer, opts in zip(model.layers, self.choices, strict=False) for c in opts]
                         + [np.nan] * kv_cols])
         self.own = np.broadcast_to(own, self.ms.shape)  # a layer family's own scale, NaN where `scale` applies
-        offsets = np.array([[oh.offset_of(layer_kernel(layer, layer.tokens, c))
-                             for layer, opts in zip(model.layers, self.choices, strict=False) for c in opts]
-                            + [0.0] * kv_cols])
+        kernels = [layer_kernel(layer, layer.tokens, c) for layer, opts in zip(model.layers, self.choices, strict=False)
+                   for c in opts]
+        offsets = np.array([[oh.offset_of(k) for k in kernels] + [0.0] * kv_cols])
+        # a family's in-place casts, per merge schedule's token counts (`self.casts`)
+        per_cast = np.array([[oh.offset_of(k, casts=1.0) - oh.offset_of(k) for k in kernels] + [0.0] * kv_cols])
+        offsets = offsets + per_cast * self.casts
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
         self._entry = (scaled + oh.scale * self.scale_ms + oh.per_kernel_ms * self.launches
