@@ -76,7 +76,10 @@ def search_trials(url: str, device: str, constraints: dict[str, float], n: int, 
     (and the merge schedule), objective values, each objective as a user attribute, and Optuna's
     named constraints. Plans come from the search package's own `plan_of`. Returns the job's
     spec document, the trials and their plans."""
-    spec = SearchSpec(model=MODEL, device=device, objectives=OBJECTIVES, constraints=constraints, n_trials=n)
+    # plain int4 only: the seeded layouts (which points lie apart enough to click) stay put when
+    # the search's default choices grow (AWQ where quality is scored)
+    spec = SearchSpec(model=MODEL, device=device, objectives=OBJECTIVES, constraints=constraints, n_trials=n,
+                      knobs={"scalings": []})
     space = search_space(open_db(url), spec)
     variables = decision_variables(space)
     dists: dict[str, Any] = {v.name: CategoricalDistribution(v.labels) for v in variables}

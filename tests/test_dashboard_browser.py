@@ -211,7 +211,6 @@ def _toggle(driver, label: str) -> None:
 
 
 def test_click_pareto_point_shows_its_plan(server, browser, seeded, shots):
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     driver = browser
@@ -220,22 +219,18 @@ def test_click_pareto_point_shows_its_plan(server, browser, seeded, shots):
     _wait(driver, lambda d: d.execute_script(
         "const g = document.querySelector('.js-plotly-plot'); return !!(g && g.data && g.data.length);"),
         "the Pareto chart")
-    # The front trace (SVG points); pick a point other than the one selected by default.
-    info = driver.execute_script("""
-        const gd = document.querySelector('.js-plotly-plot');
-        const svgTraces = gd.data.filter(t => t.type === 'scatter');
-        const i = svgTraces.findIndex(t => t.name === 'Pareto front');
-        return {i: i, trials: gd.data.find(t => t.name === 'Pareto front').customdata.map(c => c[0])};
-    """)
+    # The front trace (SVG points); click its most isolated point other than the one selected by
+    # default (a point with a neighbour under the cursor could pick the neighbour).
+    trials = driver.execute_script(
+        "return document.querySelector('.js-plotly-plot').data.find(t => t.name === 'Pareto front').customdata.map(c => c[0]);")
     default = int(driver.find_element(By.XPATH, "//h2[starts-with(normalize-space(.), 'Plan of trial')]")
                   .text.split()[-1])
-    assert sorted(info["trials"]) == sorted(seeded.front)
-    k = next(j for j, n in enumerate(info["trials"]) if int(n) != default and j > len(info["trials"]) // 2)
-    target = int(info["trials"][k])
-    traces = driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")
-    point = traces[info["i"]].find_elements(By.CSS_SELECTOR, "path.point")[k]
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", point)
-    ActionChains(driver).move_to_element(point).click().perform()
+    assert sorted(trials) == sorted(seeded.front)
+    driver.execute_script("document.querySelector('.js-plotly-plot').scrollIntoView({block: 'center'});")
+    time.sleep(0.3)
+    point = driver.execute_script(POINT_JS, "Pareto front", default)
+    target = int(point["trial"])
+    _click_at(driver, point["x"], point["y"])
 
     heading = f"Plan of trial {target}"
     _wait(driver, _text_on_page(heading), f"'{heading}' after clicking the point")
