@@ -116,13 +116,18 @@ class Overhead:
         """A layer kernel's own family scale, or None where `scale` applies."""
         return self.family_scale.get(layer_family(spec)) if layer and isinstance(spec, LinearSpec) else None
 
-    def offset_of(self, spec: OpSpec, layer: bool = True, casts: float = 0.0) -> float:
-        """A layer kernel's in-place cost beyond its scaled kernel (ms) where its family has a scale
-        of its own: the fixed cost per call, plus its casts (`casts`: millions of elements)."""
+    def offset_of(self, spec: OpSpec, layer: bool = True) -> float:
+        """A layer kernel's fixed in-place cost per call (ms) where its family has a scale of its own."""
         if self.scale_of(spec, layer) is None:
             return 0.0
-        family = layer_family(spec)  # type: ignore[arg-type]
-        return self.family_offset_ms.get(family, 0.0) + self.family_cast_ms.get(family, 0.0) * casts
+        return self.family_offset_ms.get(layer_family(spec), 0.0)  # type: ignore[arg-type]
+
+    def cast_ms_of(self, spec: OpSpec, layer: bool = True) -> float:
+        """A layer kernel's in-place cost per million activation elements it casts (ms), where its
+        family has a scale of its own (`cast_melems` gives the elements)."""
+        if self.scale_of(spec, layer) is None:
+            return 0.0
+        return self.family_cast_ms.get(layer_family(spec), 0.0)  # type: ignore[arg-type]
 
     def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray,
               fixed_ms: np.ndarray | float = 0.0, merge_blocks: np.ndarray | float = 0.0) -> np.ndarray:
@@ -265,9 +270,10 @@ class ModelLatency:
         launches = sum(_launches(s) for s in specs)
         casts = sum(cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
         own = np.array([self.overhead.scale_of(s, owner in layers) or np.nan for (owner, s) in ks])
+        oh = self.overhead
         fixed = float(np.nansum(own * ms)) + sum(
-            self.overhead.offset_of(s, owner in layers, cast_melems(s, self.model.dtype) if isinstance(s, LinearSpec) else 0.0)
-            for owner, s in ks)
+            oh.offset_of(s, owner in layers) + oh.cast_ms_of(s, owner in layers) * cast_melems(s, self.model.dtype)
+            for owner, s in ks if isinstance(s, LinearSpec))
         free = float(ms[np.isnan(own)].sum())
         kernel_ms = float(ms.sum())
         merging = merge_blocks(self.model, None if plan is None else plan.merge)
@@ -373,7 +379,7 @@ class PlanTable:
                    for c in opts]
         offsets = np.array([[oh.offset_of(k) for k in kernels] + [0.0] * kv_cols])
         # a family's in-place casts, per merge schedule's token counts (`self.casts`)
-        per_cast = np.array([[oh.offset_of(k, casts=1.0) - oh.offset_of(k) for k in kernels] + [0.0] * kv_cols])
+        per_cast = np.array([[oh.cast_ms_of(k) for k in kernels] + [0.0] * kv_cols])
         offsets = offsets + per_cast * self.casts
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)

@@ -74,13 +74,14 @@ def default_threads() -> int:
 
 
 def plan_tasks(
-    budget: str | int, backend: str = "cpu", seed: int = 0, max_flops: float | None = None,
+    budget: str | int | None, backend: str = "cpu", seed: int = 0, max_flops: float | None = None,
     models: Sequence[ModelRequest] = (),
 ) -> list[tuple[OpSpec, str]]:
     """(spec, implementation name) pairs a budget measures on `backend`: every implementation, so
     the device's dispatch (`hwsearch.kernels.dispatch`) can pick the one measured fastest; then
     what `models`' searches need (`sampling.model_plan`), native implementations only."""
-    tasks = [(spec, kernel.name) for spec in sampling.plan_specs(budget, seed, max_flops)
+    budget_specs = [] if budget is None else sampling.plan_specs(budget, seed, max_flops)
+    tasks = [(spec, kernel.name) for spec in budget_specs
              for kernel in registry.implementations(spec, backend)]
     caps = registry.capabilities(backend)
     for request in models:
@@ -95,7 +96,7 @@ def plan_tasks(
 def profile_local(
     engine: Engine,
     name: str | None = None,
-    budget: str | int = "quick",
+    budget: str | int | None = "quick",
     threads: int | None = None,
     backend: str = "cpu",
     seed: int = 0,
@@ -109,7 +110,8 @@ def profile_local(
     Before measuring: how busy the machine is, and its limits (bandwidth, peaks), stored in the
     device's fingerprint; during: the load from other processes after every chunk.
     """
-    budget = sampling.parse_budget(budget)
+    budget = None if budget is None else sampling.parse_budget(budget)  # None: only what `models` need
+    label = "models" if budget is None else str(budget)
     threads = check_threads(threads) or default_threads()
     name = name or default_device_name(backend)
     device_id = store.ensure_device(engine, name, device_kind(backend), fingerprint(backend, threads))
@@ -118,7 +120,7 @@ def profile_local(
     todo = [(spec, impl) for spec, impl in tasks if (store.kernel_key(spec), impl) not in done]
     started = time.perf_counter()
     if not todo:
-        return ProfileSummary(name, device_id, None, str(budget), len(tasks), len(tasks), 0, 0.0)
+        return ProfileSummary(name, device_id, None, label, len(tasks), len(tasks), 0, 0.0)
     warn = warn or _stderr
     said: list[str] = []
 
@@ -132,7 +134,7 @@ def profile_local(
     note(machine.busy_warning(before, "before the profile"))
     state: dict[str, object] = {"before": {**machine.snapshot(), "other_share": before}}
     run_id = store.start_run(
-        engine, device_id, str(budget), {"budget": budget, "seed": seed, "threads": threads, "backend": backend, "max_flops": max_flops,
+        engine, device_id, label, {"budget": budget, "seed": seed, "threads": threads, "backend": backend, "max_flops": max_flops,
                                          "for": [_model_name(m) for m in models]},
         n_planned=len(tasks), n_skipped=len(tasks) - len(todo), machine=state,
     )
@@ -157,7 +159,7 @@ def profile_local(
         raise
     store.finish_run(engine, run_id, "done", machine={**state, "during_peak_other_share": monitor.peak,
                                                       "after": machine.snapshot(), "warnings": said})
-    return ProfileSummary(name, device_id, run_id, str(budget), len(tasks), len(tasks) - len(todo), inserted,
+    return ProfileSummary(name, device_id, run_id, label, len(tasks), len(tasks) - len(todo), inserted,
                           round(time.perf_counter() - started, 2), unstable, said)
 
 

@@ -141,7 +141,7 @@ def _profile_missing(engine: Engine, spec: SearchSpec, model: Any, fingerprint: 
     from hwsearch.predictors.model_latency import device_overhead
     from hwsearch.search.anchors import measure_anchors
 
-    profile_local(engine, name=spec.device, budget=1, threads=fingerprint.get("threads"),
+    profile_local(engine, name=spec.device, budget=None, threads=fingerprint.get("threads"),
                   backend=fingerprint.get("backend", "cpu"), models=[(model, spec.knob_values())],
                   show_progress=progress is not None)
     measure_anchors(engine, spec.device, [spec])

@@ -174,6 +174,16 @@ def measure_sensitivity(
     merges = [m for m in space.merge_options if m.r]
     kv_jobs = [(b, c) for b, opts in space.kv.items() for c in opts if not c.is_identity(dtype)]
     total, done = len(jobs) + len(merges) + len(kv_jobs), 0
+
+    def record(deltas: dict[str, float], divergences: dict[str, float], key: str, quality: float,
+               divergence: float) -> None:
+        """One single-change measurement into its rows, and the progress bar a tick on."""
+        nonlocal done
+        deltas[key] = quality - base
+        divergences[key] = _divergence(divergence, quality, base, task.metric)
+        done += 1
+        if progress:
+            progress(done, total)
     scaled = list(dict.fromkeys(n for n, c in jobs if c.scaling is not None))
     if scaled and task.calibration is None:
         raise HwsearchError(f"the space offers AWQ int4 layers but task {task.name!r} has no calibration inputs; "
@@ -184,35 +194,22 @@ def measure_sensitivity(
         _swap(model, name, CompressedLinear(original, choice, rows=task.spec.layer(name).tokens,
                                             calibration=activations.get(name)))
         try:
-            quality, divergence = task.pair(model, "calib")
-            table.layers.setdefault(name, {})[choice.label()] = quality - base
-            table.divergence.setdefault(name, {})[choice.label()] = _divergence(divergence, quality, base, task.metric)
+            record(table.layers.setdefault(name, {}), table.divergence.setdefault(name, {}), choice.label(),
+                   *task.pair(model, "calib"))
         finally:
             _swap(model, name, original)
-        done += 1
-        if progress:
-            progress(done, total)
     for block, kv in kv_jobs:
         reader = cache_reader(model, block)
         before = reader.kv_choice
         reader.kv_choice = kv
         try:
-            quality, divergence = task.pair(model, "calib")
-            table.kv.setdefault(block, {})[kv.label()] = quality - base
-            table.kv_divergence.setdefault(block, {})[kv.label()] = _divergence(divergence, quality, base, task.metric)
+            record(table.kv.setdefault(block, {}), table.kv_divergence.setdefault(block, {}), kv.label(),
+                   *task.pair(model, "calib"))
         finally:
             reader.kv_choice = before
-        done += 1
-        if progress:
-            progress(done, total)
     for merge in merges:
-        plan = Plan(model=task.spec.name, merge=merge)
-        quality, divergence = task.measure(plan, "calib")
-        table.merge[merge.label()] = quality - base
-        table.merge_divergence[merge.label()] = _divergence(divergence, quality, base, task.metric)
-        done += 1
-        if progress:
-            progress(done, total)
+        record(table.merge, table.merge_divergence, merge.label(),
+               *task.measure(Plan(model=task.spec.name, merge=merge), "calib"))
     return table.fit()
 
 
