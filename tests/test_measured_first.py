@@ -158,6 +158,39 @@ def test_a_calibrated_model_takes_its_own_family_lines():
     assert stored.for_model("never@0").family_scale == stored.family_scale
 
 
+def test_layers_timed_in_place_beat_any_family_line():
+    """In place, one shape of a family costs 3x its isolated time and another 1x (a line per family
+    cannot follow that); the in_place composition takes each kernel's in-place time from the
+    training plans and predicts a held-out plan made of kernels they ran; per_model_affine misses."""
+    from hwsearch.predictors.calibration import PlanParts, choose_composition, fit_compose, inplace_table
+
+    rng = np.random.default_rng(2)
+    shapes = {"qkv": (1.0, 3.0), "fc1": (1.6, 1.0), "fc2": (0.6, 1.0)}  # isolated ms, in-place factor
+    parts, records, y = [], [], []
+    for _ in range(10):
+        layers, fam, keys, rec = {}, {}, {}, []
+        for b in range(4):
+            for kind, (alone, factor) in shapes.items():
+                n = f"b{b}.{kind}"
+                int8 = bool(rng.integers(0, 2))
+                layers[n], fam[n] = alone * (0.5 if int8 else 1.0), "linear/int8" if int8 else "linear/fp32"
+                keys[n] = f"{kind}|{fam[n]}"
+                inside = layers[n] * (factor if int8 else 1.0) + 0.01
+                rec.append((fam[n], inside, layers[n], 0.0, keys[n]))
+        parts.append(PlanParts(layers, fam, 2.0, 30, 0.0, model_key="m@1", layer_keys=keys))
+        records.append(rec)
+        y.append(sum(r[1] for r in rec) + 2.0 + 0.5)
+    y = np.array(y)
+    assert inplace_table(records[0])[records[0][0][4]] == pytest.approx(records[0][0][1])
+    train = np.arange(10) > 0
+    exact = fit_compose("in_place", parts, records, y, train)
+    lined = fit_compose("per_model_affine", parts, records, y, train)
+    assert exact.predict(parts[0]) == pytest.approx(y[0], rel=1e-6)
+    assert abs(lined.predict(parts[0]) / y[0] - 1) > 0.01
+    assert choose_composition({"kernel_sum": 9.0, "overhead": 5.0, "in_model": 3.0, "in_model_affine": 2.0,
+                               "per_model_affine": 1.5, "in_place": 1.0}) == "in_place"
+
+
 def test_layer_times_time_layers_in_place():
     import torch
 

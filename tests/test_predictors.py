@@ -305,6 +305,34 @@ def test_an_anchored_model_predicts_its_measured_latency_plus_the_plan_differenc
     assert anchor_key(other) != anchor_key(model) and not ModelLatency(other, answer, anchored.overhead).anchored
 
 
+def test_layers_timed_in_place_are_used_as_measured(world):
+    """A model's in-place table (`Overhead.model_inplace_ms`) answers the layers it holds, as is, in
+    the per-plan sum and the search table alike; every other layer keeps its family line."""
+    from hwsearch.predictors.model_latency import plan_inplace_keys
+
+    answer = registry.best_predictor(world["engine"], "syn")
+    model = get_model("vit_tiny")
+    space = SearchSpace(model, Capabilities(), Knobs(rank_step=64, allow_emulated=True))
+    plans = [space.sample(random.Random(i), 0.7) for i in range(8)]
+    plans.append(Plan(model="vit_tiny", layers={}, merge=MergePlan(r=8, start_block=2)))
+    oh = Overhead(scale=1.1, per_forward_ms=0.3, per_kernel_ms=0.01, family_scale={"linear/fp32": 1.1, "linear/int8": 1.8},
+                  family_offset_ms={"linear/int8": 0.02}).with_anchors({anchor_key(model): 42.0})
+    bare = ModelLatency(model, answer, oh)
+    keys = plan_inplace_keys(model, plans[0])
+    name, key = next((n, k) for n, k in keys.items() if "int8" in k)
+    same = sum(k == key for k in keys.values())
+    timed = Overhead.from_bytes(oh.with_inplace(anchor_key(model), {key: 5.0}).to_bytes())
+    ml = ModelLatency(model, answer, timed)
+    assert ml.overhead.inplace_ms == {key: 5.0} and ModelLatency(get_model("vit_small"), answer, timed).overhead.inplace_ms == {}
+    assert ml.plan(None).total_ms == pytest.approx(42.0)  # the anchor is kept
+    # each layer running that kernel costs its in-place 5 ms instead of its family line's estimate
+    spec = next(s for owner, s in bare.kernels(plans[0]) if owner == name)
+    line = (bare.overhead.scale_of(spec) or bare.overhead.scale) * answer.predict_specs([spec])[0] + bare.overhead.offset_of(spec)
+    assert ml.plan(plans[0]).total_ms == pytest.approx(bare.plan(plans[0]).total_ms + same * (5.0 - line), rel=1e-9)
+    table = ml.table({n: s.choices() for n, s in space.layers.items()}, list(space.merge_options))
+    np.testing.assert_allclose(table.predict(plans), ml.plans(plans), rtol=1e-9)
+
+
 def test_overhead_fit_recovers_its_terms_and_round_trips():
     rng = np.random.default_rng(0)
     k, n, c = rng.uniform(10, 100, 30), rng.integers(100, 140, 30).astype(float), rng.uniform(0, 5, 30)

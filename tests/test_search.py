@@ -272,8 +272,8 @@ def test_verify_and_refit_corrects_a_device_slower_than_predicted(world, engine,
     by_number = {t.number: t for t in trials}
     predicted = dict(zip(table.trial, table.latency_ms, strict=True))
 
-    def slow_device(device, fingerprint, model, plans, *args):
-        return [{"measured_ms": 1.3 * p.predicted["latency_ms"].value} for p in plans]
+    def slow_device(device, fingerprint, model, plans, *args):  # the uncompressed model (no prediction) is timed too
+        return [{"measured_ms": 1.3 * p.predicted["latency_ms"].value if p.predicted else 1.0} for p in plans]
 
     monkeypatch.setattr(verify, "time_on_device", slow_device)
     rows, rounds, correction, band = verify_and_refit(engine, job.id, spec, problem, table, by_number)
@@ -281,6 +281,69 @@ def test_verify_and_refit_corrects_a_device_slower_than_predicted(world, engine,
     assert correction == pytest.approx(1.3) and band >= 0
     assert all(r["measured_ms"] <= 10.0 for r in rows if r["round"] == 2)
     assert all(r["measured_ms"] == pytest.approx(1.3 * predicted[r["trial"]]) for r in rows)
+
+
+def test_verify_and_refit_learns_layers_timed_in_place(world, engine, monkeypatch):
+    """A device whose int8 layers cost 3x in place what the calibration says (an error that depends
+    on the plan, which no single correction follows): round 1 misses, its layers timed in place
+    join the model's in-place table, every trial is re-scored on it, and the verified plans are
+    then predicted as measured. (The device's behaviour is simulated: real timings would make the
+    rounds depend on the machine.)"""
+    from hwsearch.predictors.model_latency import (
+        ModelLatency,
+        anchor_key,
+        cast_melems,
+        device_overhead,
+        plan_inplace_keys,
+    )
+    from hwsearch.search import verify
+    from hwsearch.search.results import front, load_trials, rescored, verify_and_refit
+    from hwsearch.search.study import rescore
+
+    client = Client(world)
+    knobs = {"formats": ["fp32", "int8"]}
+    job = client.create(SearchSpec(model="digits_vit", device="syn", n_trials=80, verify_top_k=0, knobs=knobs))  # not verified
+    jobs.run_job(client.db_url, job.id, 1, launch=jobs.inline_launcher)
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=80, verify_top_k=3, knobs=knobs)
+    problem = build_problem(engine, spec)
+    model = problem.space.model
+    trials = load_trials(world, jobs.get_job(engine, job.id).study_name)
+    table = front(trials, spec, job.id, model.dtype)
+    by_number = {t.number: t for t in trials}
+    ml = ModelLatency(model, problem.latency_predictor, problem.overhead)
+
+    def device(_device, _fingerprint, _model, plans, *args):
+        out = []
+        for plan in plans:
+            est = ml.plan(plan if plan.layers else None)
+            keys = plan_inplace_keys(model, plan)
+            inside = {}
+            for name, key in keys.items():  # the calibrated estimate of each layer, 3x for int8 ones
+                spec_ = next(s for owner, s in ml.kernels(plan) if owner == name)
+                t = ml.overhead.scale_of(spec_) or ml.overhead.scale
+                line = ml.overhead.inplace_of(spec_, plan.choice(name, model.dtype)) or (
+                    t * ml.predictor.predict_specs([spec_])[0] + ml.overhead.offset_of(spec_)
+                    + ml.overhead.cast_ms_of(spec_) * cast_melems(spec_, model.dtype))
+                inside[name] = line * (3.0 if "int8" in key else 1.0)
+                est.total_ms += inside[name] - line
+            out.append({"measured_ms": est.total_ms, "layers_ms": inside})
+        return out
+
+    monkeypatch.setattr(verify, "time_on_device", device)
+    rows, rounds, correction, band = verify_and_refit(engine, job.id, spec, problem, table, by_number)
+    assert not rounds[0]["held"] and rounds[0]["refit"]["inplace_entries"] > 0
+    stored, oid = device_overhead(engine, problem.device_id)
+    last = [r["refit"] for r in rounds if "refit" in r][-1]
+    assert oid == last["overhead_id"] and stored.model_inplace_ms[anchor_key(model)]
+    # re-scored on the refitted table, every verified plan is predicted as it measured
+    again = {t.number: t.values[0] for t in rescore(problem.tables, trials, spec.objectives, spec.constraints)}
+    for r in rows:
+        assert again[r["trial"]] == pytest.approx(r["measured_ms"], rel=1e-6)
+    assert correction == pytest.approx(1.0, rel=1e-6)
+    # a job's stored result re-scores its trials the same way for the API and the dashboard
+    result = {"rescored": {str(n): {"values": [v], "user_attrs": {"latency_ms": v}, "constraints": {}}
+                           for n, v in again.items()}}
+    assert [t.values[0] for t in rescored(result, trials)] == [again[t.number] for t in trials]
 
 
 def test_cli_jobs_and_search_errors(world, tmp_path):

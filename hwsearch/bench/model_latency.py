@@ -138,11 +138,12 @@ def run(
         timing = timed(module, name)
         part = plan_parts(latencies[name], plan, est)
         inside = layer_times(module, args, list(part.layer_ms), threads=threads)
-        records.append([(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0)) for n in part.layer_ms])
+        records.append([(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0), part.layer_keys[n])
+                        for n in part.layer_ms])
         parts.append(part)
         part_alone = plan_parts(predicted_only[name], plan)
-        records_alone.append([(part_alone.family[n], inside[n], part_alone.layer_ms[n], part_alone.layer_casts.get(n, 0.0))
-                              for n in part_alone.layer_ms])
+        records_alone.append([(part_alone.family[n], inside[n], part_alone.layer_ms[n], part_alone.layer_casts.get(n, 0.0),
+                               part_alone.layer_keys[n]) for n in part_alone.layer_ms])
         parts_alone.append(part_alone)
         measured.append(timing.median_us / 1e3)
         rows.append({"model": name, **_plan_doc(plan), "kernel_sum_ms": est.kernel_ms, "kernels": est.kernels,

@@ -200,6 +200,13 @@ def study_front(url: str, job_id: int) -> tuple[pd.DataFrame, StudyMeta | None]:
         return pd.DataFrame(), None
     meta = study_meta(url, row["study_name"], row["spec"])
     df = trial_values(url, row["study_name"], row["spec"]).sort_values("number", kind="stable").reset_index(drop=True)
+    again = (row.get("result") or {}).get("rescored") or {}
+    if again and meta is not None and len(df):  # as the job's last refit scored them (`results.rescored`)
+        hit = df["number"].astype(str).map(again)
+        known = hit.notna().to_numpy()
+        if known.any():
+            df.loc[known, list(meta.objectives)] = np.array([r["values"] for r in hit[known]], dtype=float)
+            df.loc[known, "feasible"] = [all(v <= 0 for v in r["constraints"].values()) for r in hit[known]]
     df["pareto"] = False
     if meta is not None and len(df):
         df["pareto"] = front_mask(df[list(meta.objectives)].to_numpy(), meta.directions, df["feasible"].to_numpy())

@@ -34,6 +34,8 @@ from hwsearch.predictors.model_latency import (
     PlanLatency,
     anchor_key,
     cast_melems,
+    full_choices,
+    inplace_key,
     layer_family,
     merge_blocks,
 )
@@ -83,14 +85,32 @@ def family_lines(records: Iterable[Sequence[Any]], min_layers: int = MIN_LAYERS
     return scales, offsets, casts
 
 
+def inplace_table(records: Iterable[Sequence[Any]]) -> dict[str, float]:
+    """Per `inplace_key`, the median in-model ms of the layers timed in place with that kernel,
+    from (family, in-model ms, isolated ms, cast elements, key) records."""
+    seen: dict[str, list[float]] = defaultdict(list)
+    for _fam, inside, _alone, *rest in records:
+        if len(rest) > 1 and rest[1] and math.isfinite(inside) and inside > 0:
+            seen[rest[1]].append(float(inside))
+    return {k: float(np.median(v)) for k, v in sorted(seen.items())}
+
+
 def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
                     scales: Mapping[str, float], offsets: Mapping[str, float] | None = None,
-                    casts: Mapping[str, float] | None = None, layer_casts: Mapping[str, float] | None = None
-                    ) -> tuple[float, float]:
-    """(Σ scaled ms (plus per-call offset and casts) of layers whose family has a scale, Σ ms of the others)."""
+                    casts: Mapping[str, float] | None = None, layer_casts: Mapping[str, float] | None = None,
+                    inplace: Mapping[str, float] | None = None, keys: Mapping[str, str] | None = None,
+                    extra: Mapping[str, float] | None = None) -> tuple[float, float]:
+    """(Σ of the layers' in-model ms where known — measured in place (`inplace`, by `keys`), else
+    scaled (plus per-call offset and casts) where their family has a line —, Σ ms of the others).
+    `extra`: a layer's other kernels (an AWQ input scale), which its in-place time includes."""
     fixed = free = 0.0
     for name, ms in per_layer.items():
         fam = families[name]
+        timed = (inplace or {}).get((keys or {}).get(name, ""))
+        if timed is not None:
+            fixed += timed
+            continue
+        free += (extra or {}).get(name, 0.0)
         s = scales.get(fam)
         if s is None:
             free += ms
@@ -114,7 +134,7 @@ def conformal_band(predicted: np.ndarray, measured: np.ndarray, coverage: float 
 
 
 # -- composing a plan's latency from its parts ----------------------------------------------------
-VARIANTS = ("kernel_sum", "overhead", "in_model", "in_model_affine", "per_model_affine")  # simplest first
+VARIANTS = ("kernel_sum", "overhead", "in_model", "in_model_affine", "per_model_affine", "in_place")  # simplest first
 TIE_POINTS = 1.0
 
 
@@ -141,10 +161,12 @@ class PlanParts:
     merge_blocks: int = 0  # blocks run with token merging (`model_latency.merge_blocks`)
     model_key: str = ""  # `model_latency.anchor_key` of the plan's model (which family lines it takes)
     layer_casts: dict[str, float] = field(default_factory=dict)  # layer -> millions of activation elements it casts
+    layer_keys: dict[str, str] = field(default_factory=dict)  # layer -> `inplace_key` of its kernel
+    layer_extra: dict[str, float] = field(default_factory=dict)  # layer -> ms of its other kernels (AWQ input scale)
 
     @property
     def kernel_ms(self) -> float:
-        return float(sum(self.layer_ms.values()) + self.rest_ms)
+        return float(sum(self.layer_ms.values()) + sum(self.layer_extra.values()) + self.rest_ms)
 
 
 def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = None) -> PlanParts:
@@ -153,19 +175,26 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
     kernels = ml.kernels(plan)
     ms = ml.predictor.predict_specs([s for _, s in kernels])
     layers = set(ml.model.layer_names)
+    choices = full_choices(ml.model, plan)
     layer_ms: dict[str, float] = {}
     family: dict[str, str] = {}
     casts: dict[str, float] = {}
+    keys: dict[str, str] = {}
+    extra: dict[str, float] = {}
     rest = 0.0
     for (owner, spec), t in zip(kernels, ms, strict=True):
         if owner in layers and isinstance(spec, LinearSpec):
             layer_ms[owner] = layer_ms.get(owner, 0.0) + float(t)
             family[owner] = layer_family(spec)
             casts[owner] = cast_melems(spec, ml.model.dtype)
+            keys[owner] = inplace_key(spec, choices[owner])
+        elif owner in layers:
+            extra[owner] = extra.get(owner, 0.0) + float(t)
         else:
             rest += float(t)
     merging = merge_blocks(ml.model, None if plan is None else plan.merge)
-    return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model), casts)
+    return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model), casts,
+                     keys, extra)
 
 
 @dataclass
@@ -179,7 +208,8 @@ class Composition:
         ms), that measurement plus the composed difference the plan makes (`Overhead.anchors`)."""
         oh = self.overhead.for_model(part.model_key)
         fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms,
-                                      oh.family_cast_ms, part.layer_casts)
+                                      oh.family_cast_ms, part.layer_casts, oh.inplace_ms, part.layer_keys,
+                                      part.layer_extra)
         total = float(oh.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
                                           np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
         if anchor is not None:
@@ -196,7 +226,9 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
     per-kernel and per-cast terms (NNLS); in_model: layer families scaled by their in-place
     ratios (`family_scales` of the training plans' layers), the rest by NNLS; in_model_affine: the
     same with a fixed per-call cost per family (`family_lines`); per_model_affine: the same, each
-    model with enough layers of a family in the training plans taking its own line for it.
+    model with enough layers of a family in the training plans taking its own line for it;
+    in_place: the same, and a layer whose kernel the training plans timed in place in its model
+    (`inplace_table`) takes that time as is.
     """
     if variant not in VARIANTS:
         raise HwsearchError(f"unknown composition {variant!r}; accepted: {', '.join(VARIANTS)}")
@@ -212,22 +244,25 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
         c = np.array([p.cast_melems for p in chosen])
         return Composition(Overhead.fit(k, n, c, y, merge_blocks=merging))
     training = [r for i in idx for r in records[i]]
-    affine = variant in ("in_model_affine", "per_model_affine")
+    affine = variant in ("in_model_affine", "per_model_affine", "in_place")
     scales, offsets, casts = family_lines(training) if affine else (family_scales(training), {}, {})
     lines = Overhead(family_scale=scales, family_offset_ms=offsets, family_cast_ms=casts)
-    if variant == "per_model_affine":
+    if variant in ("per_model_affine", "in_place"):
         for key in sorted({p.model_key for p in chosen}):
             own = [r for i in idx if parts[i].model_key == key for r in records[i]]
             (lines.model_family_scale[key], lines.model_family_offset_ms[key],
              lines.model_family_cast_ms[key]) = family_lines(own, MODEL_MIN_LAYERS)
+            if variant == "in_place":
+                lines.model_inplace_ms[key] = inplace_table(own)
     split = []
     for p in chosen:
         oh = lines.for_model(p.model_key)
         split.append(split_by_family(p.layer_ms, p.family, oh.family_scale, oh.family_offset_ms,
-                                     oh.family_cast_ms, p.layer_casts))
+                                     oh.family_cast_ms, p.layer_casts, oh.inplace_ms, p.layer_keys, p.layer_extra))
     fixed = np.array([f for f, _ in split])
     free = np.array([fr + p.rest_ms for (_, fr), p in zip(split, chosen, strict=True)])
     fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets)
     fitted.model_family_scale, fitted.model_family_offset_ms = lines.model_family_scale, lines.model_family_offset_ms
     fitted.family_cast_ms, fitted.model_family_cast_ms = casts, lines.model_family_cast_ms
+    fitted.model_inplace_ms = lines.model_inplace_ms
     return Composition(fitted)

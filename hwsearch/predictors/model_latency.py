@@ -102,15 +102,36 @@ class Overhead:
     # grow with tokens·(K+N), which neither a scale on its kernel nor a fixed cost per call follows
     family_cast_ms: dict[str, float] = field(default_factory=dict)
     model_family_cast_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    # measured first, at the model level: a layer kernel's own time *in place* in one model
+    # (`anchor_key` -> `inplace_key` -> ms, the median of its floors over the timed plans that ran
+    # it there). Where a plan's layer has one, it is used as is instead of a family line: what
+    # the device did with that kernel in that model, not a fit that must also serve other shapes.
+    model_inplace_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the resolved table of the model this overhead was resolved for (`for_model`); not stored
+    inplace_ms: dict[str, float] = field(default_factory=dict)
 
     def for_model(self, key: str | None) -> Overhead:
-        """The overhead a model composes with: the pooled family lines, with its own where fitted."""
+        """The overhead a model composes with: the pooled family lines, with its own where fitted,
+        and its in-place layer table."""
         own = self.model_family_scale.get(key or "")
-        if not own:
+        table = self.model_inplace_ms.get(key or "", {})
+        if not own and not table:
             return self
-        return replace(self, family_scale={**self.family_scale, **own},
+        return replace(self, family_scale={**self.family_scale, **(own or {})},
                        family_offset_ms={**self.family_offset_ms, **self.model_family_offset_ms.get(key or "", {})},
-                       family_cast_ms={**self.family_cast_ms, **self.model_family_cast_ms.get(key or "", {})})
+                       family_cast_ms={**self.family_cast_ms, **self.model_family_cast_ms.get(key or "", {})},
+                       inplace_ms=dict(table))
+
+    def inplace_of(self, spec: OpSpec, choice: Any = None, layer: bool = True) -> float | None:
+        """A layer kernel's measured in-place ms in the resolved model (`for_model`), or None."""
+        if not layer or not self.inplace_ms or not isinstance(spec, LinearSpec):
+            return None
+        return self.inplace_ms.get(inplace_key(spec, choice))
+
+    def with_inplace(self, key: str, table: Mapping[str, float]) -> Overhead:
+        """A copy whose in-place table for model `key` has `table`'s entries added (newer wins)."""
+        merged = {**self.model_inplace_ms, key: {**self.model_inplace_ms.get(key, {}), **dict(table)}}
+        return replace(self, model_inplace_ms=merged, inplace_ms={})
 
     def scale_of(self, spec: OpSpec, layer: bool = True) -> float | None:
         """A layer kernel's own family scale, or None where `scale` applies."""
@@ -183,7 +204,25 @@ class Overhead:
                 "model_family_scale": {k: dict(v) for k, v in self.model_family_scale.items()},
                 "model_family_offset_ms": {k: dict(v) for k, v in self.model_family_offset_ms.items()},
                 "family_cast_ms": dict(self.family_cast_ms),
-                "model_family_cast_ms": {k: dict(v) for k, v in self.model_family_cast_ms.items()}}
+                "model_family_cast_ms": {k: dict(v) for k, v in self.model_family_cast_ms.items()},
+                "model_inplace_ms": {k: dict(v) for k, v in self.model_inplace_ms.items()}}
+
+
+def inplace_key(spec: LinearSpec, choice: Any = None) -> str:
+    """Which in-place entry a layer kernel takes: its spec (shape at its token count, format,
+    group, N:M, rank) and its input scaling (an AWQ layer scales its input inside the layer)."""
+    scaling = (choice.get("scaling") if isinstance(choice, Mapping) else getattr(choice, "scaling", None)) if choice else None
+    return spec.describe() + (f"|{scaling}" if scaling else "")
+
+
+def plan_inplace_keys(model: ModelSpec, plan: Plan | None) -> dict[str, str]:
+    """Each layer's `inplace_key` under a plan (at the token count its merge schedule leaves it)."""
+    choices = full_choices(model, plan)
+    layers = set(model.layer_names)
+    kernels = model_kernels(model, choices, None if plan is None else plan.merge, dtype=model.dtype,
+                            kv_cache=None if plan is None else plan.kv_cache)
+    return {owner: inplace_key(spec, choices[owner]) for owner, spec in kernels
+            if owner in layers and isinstance(spec, LinearSpec)}
 
 
 def anchor_key(model: ModelSpec) -> str:
@@ -263,18 +302,23 @@ class ModelLatency:
         ks = self.kernels(plan)
         specs = [s for _, s in ks]
         layers = set(self.model.layer_names)
+        choices = full_choices(self.model, plan)
         ms = self.predictor.predict_specs(specs)
         by_op: dict[str, float] = {}
         for s, t in zip(specs, ms, strict=True):
             by_op[s.op] = by_op.get(s.op, 0.0) + float(t)
         launches = sum(_launches(s) for s in specs)
         casts = sum(cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
-        own = np.array([self.overhead.scale_of(s, owner in layers) or np.nan for (owner, s) in ks])
         oh = self.overhead
-        fixed = float(np.nansum(own * ms)) + sum(
+        # layers timed in place in this model: that time as is (an AWQ layer's input scale included)
+        inplace = {owner: t for owner, s in ks if owner in layers
+                   and (t := oh.inplace_of(s, choices[owner])) is not None}
+        covered = np.array([owner in inplace for owner, _ in ks], dtype=bool)
+        own = np.array([np.nan if owner in inplace else (oh.scale_of(s, owner in layers) or np.nan) for (owner, s) in ks])
+        fixed = float(sum(inplace.values())) + float(np.nansum(own * ms)) + sum(
             oh.offset_of(s, owner in layers) + oh.cast_ms_of(s, owner in layers) * cast_melems(s, self.model.dtype)
-            for owner, s in ks if isinstance(s, LinearSpec))
-        free = float(ms[np.isnan(own)].sum())
+            for owner, s in ks if isinstance(s, LinearSpec) and owner not in inplace)
+        free = float(ms[np.isnan(own) & ~covered].sum())
         kernel_ms = float(ms.sum())
         merging = merge_blocks(self.model, None if plan is None else plan.merge)
         total = float(self.overhead.apply(np.array([free]), np.array([launches]), np.array([casts]), fixed, merging)[0])
@@ -339,6 +383,8 @@ class PlanTable:
         self.base_ms = np.zeros(n_m)
         self.base_measured_ms = np.zeros(n_m)
         self.base_launches = np.zeros(n_m)
+        self.inplace = np.full((n_m, width), np.nan)  # a column's time in place in this model, where measured
+        oh = ml.overhead
         names = set(self.layers) | {f"{b}.attention" for b in self.kv_blocks}
         for mi, sched in enumerate(self.schedules):
             merged = model.with_merge(list(sched)) if model.blocks else model
@@ -357,7 +403,9 @@ class PlanTable:
                     if scale is not None:
                         scales.append(scale)
                         scale_cols.append(len(specs))
-                    specs.append(layer_kernel(layer, layer.tokens, c))
+                    spec = layer_kernel(layer, layer.tokens, c)
+                    self.inplace[mi, len(specs)] = oh.inplace_of(spec, c) or np.nan
+                    specs.append(spec)
             merged_blocks = {b.prefix: b for b in merged.blocks}
             for block, opts in zip(self.kv_blocks, self.choices[len(self.layers):], strict=True):
                 specs += [attention_spec(merged_blocks[block], model.dtype, c) for c in opts]
@@ -369,7 +417,6 @@ class PlanTable:
                 scale_ms = ml.predictor.predict_specs(scales)
                 self.scale_ms[mi] = np.bincount(scale_cols, weights=scale_ms, minlength=width)
                 self.launches[mi] += np.bincount(scale_cols, minlength=width)
-        oh = ml.overhead
         kv_cols = sum(len(c) for c in self.choices[len(self.layers):])  # attention kernels: `scale` applies
         own = np.array([[oh.scale_of(layer_kernel(layer, layer.tokens, c)) or np.nan
                          for layer, opts in zip(model.layers, self.choices, strict=False) for c in opts]
@@ -383,7 +430,9 @@ class PlanTable:
         offsets = offsets + per_cast * self.casts
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
-        self._entry = (scaled + oh.scale * self.scale_ms + oh.per_kernel_ms * self.launches
+        timed = ~np.isnan(self.inplace)  # measured in place: as is, its input scale included
+        scaled = np.where(timed, self.inplace, scaled)
+        self._entry = (scaled + oh.scale * np.where(timed, 0.0, self.scale_ms) + oh.per_kernel_ms * self.launches
                        + oh.per_cast_melem_ms * self.casts)
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
         self._base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches

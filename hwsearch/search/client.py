@@ -107,7 +107,7 @@ class JobHandle:
 
     def _trials(self) -> list[Any]:
         row = jobs.get_job(self.client.engine, self.id)
-        return results.load_trials(self.client.db_url, row.study_name)
+        return results.rescored(row.result, results.load_trials(self.client.db_url, row.study_name))
 
     def pareto(self) -> pd.DataFrame:
         """Feasible non-dominated trials: trial, plan_id, objective columns (sorted by the first)."""

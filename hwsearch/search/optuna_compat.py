@@ -89,6 +89,26 @@ def trial_id(trial: FrozenTrial) -> int:
     return trial._trial_id
 
 
+CONSTRAINTS_ATTR = "constraints"  # trial system attributes `set_constraint` writes, as `constraints:KEY`
+
+
+def rescored_trial(trial: FrozenTrial, values: list[float], user_attrs: dict[str, Any],
+                   constraints: dict[str, float]) -> FrozenTrial:
+    """A copy of a finished trial with other objective values, user attributes and constraints.
+
+    Why here: `FrozenTrial.set_constraint` keeps the first value a key was given, so the copy is
+    built without the old constraint attributes (which key they live under is Optuna's detail)."""
+    system = {k: v for k, v in trial.system_attrs.items() if not k.startswith(CONSTRAINTS_ATTR)}
+    out = FrozenTrial(number=trial.number, state=trial.state, value=None, values=list(values),
+                      datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
+                      params=dict(trial.params), distributions=dict(trial.distributions),
+                      user_attrs={**trial.user_attrs, **user_attrs}, system_attrs=system,
+                      intermediate_values=dict(trial.intermediate_values), trial_id=trial_id(trial))
+    for key, value in constraints.items():
+        out.set_constraint(key, value)
+    return out
+
+
 def start_generation(study: optuna.Study, trials: Iterable[optuna.trial.Trial]) -> None:
     """Put enqueued (warm-start) `trials` of an NSGA-II study in generation 0.
 

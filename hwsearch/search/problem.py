@@ -33,6 +33,8 @@ class Problem:
     overhead_id: int | None = None
     quality_task: Any = field(default=None, repr=False)
     dispatch: Any = field(default=None, repr=False)  # the device's `Dispatch`: what plans are built with
+    latency_predictor: Any = field(default=None, repr=False)  # the `Answer` the latency table was built from
+    overhead: Any = field(default=None, repr=False)  # the `Overhead` it composed with (a refit adds to it)
 
     @property
     def local(self) -> bool:
@@ -122,7 +124,7 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
         _mark_extrapolated(tables.provenance["latency"], spec)
     check_reachable(tables, spec)
     dispatch = predictor.dispatch if predictor is not None else None
-    return Problem(spec, space, tables, dev_id, fp, answer_doc, overhead_id, task, dispatch)
+    return Problem(spec, space, tables, dev_id, fp, answer_doc, overhead_id, task, dispatch, predictor, overhead)
 
 
 def _profile_missing(engine: Engine, spec: SearchSpec, model: Any, fingerprint: dict[str, Any],

@@ -7,6 +7,7 @@ capabilities, so any process can turn a trial into a `Plan` without the predicto
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -99,8 +100,11 @@ REFIT_ROUNDS = 3
 
 
 def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame, by_number: dict[int, FrozenTrial],
-                 chosen: list[int], round_no: int, correction: float, band_pct: float) -> list[dict[str, Any]]:
-    """Build and time the plans at `chosen` rows of the front (and evaluate quality where there is one)."""
+                 chosen: list[int], round_no: int, correction: float, band_pct: float
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Build and time the plans at `chosen` rows of the front (and evaluate quality where there is
+    one), their layers in place and, beside them, the uncompressed model (the anchor a refit
+    takes, timed in the same rounds). Returns (rows, the uncompressed model's timing)."""
     plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
     module = inputs = None
     if spec.custom:
@@ -108,14 +112,18 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     elif problem.quality_task is not None:
         module = problem.quality_task.model
         _, inputs = verify.torch_model(problem.space.model)
-    timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, plans, module, inputs,
-                                    problem.dispatch)
+    base = Plan(model=problem.space.model.name, device=spec.device, layers={})
+    timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, [*plans, base], module,
+                                    inputs, problem.dispatch, True)
+    anchor = timings[-1] if len(timings) > len(plans) else None
     rows = []
-    for i, plan, t in zip(chosen, plans, timings, strict=True):
+    for i, plan, t in zip(chosen, plans, timings[: len(plans)], strict=True):
         predicted = float(table.latency_ms.iloc[i]) if "latency_ms" in table else None
         row = {"trial": int(table.trial.iloc[i]), "round": round_no,
                "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True), "predicted_ms": predicted,
-               **{k: float(v) for k, v in t.items()}}
+               **{k: float(v) for k, v in t.items() if k != "layers_ms"}}
+        if t.get("layers_ms"):
+            row["layers_ms"] = dict(t["layers_ms"])
         if predicted is not None:
             # the estimate the job stands behind in this round (after any refitted correction) and its band
             row["corrected_ms"] = predicted * correction
@@ -126,7 +134,50 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
             row["measured_quality"] = float(problem.quality_task.evaluate(plan, "test"))
         rows.append(row)
     verify.store_verifications(engine, job_id, problem.device_id, rows)
-    return rows
+    return rows, anchor
+
+
+def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, verified: list[dict[str, Any]],
+                   anchor: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Verified plans' measurements join the calibration: each layer they timed in place enters the
+    model's in-place table (`Overhead.model_inplace_ms`, by `inplace_key`, the median of its timings
+    here), the uncompressed model timed beside them becomes its anchor (with its own layers in place,
+    so the table and the anchor come from one machine state), the device's overhead is stored
+    again with them, and `problem.tables` is rebuilt on it. None when nothing was timed in place."""
+    from collections import defaultdict
+
+    from hwsearch.predictors.model_latency import anchor_key, plan_inplace_keys, store_overhead
+    from hwsearch.search.objectives import latency_terms
+
+    model = problem.space.model
+    if problem.latency_predictor is None or problem.overhead is None:
+        return None
+    timed: dict[str, list[float]] = defaultdict(list)
+    sources = [(Plan.parse(r["plan"]), r.get("layers_ms")) for r in verified]
+    if anchor is not None:
+        sources.append((None, anchor.get("layers_ms")))
+    for plan, layers_ms in sources:
+        if not layers_ms:
+            continue
+        keys = plan_inplace_keys(model, plan)
+        for name, ms in layers_ms.items():
+            if name in keys and np.isfinite(ms) and ms > 0:
+                timed[keys[name]].append(float(ms))
+    if not timed:
+        return None
+    key = anchor_key(model)
+    overhead = problem.overhead.with_inplace(key, {k: float(np.median(v)) for k, v in timed.items()})
+    if anchor is not None:
+        overhead = overhead.with_anchors({key: float(anchor["measured_ms"])})
+    oid = store_overhead(engine, spec.device, overhead, {"refit_job": job_id},
+                         {"refit": "in-place layers of verified plans", "job": job_id, "model": key,
+                          "plans": len(verified), "inplace_entries": len(timed)})
+    tables = problem.tables
+    terms, base, _ = latency_terms(model, tables.variables, tables.merges, problem.latency_predictor, overhead)
+    problem.tables = replace(tables, terms={**tables.terms, "latency": terms}, base={**tables.base, "latency": base})
+    problem.overhead, problem.overhead_id = overhead, oid
+    return {"overhead_id": oid, "inplace_entries": len(timed),
+            "anchor_ms": None if anchor is None else float(anchor["measured_ms"])}
 
 
 def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame,
@@ -134,13 +185,17 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
     """Verify the top plans; while a measured plan falls outside its band (too slow, or so much faster
     that the estimate hides plans that would fit) or breaks the budget, refit and pick again.
 
-    A refit takes every plan verified so far: this model's correction (median measured /
-    predicted) and a band from the corrected residuals (split conformal, never narrower than the
-    calibrated one); the front is re-scored with them (a uniform correction keeps the front, it
-    moves which plans fit the budget) and the next top plans not yet verified are timed.
-    Returns (verified rows, rounds, correction, band).
+    A refit takes every plan verified so far. First their layers, timed in place, join the model's
+    in-place table (`refit_in_place`): the latency table is rebuilt, every trial of the search is
+    re-scored on it and the front drawn again, so an error that depends on the plan (one family of
+    layers costing more in this model than calibrated) is corrected where it arises. Then this
+    model's correction (median measured / re-scored prediction) and a band from the corrected
+    residuals (split conformal, never narrower than the calibrated one) cover what is left, and the
+    next top plans not yet verified are timed. Returns (verified rows, rounds, correction, band);
+    after a refit, `problem.tables` are the refitted ones.
     """
     from hwsearch.predictors.calibration import conformal_band
+    from hwsearch.search.study import rescore
 
     budget = spec.constraints.get("latency_ms")
     band = float((problem.tables.provenance.get("latency") or {}).get("band_pct") or 0.0)
@@ -155,7 +210,7 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         chosen = [int(pool[i]) for i in pareto.spread(pool, spec.verify_top_k)]
         if not chosen:
             break
-        rows = _verify_rows(engine, job_id, spec, problem, table, by_number, chosen, round_no, correction, band)
+        rows, anchor = _verify_rows(engine, job_id, spec, problem, table, by_number, chosen, round_no, correction, band)
         verified += rows
         timed = [r for r in rows if r.get("upper_ms") is not None]
         # a verified plan holds its budget only with room for the machine's re-timing drift:
@@ -166,13 +221,36 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
                        "predicted_ms": [r["predicted_ms"] for r in rows], "measured_ms": [r["measured_ms"] for r in rows]})
         if held or not timed:
             break
-        pred = np.array([r["predicted_ms"] for r in verified if r.get("predicted_ms") is not None])
+        refit = refit_in_place(engine, job_id, spec, problem, verified, anchor)
+        current = {r["trial"]: r["predicted_ms"] for r in verified}
+        if refit is not None:
+            trials = rescore(problem.tables, list(by_number.values()), spec.objectives, spec.constraints)
+            by_number = {t.number: t for t in trials}
+            table = front(trials, spec, job_id, problem.space.model.dtype)
+            li = spec.objectives.index("latency")
+            current = {n: by_number[n].values[li] for n in current}
+            rounds[-1]["refit"] = refit
+        pred = np.array([current[r["trial"]] for r in verified if r.get("predicted_ms") is not None])
         meas = np.array([r["measured_ms"] for r in verified if r.get("predicted_ms") is not None])
         correction = float(np.median(meas / pred))
         band = max(band, conformal_band(correction * pred, meas))
+        fits = np.ones(len(table), dtype=bool)
         if budget is not None:
             fits = (table.latency_ms.to_numpy(dtype=float) * correction * (1 + band / 100)) <= budget
     return verified, rounds, correction, band
+
+
+def rescored(result: dict[str, Any] | None, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """A job's trials as its last refit scored them (`result["rescored"]`: values, objective columns
+    and constraints per trial), the stored study being what the search itself saw."""
+    from hwsearch.search.optuna_compat import rescored_trial
+
+    scored = (result or {}).get("rescored")
+    if not scored:
+        return trials
+    again = [scored.get(str(t.number)) for t in trials]
+    return [t if a is None else rescored_trial(t, a["values"], a["user_attrs"], a["constraints"])
+            for t, a in zip(trials, again, strict=True)]
 
 
 def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spec: SearchSpec, problem: Any) -> dict[str, Any]:
@@ -186,6 +264,15 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
     correction, band = 1.0, None
     if spec.verify_top_k and len(table):
         verified, rounds, correction, band = verify_and_refit(engine, job_id, spec, problem, table, by_number)
+    again: dict[str, Any] = {}
+    if any("refit" in r for r in rounds):  # the front as the refitted latency table scores every trial
+        from hwsearch.search.study import rescore
+
+        trials = rescore(problem.tables, trials, spec.objectives, spec.constraints)
+        table = front(trials, spec, job_id, problem.space.model.dtype)
+        cols = columns(spec)
+        again = {str(t.number): {"values": list(t.values), "user_attrs": {c: t.user_attrs.get(c) for c in cols},
+                                 "constraints": dict(t.constraints)} for t in trials}
     values = table[[OBJECTIVES[o].column for o in spec.objectives]].to_numpy(dtype=float)
     ideal, nadir = pareto.bounds(problem.tables, spec.objectives)
     provenance = {k: dict(v) for k, v in problem.tables.provenance.items()}
@@ -195,11 +282,12 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
         "front_size": int(len(table)),
         "hypervolume": pareto.hypervolume(values, spec.objectives, ideal, nadir, spec.quality_metric) if len(values) else 0.0,
         "pareto": table.head(MAX_STORED_FRONT).to_dict(orient="records"),
-        "verified": [{k: v for k, v in r.items() if k != "plan"} for r in verified],
+        "verified": [{k: v for k, v in r.items() if k not in ("plan", "layers_ms")} for r in verified],
         "verification": {**verify.summary(verified, spec.constraints.get("latency_ms")),
                          "quality_abs_error": quality_error(verified)},
         "rounds": rounds,
         "latency_correction": correction,
+        "rescored": again,
         "predictor": problem.predictor,
         "provenance": provenance,
         "trials": len(trials),

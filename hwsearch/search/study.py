@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 
 from hwsearch.db.engine import PG_READ_ONLY, database_url, make_engine, parse_url, sqlite_read_only
 from hwsearch.search.objectives import MERGE_PARAM, OBJECTIVES, Tables, constraint
-from hwsearch.search.optuna_compat import start_generation, trial_id
+from hwsearch.search.optuna_compat import rescored_trial, start_generation, trial_id
 from hwsearch.search.pareto import front_mask
 from hwsearch.search.samplers import make_sampler
 from hwsearch.search.trials import read_trials, write_trials
@@ -68,22 +69,40 @@ def constraint_values(constraints: Mapping[str, float], scores: Mapping[str, np.
     return out
 
 
+def score_trials(tables: Tables, params: Sequence[Mapping[str, Any]], objectives: Sequence[str],
+                 constraints: Mapping[str, float]) -> list[tuple[list[float], dict[str, float], dict[str, float]]]:
+    """Trials' parameters scored as one batch from the tables: per trial, its objective values,
+    its objective columns (user attributes) and its constraint values."""
+    enc = [tables.encode_params(p) for p in params]
+    scores = tables.score(np.stack([e[0] for e in enc]), np.array([e[1] for e in enc]))
+    cons = constraint_values(constraints, scores, tables)
+    return [([float(scores[o][i]) for o in objectives], {OBJECTIVES[n].column: float(c[i]) for n, c in scores.items()},
+             {k: float(c[i]) for k, c in cons.items()}) for i in range(len(params))]
+
+
 def ask_tell(mem: optuna.Study, tables: Tables, dists: Mapping[str, CategoricalDistribution], objectives: Sequence[str],
              constraints: Mapping[str, float], n: int) -> list[optuna.trial.FrozenTrial]:
     """Ask `n` trials, score them as one batch from the tables, tell them; returns them finished."""
     asked = [mem.ask(dict(dists)) for _ in range(n)]
     start_generation(mem, asked)  # warm-start trials are NSGA-II's initial population
-    enc = [tables.encode_params(t.params) for t in asked]
-    scores = tables.score(np.stack([e[0] for e in enc]), np.array([e[1] for e in enc]))
-    cons = constraint_values(constraints, scores, tables)
-    for i, trial in enumerate(asked):
-        for name, col in scores.items():
-            trial.set_user_attr(OBJECTIVES[name].column, float(col[i]))
-        for key, col in cons.items():
-            trial.set_constraint(key, float(col[i]))
-        mem.tell(trial, [float(scores[o][i]) for o in objectives])
+    for trial, (values, attrs, cons) in zip(asked, score_trials(tables, [t.params for t in asked], objectives, constraints),
+                                            strict=True):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        for key, value in cons.items():
+            trial.set_constraint(key, value)
+        mem.tell(trial, values)
     every = mem.get_trials(deepcopy=False)
     return [every[t.number] for t in asked]
+
+
+def rescore(tables: Tables, trials: Sequence[optuna.trial.FrozenTrial], objectives: Sequence[str],
+            constraints: Mapping[str, float]) -> list[optuna.trial.FrozenTrial]:
+    """Copies of finished trials scored again on (refitted) tables; the stored study is untouched."""
+    if not trials:
+        return []
+    scored = score_trials(tables, [t.params for t in trials], objectives, constraints)
+    return [rescored_trial(t, *s) for t, s in zip(trials, scored, strict=True)]
 
 
 def optimize_in_memory(tables: Tables, objectives: Sequence[str], constraints: Mapping[str, float], sampler: str,

@@ -84,9 +84,12 @@ def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None
 
 
 def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: str = "cpu",
-               module: Any = None, example_inputs: Any = None, dispatch: Any = None) -> list[dict[str, float]]:
+               module: Any = None, example_inputs: Any = None, dispatch: Any = None,
+               layers: bool = False) -> list[dict[str, Any]]:
     """End-to-end latency (ms) of each plan built on the real module with the device's dispatch:
-    the profiler's protocol (blocks, rounds interleaved across the plans, stability gate)."""
+    the profiler's protocol (blocks, rounds interleaved across the plans, stability gate). With
+    `layers`, each plan's layers are also timed in place (`layers_ms`: name -> ms, the floor of
+    `profilers.inmodel.layer_times`), which is what a refit adds to the model's in-place table."""
     import torch
 
     from hwsearch.kernels.apply import apply_plan, forward
@@ -99,18 +102,25 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
         built = [apply_plan(base, plan, model, backend=backend, dispatch=dispatch, calibration=x).eval() for plan in plans]
         timings = time_items([[lambda m=m: forward(m, x)] for m in built], threads=threads,
                              device=torch_device(backend), protocol=MODEL_PROTOCOL)
+    inside: list[dict[str, float] | None] = [None] * len(built)
+    if layers and backend == "cpu":  # hooks time a CPU layer; a GPU layer would need events
+        from hwsearch.profilers.inmodel import layer_times
+
+        inside = [layer_times(m, x, list(model.layer_names), threads=threads) for m in built]
     del built
     return [{"measured_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "cov": t.cov,
-             "spread": t.spread, "unstable": t.unstable} for t in timings]
+             "spread": t.spread, "unstable": t.unstable, **({"layers_ms": ms} if ms is not None else {})}
+            for t, ms in zip(timings, inside, strict=True)]
 
 
 def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, plans: Sequence[Plan],
-                   module: Any = None, example_inputs: Any = None, dispatch: Any = None) -> list[dict[str, float]]:
+                   module: Any = None, example_inputs: Any = None, dispatch: Any = None,
+                   layers: bool = False) -> list[dict[str, Any]]:
     """Time here when this is the device's host, else on the Ray node offering `device:NAME`."""
     threads = int(fingerprint.get("threads") or 1)
     backend = fingerprint.get("backend", "cpu")
     if fingerprint.get("host") == socket.gethostname():
-        return time_plans(model, plans, threads, backend, module, example_inputs, dispatch)
+        return time_plans(model, plans, threads, backend, module, example_inputs, dispatch, layers)
     import ray
 
     resource = f"device:{device}"
@@ -120,7 +130,7 @@ def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, p
             f"accepted: run on the device's host, or start a Ray node there with --resources '{{\"{resource}\": 1}}'"
         )
     task = ray.remote(time_plans).options(resources={resource: 1}, num_cpus=0)
-    return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs, dispatch))
+    return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs, dispatch, layers))
 
 
 def store_verifications(engine: Engine, job_id: int, device_id: int, rows: Sequence[dict[str, Any]]) -> int:
