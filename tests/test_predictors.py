@@ -379,6 +379,8 @@ def test_cli_train_predict_and_bench_json(world, tmp_path: Path):
 
 
 def test_cli_bench_model_latency_times_real_plans(world):
+    from hwsearch.predictors.calibration import TIE_POINTS
+
     res = _run(["bench", "model-latency", "--device", "syn", "--model", "digits_vit,vit_tiny", "--plans", "4", "--json",
                 "--db", world["url"]])
     assert res.exit_code == 0, res.output
@@ -386,8 +388,9 @@ def test_cli_bench_model_latency_times_real_plans(world):
     assert {"mape", "within_10pct", "rows"} <= set(doc) and len(doc["rows"]) == 4
     assert [r["model"] for r in doc["rows"]] == ["digits_vit", "vit_tiny"] * 2  # the overhead spans both
     assert set(doc["per_model"]) == {"digits_vit", "vit_tiny"}
-    # the composition scored and stored is the one with the lowest held-out error
-    assert doc["mape"] == pytest.approx(min(v["mape"] for v in doc["compositions"].values()))
+    # the composition scored and stored is the richest within a point of the lowest held-out error
+    assert doc["mape"] <= min(v["mape"] for v in doc["compositions"].values()) + TIE_POINTS + 1e-9
+    assert doc["covering_plans"] > 0
     assert doc["mape"] == pytest.approx(doc["compositions"][doc["composition"]]["mape"])
     if doc["composition"] == "kernel_sum":
         assert doc["overhead"]["scale"] == 1.0

@@ -144,6 +144,20 @@ def test_capabilities_restrict_choices_and_mark_native() -> None:
     assert not turing.native(LayerChoice(format="fp8")) and not turing.native(LayerChoice(format="int4"))
 
 
+def test_covering_plans_run_every_choice_of_every_layer_shape() -> None:
+    spec = get_model("vit_tiny")
+    cpu = Capabilities.from_dict({"fp32": True, "bf16": True, "int8": True, "int4": True, "fp8": False, "nm": False}, "cpu")
+    space = SearchSpace(spec, cpu, Knobs(rank_step=64))
+    plans = space.covering_plans("cpu")
+    for layer in spec.layers:  # every layer of a shape: together, the plans run each of its choices
+        same = [m.name for m in spec.layers if (m.tokens, m.K, m.N, m.bias) == (layer.tokens, layer.K, layer.N, layer.bias)]
+        ran = {p.choice(n, spec.dtype) for p in plans for n in same}
+        assert ran == set(space.layers[layer.name].choices()) | {space.identity()}
+    for p in plans:
+        space.check_plan(p)
+    assert 1 < len(plans) and len(space.covering_plans(max_plans=1)) == 1
+
+
 def test_ranks_are_multiples_of_32_up_to_a_fraction() -> None:
     spec = get_model("vit_base")
     space = SearchSpace(spec, knobs=Knobs(rank_fraction=0.25))

@@ -46,6 +46,7 @@ from hwsearch.search.verify import torch_model
 from hwsearch.spaces.catalog import get_model, split_model_refs
 
 AGGRESSIVENESS = (0.1, 0.9)
+MAX_COVERING = 3  # covering plans per model (`SearchSpace.covering_plans`)
 
 
 def _plan_doc(plan: Any) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def _scores(pred: np.ndarray, measured: np.ndarray, again: np.ndarray) -> dict[s
 def run(
     engine: Engine, device: str, model: str | Sequence[Any] = "vit_base", plans: int = 20, seed: int = 0, threads: int | None = None,
     aggressiveness: float | None = None, store: bool = True, progress: Callable[[str, int, int], None] | None = None,
+    cover: bool = True,
 ) -> dict[str, Any]:
     import torch
 
@@ -88,9 +90,11 @@ def run(
     caps = Capabilities.from_dict(registry.capabilities(backend), device)
     specs, built_models, spaces = {}, {}, {}
     for request in requests:
-        if isinstance(request, SearchSpec):  # a user's torch model, traced, with its knobs
+        if isinstance(request, SearchSpec):  # a user's torch model (traced) or a catalogue one, with its knobs
             desc = request.model_description()
-            specs[desc.name], built_models[desc.name] = desc, (request.model.eval(), request.example_inputs)
+            specs[desc.name] = desc
+            built_models[desc.name] = ((request.model.eval(), request.example_inputs) if request.custom
+                                       else torch_model(desc))
             spaces[desc.name] = SearchSpace(desc, caps, request.knob_values())
         else:
             specs[request] = get_model(request)
@@ -112,6 +116,11 @@ def run(
     drawn = [(models[i % len(models)], spaces[models[i % len(models)]].sample(
         rng, aggressiveness if aggressiveness is not None else rng.uniform(*AGGRESSIVENESS), device))
         for i in range(plans)]
+    # plans that together run every choice of every layer shape once (`SearchSpace.covering_plans`):
+    # they only ever train, so each kernel a search can put in a layer has its in-place time in
+    # this model; every score below is over the random plans
+    covering = [(m, p) for m in models for p in spaces[m].covering_plans(device, MAX_COVERING)] if cover else []
+
     def build(name: str, plan: Any) -> Any:
         base, _ = built_models[name]
         return apply_plan(base, plan, specs[name], backend=backend, dispatch=answer.dispatch).eval()
@@ -131,19 +140,37 @@ def run(
     parts: list[PlanParts] = []
     parts_alone: list[PlanParts] = []
     measured, rows, records, records_alone, promised = [], [], [], [], []
-    for i, (name, plan) in enumerate(drawn):
+    cover_parts: list[PlanParts] = []
+    cover_parts_alone: list[PlanParts] = []
+    cover_records: list[Any] = []
+    cover_records_alone: list[Any] = []
+    cover_y: list[float] = []
+    for i, (name, plan) in enumerate(covering + drawn):
+        training_only = i < len(covering)
         est = latencies[name].plan(plan)
-        promised.append(as_searched[name].plan(plan).total_ms)
         module, args = build(name, plan), built_models[name][1]
         timing = timed(module, name)
         part = plan_parts(latencies[name], plan, est)
         inside = layer_times(module, args, list(part.layer_ms), threads=threads)
-        records.append([(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0), part.layer_keys[n])
-                        for n in part.layer_ms])
-        parts.append(part)
+        record = [(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0), part.layer_keys[n])
+                  for n in part.layer_ms]
         part_alone = plan_parts(predicted_only[name], plan)
-        records_alone.append([(part_alone.family[n], inside[n], part_alone.layer_ms[n], part_alone.layer_casts.get(n, 0.0),
-                               part_alone.layer_keys[n]) for n in part_alone.layer_ms])
+        record_alone = [(part_alone.family[n], inside[n], part_alone.layer_ms[n], part_alone.layer_casts.get(n, 0.0),
+                         part_alone.layer_keys[n]) for n in part_alone.layer_ms]
+        del module
+        if training_only:
+            cover_parts.append(part)
+            cover_parts_alone.append(part_alone)
+            cover_records.append(record)
+            cover_records_alone.append(record_alone)
+            cover_y.append(timing.median_us / 1e3)
+            if progress:
+                progress("timing the covering plans (every choice of every layer shape, in place)", i + 1, len(covering))
+            continue
+        promised.append(as_searched[name].plan(plan).total_ms)
+        records.append(record)
+        parts.append(part)
+        records_alone.append(record_alone)
         parts_alone.append(part_alone)
         measured.append(timing.median_us / 1e3)
         rows.append({"model": name, **_plan_doc(plan), "kernel_sum_ms": est.kernel_ms, "kernels": est.kernels,
@@ -155,9 +182,8 @@ def run(
                      "measured_cov": timing.cov, "measured_spread": timing.spread,
                      "parts": {"rest_ms": part.rest_ms, "launches": part.launches, "merge_blocks": part.merge_blocks,
                                "layers": {n: [part.family[n], inside[n], part.layer_ms[n]] for n in part.layer_ms}}})
-        del module
         if progress:
-            progress("timing plans (end to end and layer by layer)", i + 1, plans)
+            progress("timing plans (end to end and layer by layer)", i + 1 - len(covering), plans)
     # The noise floor: every plan built and timed a second time, after all the others.
     again = []
     for i, (name, plan) in enumerate(drawn):
@@ -174,11 +200,23 @@ def run(
     k = np.array([p.kernel_ms for p in parts])
     everyone = np.arange(len(y))
 
+    cover_names = np.array([name for name, _ in covering], dtype=object)
+    y_all = np.concatenate([y, cover_y])
+
+    def fit_on(variant: str, ps: list[PlanParts], recs: list[Any], train: np.ndarray, left_out: str | None = None) -> Any:
+        """`variant` fitted on the random plans `train` selects and the covering plans (but those
+        of the model `left_out`)."""
+        alone_ = ps is parts_alone
+        return fit_compose(variant, ps + (cover_parts_alone if alone_ else cover_parts),
+                           recs + (cover_records_alone if alone_ else cover_records), y_all,
+                           np.concatenate([train, cover_names != left_out]))
+
     def held_out(variant: str, ps: list[PlanParts], recs: list[Any], anchored: list[Any] | None,
                  train: Callable[[int], np.ndarray]) -> np.ndarray:
-        """Each plan predicted by `variant` fitted on the plans `train(i)` selects."""
-        return np.array([fit_compose(variant, ps, recs, y, train(i)).predict(ps[i], None if anchored is None else anchored[i])
-                         for i in everyone])
+        """Each plan predicted by `variant` fitted on the plans `train(i)` selects (and the covering
+        ones of the models it keeps)."""
+        return np.array([fit_on(variant, ps, recs, train(i), names[i] if train is other_models else None)
+                         .predict(ps[i], None if anchored is None else anchored[i]) for i in everyone])
 
     def others(i: int) -> np.ndarray:
         return everyone != i
@@ -195,7 +233,7 @@ def run(
     lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
     bare = held_out(chosen, parts, records, None, others)
     bare_lomo = held_out(chosen, parts, records, None, other_models) if len(models) > 1 else None
-    full = fit_compose(chosen, parts, records, y, everyone == everyone).overhead
+    full = fit_on(chosen, parts, records, everyone == everyone).overhead
     full.anchors = {anchor_key(specs[m]): anchor_ms[m] for m in models}
     loo_alone = {v: held_out(v, parts_alone, records_alone, anchors_alone, others) for v in VARIANTS}
     chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS})
@@ -211,6 +249,7 @@ def run(
         "predictor": answer.describe(),
         "threads": threads,
         "plans": plans,
+        "covering_plans": len(covering),
         "mape": mape(pred, y),
         "within_10pct": within_pct(pred, y, 10.0),
         "spearman": spearman(pred, y),

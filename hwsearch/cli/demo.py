@@ -1,13 +1,17 @@
 """`hwsearch demo`: the main job end to end on this machine, on the embedded database.
 
-Profile this machine (quick budget, plus every kernel the two searches score: `profile --for`),
-train its XGBoost predictor, calibrate how kernels compose into a model (layers timed in place, the
-overhead, a safe band, each model's uncompressed latency as its anchor) on a few timed plans of two models, search
+Profile this machine (every kernel the two searches score: `profile --for`, measured first),
+train its XGBoost predictor, calibrate how kernels compose into a model (layers timed in place —
+covering plans run every choice of every layer shape once, so each kernel the searches can pick
+has its in-place time —, the overhead, a safe band, each model's uncompressed latency as its
+anchor) on a few timed plans of two models, search
 `vit_base` (latency x size) and `minilm` (latency x quality: the packaged MiniLM sentence encoder with its real
 weights, quality the cosine similarity of its embeddings, from the sensitivity proxy, the chosen plans evaluated
 for real; bf16 layers run it faster on CPUs with bf16 units, so its front is a real trade-off),
-verify the top plans on this machine, export them, and print the Pareto tables, the
-predicted-vs-measured check and where the files are.
+verify the top plans on this machine (refitting from their layers timed in place while one misses
+its band), export them, and print the Pareto tables, the predicted-vs-measured check and where the
+files are. Both searches use a few knobs (`demo_knobs`) so that the demo measures all they score
+within minutes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ from hwsearch.cli.root import app
 
 DEMO_TRIALS = {"vit_base": 300, "minilm": 200}
 DEMO_VERIFY = {"vit_base": 3, "minilm": 4}  # plans timed on the machine (and, for minilm, evaluated for real)
+
+
+MINILM_KNOBS: dict[str, object] = {"formats": ["fp32", "bf16", "int8", "int4"], "group_sizes": [128], "rank_step": 64}
+
+
+def demo_knobs(model: str) -> dict[str, object]:
+    """The demo's search knobs: MiniLM's formats with one int4 group and three ranks
+    (`MINILM_KNOBS`); vit_base's from `measured_knobs`."""
+    return dict(MINILM_KNOBS) if model == "minilm" else measured_knobs(model)
 
 
 def measured_knobs(model: str) -> dict[str, object]:
@@ -61,8 +74,8 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
     started = time.perf_counter()
     client = Client(db)
     engine = client.engine
-    console.print(f"[bold]1/6[/bold] profiling this machine (quick budget, plus what the searches score) into {client.db_url}")
-    summary = profile_local(engine, budget="quick", models=[("vit_base", knobs_from_doc(measured_knobs("vit_base"))), "minilm"])
+    console.print(f"[bold]1/6[/bold] profiling this machine (every kernel the two searches score) into {client.db_url}")
+    summary = profile_local(engine, budget=None, models=[(m, knobs_from_doc(demo_knobs(m))) for m in ("vit_base", "minilm")])
     device = summary.device
     console.print(f"    {device}: {summary.measured} kernels measured now, {summary.already_stored} already stored")
     console.print("[bold]2/6[/bold] training its latency predictor")
@@ -70,21 +83,25 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
         held = (t["metrics"].get("held_out") or {}).get("all") or {}
         console.print(f"    xgboost #{t['id']}: held-out within ±10 % {held.get('within_10pct', float('nan')):.1%}, "
                       f"MAPE {held.get('mape', float('nan')):.1f} % on {held.get('n', 0)} kernels")
-    console.print("[bold]3/6[/bold] calibrating the end-to-end overhead on 8 timed plans of vit_base and minilm "
-                  "(each beside its uncompressed model, the anchor)")
-    cal = calibrate(engine, device, "vit_base,minilm", plans=8, seed=0)
+    console.print("[bold]3/6[/bold] calibrating the end-to-end overhead on 6 timed plans of vit_base and minilm "
+                  "(each beside its uncompressed model, the anchor), their layers timed in place after covering "
+                  "plans that run every choice of every layer shape once")
+    cal = calibrate(engine, device, [SearchSpec(model=m, device=device, knobs=demo_knobs(m)) for m in ("vit_base", "minilm")],
+                    plans=6, seed=0)
     per_model = ", ".join(f"{m} {d['mape']:.1f} %" for m, d in (cal.get("per_model") or {}).items())
     console.print(f"    leave-one-out MAPE {cal['mape']:.1f} % ({per_model}; kernel sum alone: "
-                  f"{cal['kernel_sum_only']['mape']:.1f} %)")
+                  f"{cal['kernel_sum_only']['mape']:.1f} %; composition {cal['composition']}, "
+                  f"{cal['covering_plans']} covering plans)")
     out = Path(out_dir) if out_dir else data_dir() / "demo"
     out.mkdir(parents=True, exist_ok=True)
     searches = [("vit_base", ["latency", "size"]), ("minilm", ["latency", "quality"])]
-    console.print("    (vit_base searches fp32/bf16/int8/int4 g128, one rank, no merging; minilm its whole space)")
+    console.print("    (vit_base searches fp32/bf16/int8/int4 g128 and one rank, no merging; minilm fp32/bf16/int8/int4 g128 "
+                  "and three ranks)")
     done: dict[str, object] = {"device": device, "files": []}
     for step, (model, objectives) in enumerate(searches, start=4):
         console.print(f"[bold]{step}/6[/bold] searching {model} ({' x '.join(objectives)}, "
                       f"{DEMO_TRIALS[model]} trials, 2 workers on local Ray), verifying the top {DEMO_VERIFY[model]} on {device}")
-        knobs = measured_knobs(model) if model == "vit_base" else {}
+        knobs = demo_knobs(model)
         job = client.submit(SearchSpec(model=model, device=device, objectives=objectives, knobs=knobs,
                                        n_trials=DEMO_TRIALS[model], n_workers=2, verify_top_k=DEMO_VERIFY[model]))
         with JobProgress(True) as on_poll:

@@ -265,6 +265,47 @@ class SearchSpace:
         return (all(self.caps.native(plan.choice(n, dtype)) for n in self.layers)
                 and all(self.caps.kv_native(plan.kv_choice(b, dtype), dtype) for b in self.kv))
 
+    def _assign(self, chosen: dict[str, LayerChoice], name: str, pick: LayerChoice) -> None:
+        """`pick` for layer `name`, and the knobs its groups share for their other members."""
+        chosen[name] = pick
+        for group in self.model.groups_of(name):
+            for member in group.members:
+                if member == name:
+                    continue
+                base = chosen.get(member) or self.identity()
+                shared = {knob: getattr(pick, knob) for knob in group.shared}
+                merged = {**base.model_dump(), **shared}
+                if merged["format"] != "int4":  # a member's AWQ goes with its int4 format
+                    merged["scaling"] = None
+                chosen[member] = LayerChoice(**merged)
+
+    def covering_plans(self, device: str | None = None, max_plans: int | None = None) -> list[Plan]:
+        """Few plans (no merging) that together run every choice of every layer shape at least
+        once: the layers of one shape (tokens, K, N) take its choices in turn, plan after plan,
+        so one timing of each plan measures, in place, each kernel the space can put there.
+        Layers a group ties to another follow it (their shared knobs). With `max_plans`, at most
+        that many (a shape with few layers, such as a classifier head, then has only as many of
+        its choices covered)."""
+        by_shape: dict[tuple[int, int, int, bool], list[str]] = {}
+        for layer in self.model.layers:
+            if layer.name in self.layers:
+                by_shape.setdefault((layer.tokens, layer.K, layer.N, layer.bias), []).append(layer.name)
+        options = {shape: [self.identity(), *[c for c in self.layers[names[0]].choices() if c != self.identity()]]
+                   for shape, names in by_shape.items()}
+        n_plans = max((-(-len(options[s]) // len(names)) for s, names in by_shape.items()), default=0)
+        n_plans = n_plans if max_plans is None else min(n_plans, max_plans)
+        plans = []
+        for j in range(n_plans):
+            chosen: dict[str, LayerChoice] = {}
+            for shape, names in by_shape.items():
+                opts = options[shape]
+                for i, name in enumerate(names):
+                    if name not in chosen:
+                        self._assign(chosen, name, opts[(j * len(names) + i) % len(opts)])
+            layers = {n: c for n, c in chosen.items() if not c.is_identity(self.model.dtype)}
+            plans.append(Plan(model=self.model.name, device=device or self.caps.name, layers=layers))
+        return plans
+
     def size(self) -> int:
         """Number of distinct plans (per-layer choices × merge schedules), ignoring groups."""
         total = len(self.merge_options)
@@ -280,20 +321,8 @@ class SearchSpace:
         the same probability. Used to cover a wide range of quality in benchmarks."""
         chosen: dict[str, LayerChoice] = {}
         for name, space in self.layers.items():
-            if name in chosen:
-                continue
-            pick = rng.choice(space.choices()) if rng.random() < aggressiveness else self.identity()
-            chosen[name] = pick
-            for group in self.model.groups_of(name):
-                for member in group.members:
-                    if member == name:
-                        continue
-                    base = chosen.get(member) or self.identity()
-                    shared = {knob: getattr(pick, knob) for knob in group.shared}
-                    merged = {**base.model_dump(), **shared}
-                    if merged["format"] != "int4":  # a member's AWQ goes with its int4 format
-                        merged["scaling"] = None
-                    chosen[member] = LayerChoice(**merged)
+            if name not in chosen:
+                self._assign(chosen, name, rng.choice(space.choices()) if rng.random() < aggressiveness else self.identity())
         merge = None
         if len(self.merge_options) > 1 and rng.random() < aggressiveness:
             merge = rng.choice(self.merge_options[1:])
