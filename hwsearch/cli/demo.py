@@ -1,6 +1,7 @@
 """`hwsearch demo`: the main job end to end on this machine, on the embedded database.
 
-Profile this machine (every kernel the two searches score: `profile --for`, measured first),
+Profile this machine (every kernel the two searches score: `profile --for`, measured first, and
+the first kernels of the quick sweep for its predictor),
 train its XGBoost predictor, calibrate how kernels compose into a model (layers timed in place —
 covering plans run every choice of every layer shape once, so each kernel the searches can pick
 has its in-place time —, the overhead, a safe band, each model's uncompressed latency as its
@@ -23,6 +24,9 @@ from pathlib import Path
 from hwsearch.cli.common import DB_OPTION
 from hwsearch.cli.root import app
 
+# the quick sweep's first kernels, beside those the searches score: enough for the device's own
+# predictor (it needs 100), which answers only what no measurement does
+PROFILE_BUDGET = 64
 DEMO_TRIALS = {"vit_base": 300, "minilm": 200}
 DEMO_VERIFY = {"vit_base": 3, "minilm": 4}  # plans timed on the machine (and, for minilm, evaluated for real)
 
@@ -74,8 +78,10 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
     started = time.perf_counter()
     client = Client(db)
     engine = client.engine
-    console.print(f"[bold]1/6[/bold] profiling this machine (every kernel the two searches score) into {client.db_url}")
-    summary = profile_local(engine, budget=None, models=[(m, knobs_from_doc(demo_knobs(m))) for m in ("vit_base", "minilm")])
+    console.print(f"[bold]1/6[/bold] profiling this machine (every kernel the two searches score, and {PROFILE_BUDGET} "
+                  f"kernels of the quick sweep for its predictor) into {client.db_url}")
+    summary = profile_local(engine, budget=PROFILE_BUDGET,
+                            models=[(m, knobs_from_doc(demo_knobs(m))) for m in ("vit_base", "minilm")])
     device = summary.device
     console.print(f"    {device}: {summary.measured} kernels measured now, {summary.already_stored} already stored")
     console.print("[bold]2/6[/bold] training its latency predictor")
