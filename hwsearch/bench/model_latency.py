@@ -227,7 +227,7 @@ def run(
     # held-out predictions of each way to compose: each plan from a fit on the other plans
     loo = {v: held_out(v, parts, records, anchors, others) for v in VARIANTS}
     scores = {v: {"mape": mape(p, y), "within_10pct": within_pct(p, y, 10.0)} for v, p in loo.items()}
-    chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS})
+    chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS}, noise_floor_mape=mape(y2, y))
     pred = loo[chosen]
     lomo_pred = held_out(chosen, parts, records, anchors, other_models) if len(models) > 1 else None
     lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
@@ -236,7 +236,7 @@ def run(
     full = fit_on(chosen, parts, records, everyone == everyone).overhead
     full.anchors = {anchor_key(specs[m]): anchor_ms[m] for m in models}
     loo_alone = {v: held_out(v, parts_alone, records_alone, anchors_alone, others) for v in VARIANTS}
-    chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS})
+    chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS}, noise_floor_mape=mape(y2, y))
     pred_alone = loo_alone[chosen_alone]
     full.band_pct = conformal_band(pred, y)
     full.retime_band_pct = conformal_band(y, y2, RETIME_COVERAGE)  # the same plans timed again: the machine's drift
@@ -285,7 +285,7 @@ def run(
         "scoring": ("leave-one-out: each plan predicted by a composition fitted on the other plans (family scales "
                     "from their layers timed in place, overhead by NNLS); of the compositions "
                     f"({', '.join(VARIANTS)}) the richest within {TIE_POINTS:g} point(s) of the lowest held-out MAPE "
-                    "is scored and stored; "
+                    "(or within the noise floor, where wider) is scored and stored; "
                     "leave_one_model_out fits it on the other models' plans only; every prediction is anchored: "
                     "the model's uncompressed latency measured end to end plus the composed difference the plan "
                     "makes (`unanchored` scores the same without it)"),
