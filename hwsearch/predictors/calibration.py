@@ -168,7 +168,6 @@ class PlanParts:
     layer_casts: dict[str, float] = field(default_factory=dict)  # layer -> millions of activation elements it casts
     layer_keys: dict[str, str] = field(default_factory=dict)  # layer -> `inplace_key` of its kernel
     layer_extra: dict[str, float] = field(default_factory=dict)  # layer -> ms of its other kernels (AWQ input scale)
-    weight_mb: float = 0.0  # the layers' weights under the plan
 
     @property
     def kernel_ms(self) -> float:
@@ -200,7 +199,7 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
             rest += float(t)
     merging = merge_blocks(ml.model, None if plan is None else plan.merge)
     return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model), casts,
-                     keys, extra, est.weight_mb)
+                     keys, extra)
 
 
 @dataclass
@@ -217,7 +216,7 @@ class Composition:
                                       oh.family_cast_ms, part.layer_casts, oh.inplace_ms, part.layer_keys,
                                       part.layer_extra)
         total = float(oh.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
-                               np.array([part.cast_melems]), fixed, part.merge_blocks, part.weight_mb)[0])
+                                          np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
         if anchor is not None:
             base, measured_ms = anchor
             total += measured_ms - self.predict(base)
@@ -243,13 +242,12 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
     chosen = [parts[i] for i in idx]
     n = np.array([p.launches for p in chosen], dtype=float)
     merging = np.array([p.merge_blocks for p in chosen], dtype=float)
-    weights = np.array([p.weight_mb for p in chosen], dtype=float)
     if variant == "kernel_sum":
         return Composition(Overhead(fitted_on=len(idx)))
     if variant == "overhead":
         k = np.array([p.kernel_ms for p in chosen])
         c = np.array([p.cast_melems for p in chosen])
-        return Composition(Overhead.fit(k, n, c, y, merge_blocks=merging, weight_mb=weights))
+        return Composition(Overhead.fit(k, n, c, y, merge_blocks=merging))
     training = [r for i in idx for r in records[i]]
     affine = variant in ("in_model_affine", "per_model_affine", "in_place")
     scales, offsets, casts = family_lines(training) if affine else (family_scales(training), {}, {})
@@ -268,7 +266,7 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
                                      oh.family_cast_ms, p.layer_casts, oh.inplace_ms, p.layer_keys, p.layer_extra))
     fixed = np.array([f for f, _ in split])
     free = np.array([fr + p.rest_ms for (_, fr), p in zip(split, chosen, strict=True)])
-    fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets, weights)
+    fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets)
     fitted.model_family_scale, fitted.model_family_offset_ms = lines.model_family_scale, lines.model_family_offset_ms
     fitted.family_cast_ms, fitted.model_family_cast_ms = casts, lines.model_family_cast_ms
     fitted.model_inplace_ms = lines.model_inplace_ms

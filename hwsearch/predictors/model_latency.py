@@ -35,7 +35,6 @@ from hwsearch.predictors.store import latest, store_predictor
 from hwsearch.spaces.formats import ACT_DTYPE
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import KVCacheChoice, LayerChoice, Plan
-from hwsearch.spaces.size import layer_bytes
 
 OVERHEAD_KIND = "overhead"
 OVERHEAD_TERMS = ("kernel_ms", "forward", "kernels", "cast_melems")
@@ -66,10 +65,6 @@ class Overhead:
 
         Σ_layers (family_scale[f]·t + family_offset_ms[f]) + scale·Σ_other kernels + per_forward + per_kernel·launches
         + per_cast_melem·cast elements + per_merge_block·blocks run with token merging
-        + per_weight_mb·MB of layer weights
-
-    A layer with an in-place time in its model (`model_inplace_ms`) takes that time instead of
-    its family's line.
 
     `family_scale` is the in-model / isolated ratio of each layer family, timed in place (with
     `family_offset_ms`, where fitted, the fixed cost of one call of such a layer in place)
@@ -107,10 +102,6 @@ class Overhead:
     # grow with tokens·(K+N), which neither a scale on its kernel nor a fixed cost per call follows
     family_cast_ms: dict[str, float] = field(default_factory=dict)
     model_family_cast_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    # ms per MB of layer weights a plan streams: the other kernels (attention, norms) run faster
-    # when the layers move fewer weight bytes through the caches (vit_base here: 2-3 ms less of
-    # them with 16-60 MB of weights than with 343 MB), fitted beside the other terms
-    per_weight_mb_ms: float = 0.0
     # measured first, at the model level: a layer kernel's own time *in place* in one model
     # (`anchor_key` -> `inplace_key` -> ms, the median of its floors over the timed plans that ran
     # it there). Where a plan's layer has one, it is used as is instead of a family line: what
@@ -160,12 +151,11 @@ class Overhead:
         return self.family_cast_ms.get(layer_family(spec), 0.0)  # type: ignore[arg-type]
 
     def apply(self, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray,
-              fixed_ms: np.ndarray | float = 0.0, merge_blocks: np.ndarray | float = 0.0,
-              weight_mb: np.ndarray | float = 0.0) -> np.ndarray:
+              fixed_ms: np.ndarray | float = 0.0, merge_blocks: np.ndarray | float = 0.0) -> np.ndarray:
         """End-to-end ms from the kernel ms scaled by `scale` and the already-scaled `fixed_ms`."""
         return (np.asarray(fixed_ms) + self.scale * np.asarray(kernel_ms) + self.per_forward_ms
                 + self.per_kernel_ms * np.asarray(kernels) + self.per_cast_melem_ms * np.asarray(cast_melems)
-                + self.per_merge_block_ms * np.asarray(merge_blocks) + self.per_weight_mb_ms * np.asarray(weight_mb))
+                + self.per_merge_block_ms * np.asarray(merge_blocks))
 
     def upper(self, total_ms: np.ndarray | float) -> np.ndarray | float:
         """The calibrated upper bound of an estimate (the estimate itself when uncalibrated)."""
@@ -174,8 +164,7 @@ class Overhead:
     @classmethod
     def fit(cls, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray, measured_ms: np.ndarray,
             fixed_ms: np.ndarray | float = 0.0, family_scale: dict[str, float] | None = None,
-            merge_blocks: np.ndarray | float = 0.0, family_offset_ms: dict[str, float] | None = None,
-            weight_mb: np.ndarray | float = 0.0) -> Overhead:
+            merge_blocks: np.ndarray | float = 0.0, family_offset_ms: dict[str, float] | None = None) -> Overhead:
         """Non-negative least squares on relative error (each plan weighs the same) of what the
         fixed, family-scaled part leaves of the measured latency."""
         kernel_ms, measured_ms = np.asarray(kernel_ms, float), np.asarray(measured_ms, float)
@@ -183,17 +172,15 @@ class Overhead:
             raise HwsearchError(f"fitting the overhead needs at least 2 timed plans; got {len(measured_ms)}")
         target = measured_ms - np.broadcast_to(np.asarray(fixed_ms, float), measured_ms.shape)
         merges = np.broadcast_to(np.asarray(merge_blocks, float), measured_ms.shape)
-        weights = np.broadcast_to(np.asarray(weight_mb, float), measured_ms.shape)
         A = np.stack([kernel_ms, np.ones_like(kernel_ms), np.asarray(kernels, float), np.asarray(cast_melems, float),
-                      merges, weights], 1)
+                      merges], 1)
         w = 1.0 / measured_ms
         coef, _ = nnls(A * w[:, None], target * w)
         if coef[0] <= 0:  # no scale left for the other kernels: keep them at their own cost, refit the rest
             rest, _ = nnls(A[:, 1:] * w[:, None], (target - kernel_ms) * w)
             coef = np.concatenate([[1.0], rest])
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)),
-                   dict(family_scale or {}), dict(family_offset_ms or {}), per_merge_block_ms=float(coef[4]),
-                   per_weight_mb_ms=float(coef[5]))
+                   dict(family_scale or {}), dict(family_offset_ms or {}), per_merge_block_ms=float(coef[4]))
 
     def with_anchors(self, anchors: Mapping[str, float]) -> Overhead:
         """A copy with `anchors` added (a new measurement of a model replaces the old one)."""
@@ -212,8 +199,7 @@ class Overhead:
                 "per_cast_melem_ms": self.per_cast_melem_ms, "fitted_on": self.fitted_on,
                 "family_scale": dict(self.family_scale), "family_offset_ms": dict(self.family_offset_ms),
                 "band_pct": self.band_pct,
-                "per_merge_block_ms": self.per_merge_block_ms, "per_weight_mb_ms": self.per_weight_mb_ms,
-                "anchors": dict(self.anchors),
+                "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors),
                 "retime_band_pct": self.retime_band_pct,
                 "model_family_scale": {k: dict(v) for k, v in self.model_family_scale.items()},
                 "model_family_offset_ms": {k: dict(v) for k, v in self.model_family_offset_ms.items()},
@@ -283,7 +269,6 @@ class PlanLatency:
     measured_ms: float = 0.0  # the part of kernel_ms that came from stored measurements
     fixed_ms: float = 0.0  # layers with a family scale of their own, scaled
     free_ms: float = 0.0  # the other kernels, before `Overhead.scale`
-    weight_mb: float = 0.0  # the layers' weights under the plan (`spaces.size.layer_bytes`)
 
     @property
     def measured_share(self) -> float:
@@ -336,13 +321,11 @@ class ModelLatency:
         free = float(ms[np.isnan(own) & ~covered].sum())
         kernel_ms = float(ms.sum())
         merging = merge_blocks(self.model, None if plan is None else plan.merge)
-        weight_mb = sum(layer_bytes(layer, choices[layer.name]) for layer in self.model.layers) / 1e6
-        total = float(self.overhead.apply(np.array([free]), np.array([launches]), np.array([casts]), fixed, merging,
-                                          weight_mb)[0])
+        total = float(self.overhead.apply(np.array([free]), np.array([launches]), np.array([casts]), fixed, merging)[0])
         total += self.offset_ms
         from_measurements = float(ms[measured_mask(self.predictor, specs)].sum())
         return PlanLatency(total, kernel_ms, total - kernel_ms, launches, casts, by_op, from_measurements,
-                           fixed, free, weight_mb)
+                           fixed, free)
 
     def plans(self, plans: Sequence[Plan | None]) -> np.ndarray:
         """Total latency (ms) of each plan, kernel by kernel (see `table` for many plans)."""
@@ -449,11 +432,8 @@ class PlanTable:
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
         timed = ~np.isnan(self.inplace)  # measured in place: as is, its input scale included
         scaled = np.where(timed, self.inplace, scaled)
-        # each column's layer weights (MB; none for a KV-cache column)
-        self.weight_mb = np.array([layer_bytes(layer, c) / 1e6 for layer, opts in zip(model.layers, self.choices, strict=False)
-                                   for c in opts] + [0.0] * kv_cols)
         self._entry = (scaled + oh.scale * np.where(timed, 0.0, self.scale_ms) + oh.per_kernel_ms * self.launches
-                       + oh.per_cast_melem_ms * self.casts + oh.per_weight_mb_ms * self.weight_mb)
+                       + oh.per_cast_melem_ms * self.casts)
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
         self._base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
                       + oh.per_merge_block_ms * merging + ml.offset_ms)

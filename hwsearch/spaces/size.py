@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, DEFAULT_KV_GROUP, DTYPE_BYTES, parse_sparsity
 from hwsearch.spaces.model import ModelSpec
@@ -90,12 +89,6 @@ def linear_bytes(
         return factor_bytes(K, N, fmt, group_size, sparsity, bias) + extra
     return (factor_bytes(K, rank, fmt, group_size, sparsity, False) + factor_bytes(rank, N, fmt, group_size, sparsity, bias)
             + extra)
-
-
-def layer_bytes(layer: Any, choice: Any) -> int:
-    """Exact storage of one model layer (`spaces.model.Layer`) under a `LayerChoice`."""
-    return linear_bytes(layer.K, layer.N, choice.format, choice.group_size, choice.sparsity, choice.rank, layer.bias,
-                        choice.scaling).total
 
 
 KV_SCALE_BYTES = 2  # fp16 scale and fp16 minimum per group of a quantised KV cache
