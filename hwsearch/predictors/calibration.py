@@ -99,16 +99,16 @@ def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
                     scales: Mapping[str, float], offsets: Mapping[str, float] | None = None,
                     casts: Mapping[str, float] | None = None, layer_casts: Mapping[str, float] | None = None,
                     inplace: Mapping[str, float] | None = None, keys: Mapping[str, str] | None = None,
-                    extra: Mapping[str, float] | None = None) -> tuple[float, float]:
-    """(Σ of the layers' in-model ms where known — measured in place (`inplace`, by `keys`), else
-    scaled (plus per-call offset and casts) where their family has a line —, Σ ms of the others).
-    `extra`: a layer's other kernels (an AWQ input scale), which its in-place time includes."""
-    fixed = free = 0.0
+                    extra: Mapping[str, float] | None = None) -> tuple[float, float, float]:
+    """(Σ of the layers' in-place times where measured (`inplace`, by `keys`), Σ of the others'
+    in-model ms where their family has a line (scaled, plus per-call offset and casts), Σ ms of
+    the rest). `extra`: a layer's other kernels (an AWQ input scale), which its in-place time includes."""
+    timed_ms = fixed = free = 0.0
     for name, ms in per_layer.items():
         fam = families[name]
         timed = (inplace or {}).get((keys or {}).get(name, ""))
         if timed is not None:
-            fixed += timed
+            timed_ms += timed
             continue
         free += (extra or {}).get(name, 0.0)
         s = scales.get(fam)
@@ -116,7 +116,7 @@ def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
             free += ms
         else:
             fixed += s * ms + (offsets or {}).get(fam, 0.0) + (casts or {}).get(fam, 0.0) * (layer_casts or {}).get(name, 0.0)
-    return fixed, free
+    return timed_ms, fixed, free
 
 
 def conformal_band(predicted: np.ndarray, measured: np.ndarray, coverage: float = COVERAGE) -> float:
@@ -212,9 +212,10 @@ class Composition:
         """End-to-end ms of a plan; with `anchor` (the uncompressed model's parts and its measured
         ms), that measurement plus the composed difference the plan makes (`Overhead.anchors`)."""
         oh = self.overhead.for_model(part.model_key)
-        fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms,
-                                      oh.family_cast_ms, part.layer_casts, oh.inplace_ms, part.layer_keys,
-                                      part.layer_extra)
+        timed, fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms,
+                                             oh.family_cast_ms, part.layer_casts, oh.inplace_ms, part.layer_keys,
+                                             part.layer_extra)
+        fixed += oh.inplace_scale * timed
         total = float(oh.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
                                           np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
         if anchor is not None:
@@ -264,9 +265,10 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
         oh = lines.for_model(p.model_key)
         split.append(split_by_family(p.layer_ms, p.family, oh.family_scale, oh.family_offset_ms,
                                      oh.family_cast_ms, p.layer_casts, oh.inplace_ms, p.layer_keys, p.layer_extra))
-    fixed = np.array([f for f, _ in split])
-    free = np.array([fr + p.rest_ms for (_, fr), p in zip(split, chosen, strict=True)])
-    fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets)
+    timed = np.array([t for t, _, _ in split])
+    fixed = np.array([f for _, f, _ in split])
+    free = np.array([fr + p.rest_ms for (_, _, fr), p in zip(split, chosen, strict=True)])
+    fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets, timed)
     fitted.model_family_scale, fitted.model_family_offset_ms = lines.model_family_scale, lines.model_family_offset_ms
     fitted.family_cast_ms, fitted.model_family_cast_ms = casts, lines.model_family_cast_ms
     fitted.model_inplace_ms = lines.model_inplace_ms

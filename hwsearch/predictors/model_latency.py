@@ -107,6 +107,7 @@ class Overhead:
     # it there). Where a plan's layer has one, it is used as is instead of a family line: what
     # the device did with that kernel in that model, not a fit that must also serve other shapes.
     model_inplace_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    inplace_scale: float = 1.0  # what the in-place times are multiplied by (fitted: `fit`)
     # the resolved table of the model this overhead was resolved for (`for_model`); not stored
     inplace_ms: dict[str, float] = field(default_factory=dict)
 
@@ -164,23 +165,28 @@ class Overhead:
     @classmethod
     def fit(cls, kernel_ms: np.ndarray, kernels: np.ndarray, cast_melems: np.ndarray, measured_ms: np.ndarray,
             fixed_ms: np.ndarray | float = 0.0, family_scale: dict[str, float] | None = None,
-            merge_blocks: np.ndarray | float = 0.0, family_offset_ms: dict[str, float] | None = None) -> Overhead:
+            merge_blocks: np.ndarray | float = 0.0, family_offset_ms: dict[str, float] | None = None,
+            inplace_ms: np.ndarray | float = 0.0) -> Overhead:
         """Non-negative least squares on relative error (each plan weighs the same) of what the
-        fixed, family-scaled part leaves of the measured latency."""
+        fixed, family-scaled part leaves of the measured latency. `inplace_ms`: each plan's layers
+        timed in place, summed; their scale (`inplace_scale`: a sum of per-layer floors is not
+        the floor of the model's forward pass) is fitted beside the other terms."""
         kernel_ms, measured_ms = np.asarray(kernel_ms, float), np.asarray(measured_ms, float)
         if len(measured_ms) < 2:
             raise HwsearchError(f"fitting the overhead needs at least 2 timed plans; got {len(measured_ms)}")
         target = measured_ms - np.broadcast_to(np.asarray(fixed_ms, float), measured_ms.shape)
         merges = np.broadcast_to(np.asarray(merge_blocks, float), measured_ms.shape)
+        inplace = np.broadcast_to(np.asarray(inplace_ms, float), measured_ms.shape)
         A = np.stack([kernel_ms, np.ones_like(kernel_ms), np.asarray(kernels, float), np.asarray(cast_melems, float),
-                      merges], 1)
+                      merges, inplace], 1)
         w = 1.0 / measured_ms
         coef, _ = nnls(A * w[:, None], target * w)
         if coef[0] <= 0:  # no scale left for the other kernels: keep them at their own cost, refit the rest
             rest, _ = nnls(A[:, 1:] * w[:, None], (target - kernel_ms) * w)
             coef = np.concatenate([[1.0], rest])
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), int(len(measured_ms)),
-                   dict(family_scale or {}), dict(family_offset_ms or {}), per_merge_block_ms=float(coef[4]))
+                   dict(family_scale or {}), dict(family_offset_ms or {}), per_merge_block_ms=float(coef[4]),
+                   inplace_scale=float(coef[5]) if inplace.any() else 1.0)
 
     def with_anchors(self, anchors: Mapping[str, float]) -> Overhead:
         """A copy with `anchors` added (a new measurement of a model replaces the old one)."""
@@ -205,7 +211,8 @@ class Overhead:
                 "model_family_offset_ms": {k: dict(v) for k, v in self.model_family_offset_ms.items()},
                 "family_cast_ms": dict(self.family_cast_ms),
                 "model_family_cast_ms": {k: dict(v) for k, v in self.model_family_cast_ms.items()},
-                "model_inplace_ms": {k: dict(v) for k, v in self.model_inplace_ms.items()}}
+                "model_inplace_ms": {k: dict(v) for k, v in self.model_inplace_ms.items()},
+                "inplace_scale": self.inplace_scale}
 
 
 def inplace_key(spec: LinearSpec, choice: Any = None) -> str:
@@ -315,7 +322,7 @@ class ModelLatency:
                    and (t := oh.inplace_of(s, choices[owner])) is not None}
         covered = np.array([owner in inplace for owner, _ in ks], dtype=bool)
         own = np.array([np.nan if owner in inplace else (oh.scale_of(s, owner in layers) or np.nan) for (owner, s) in ks])
-        fixed = float(sum(inplace.values())) + float(np.nansum(own * ms)) + sum(
+        fixed = oh.inplace_scale * float(sum(inplace.values())) + float(np.nansum(own * ms)) + sum(
             oh.offset_of(s, owner in layers) + oh.cast_ms_of(s, owner in layers) * cast_melems(s, self.model.dtype)
             for owner, s in ks if isinstance(s, LinearSpec) and owner not in inplace)
         free = float(ms[np.isnan(own) & ~covered].sum())
@@ -431,7 +438,7 @@ class PlanTable:
         # the overhead folded into the entries once: scoring a batch of plans is then only sums
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
         timed = ~np.isnan(self.inplace)  # measured in place: as is, its input scale included
-        scaled = np.where(timed, self.inplace, scaled)
+        scaled = np.where(timed, oh.inplace_scale * self.inplace, scaled)
         self._entry = (scaled + oh.scale * np.where(timed, 0.0, self.scale_ms) + oh.per_kernel_ms * self.launches
                        + oh.per_cast_melem_ms * self.casts)
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
