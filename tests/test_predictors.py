@@ -331,6 +331,9 @@ def test_layers_timed_in_place_are_used_as_measured(world):
     assert ml.plan(plans[0]).total_ms == pytest.approx(bare.plan(plans[0]).total_ms + same * (5.0 - line), rel=1e-9)
     table = ml.table({n: s.choices() for n, s in space.layers.items()}, list(space.merge_options))
     np.testing.assert_allclose(table.predict(plans), ml.plans(plans), rtol=1e-9)
+    # a machine 20 % slower throughout: every estimate 20 % higher (what a refit applies on a moved anchor)
+    slower = ModelLatency(model, answer, timed.scaled(1.2))
+    np.testing.assert_allclose(slower.plans(plans), 1.2 * ml.plans(plans), rtol=1e-9)
 
 
 def test_overhead_fit_recovers_its_terms_and_round_trips():

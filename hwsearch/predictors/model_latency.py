@@ -129,6 +129,25 @@ class Overhead:
             return None
         return self.inplace_ms.get(inplace_key(spec, choice))
 
+    def scaled(self, factor: float) -> Overhead:
+        """The same composition on a machine `factor` times slower throughout (every term in ms,
+        every scale on a kernel's ms, every in-place time and anchor): what a refit applies when
+        the uncompressed model, timed again, has moved."""
+        def times(d: Mapping[str, float]) -> dict[str, float]:
+            return {k: v * factor for k, v in d.items()}
+
+        def nested(d: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+            return {k: times(v) for k, v in d.items()}
+
+        return replace(self, scale=self.scale * factor, per_forward_ms=self.per_forward_ms * factor,
+                       per_kernel_ms=self.per_kernel_ms * factor, per_cast_melem_ms=self.per_cast_melem_ms * factor,
+                       per_merge_block_ms=self.per_merge_block_ms * factor, family_scale=times(self.family_scale),
+                       family_offset_ms=times(self.family_offset_ms), family_cast_ms=times(self.family_cast_ms),
+                       model_family_scale=nested(self.model_family_scale),
+                       model_family_offset_ms=nested(self.model_family_offset_ms),
+                       model_family_cast_ms=nested(self.model_family_cast_ms),
+                       model_inplace_ms=nested(self.model_inplace_ms), anchors=times(self.anchors), inplace_ms={})
+
     def with_inplace(self, key: str, table: Mapping[str, float]) -> Overhead:
         """A copy whose in-place table for model `key` has `table`'s entries added (newer wins)."""
         merged = {**self.model_inplace_ms, key: {**self.model_inplace_ms.get(key, {}), **dict(table)}}

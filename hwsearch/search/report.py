@@ -99,7 +99,9 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
         console.print("No plans verified (verify_top_k = 0, or no feasible Pareto point).")
         return
     grid = Table(title="Predicted vs measured on the device (end-to-end: floor of 3 interleaved rounds; p10/p90 over all timed blocks)", title_justify="left")
-    cols = ["trial", "predicted_ms", "measured_ms", ERROR_LABEL, "p10_ms", "p90_ms"]
+    cols = ["trial", "round", "predicted_ms", "measured_ms", ERROR_LABEL, "p10_ms", "p90_ms"]
+    if any(r.get("searched_ms") is not None for r in rows):  # the search's own estimate, before re-anchoring
+        cols.insert(2, "searched_ms")
     if any("measured_quality" in r for r in rows):
         cols += ["predicted_quality", "measured_quality"]
     for col in cols:

@@ -99,13 +99,9 @@ def front(trials: list[FrozenTrial], spec: SearchSpec, job_id: int | None, dtype
 REFIT_ROUNDS = 3
 
 
-def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame, by_number: dict[int, FrozenTrial],
-                 chosen: list[int], round_no: int, correction: float, band_pct: float
-                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Build and time the plans at `chosen` rows of the front (and evaluate quality where there is
-    one), their layers in place and, beside them, the uncompressed model (the anchor a refit
-    takes, timed in the same rounds). Returns (rows, the uncompressed model's timing)."""
-    plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
+def _time_with_anchor(spec: SearchSpec, problem: Any, plans: list[Plan]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """`plans` and, beside them, the uncompressed model, timed on the device with their layers in
+    place. Returns (the plans' timings, the uncompressed model's)."""
     module = inputs = None
     if spec.custom:
         module, inputs = spec.model, spec.example_inputs
@@ -115,13 +111,26 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     base = Plan(model=problem.space.model.name, device=spec.device, layers={})
     timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, [*plans, base], module,
                                     inputs, problem.dispatch, True)
-    anchor = timings[-1] if len(timings) > len(plans) else None
+    return timings[: len(plans)], (timings[len(plans)] if len(timings) > len(plans) else None)
+
+
+def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame, by_number: dict[int, FrozenTrial],
+                 chosen: list[int], round_no: int, correction: float, band_pct: float,
+                 searched: dict[int, float] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Build and time the plans at `chosen` rows of the front (and evaluate quality where there is
+    one), their layers in place and, beside them, the uncompressed model (the anchor a refit
+    takes, timed in the same rounds). `searched`: each trial's estimate as the search scored it
+    (kept beside the one the job stands behind now). Returns (rows, the uncompressed model's timing)."""
+    plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
+    timings, anchor = _time_with_anchor(spec, problem, plans)
     rows = []
     for i, plan, t in zip(chosen, plans, timings[: len(plans)], strict=True):
         predicted = float(table.latency_ms.iloc[i]) if "latency_ms" in table else None
         row = {"trial": int(table.trial.iloc[i]), "round": round_no,
                "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True), "predicted_ms": predicted,
                **{k: float(v) for k, v in t.items() if k != "layers_ms"}}
+        if searched and row["trial"] in searched:
+            row["searched_ms"] = searched[row["trial"]]
         if t.get("layers_ms"):
             row["layers_ms"] = dict(t["layers_ms"])
         if predicted is not None:
@@ -143,7 +152,12 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     model's in-place table (`Overhead.model_inplace_ms`, by `inplace_key`, the median of its timings
     here), the uncompressed model timed beside them becomes its anchor (with its own layers in place,
     so the table and the anchor come from one machine state), the device's overhead is stored
-    again with them, and `problem.tables` is rebuilt on it. None when nothing was timed in place."""
+    again with them, and `problem.tables` is rebuilt on it. None when nothing was timed in place.
+
+    A machine runs a whole model faster or slower from one hour to the next (a 2-core VM here: the
+    same uncompressed MiniLM 42.3 ms at calibration, 36.6 ms five minutes later, every layer with
+    it): the whole composition is first scaled by the anchor's change (`Overhead.scaled`), so what
+    this refit does not replace speaks of the same machine state as what it does."""
     from collections import defaultdict
 
     from hwsearch.predictors.model_latency import anchor_key, plan_inplace_keys, store_overhead
@@ -166,7 +180,13 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     if not timed:
         return None
     key = anchor_key(model)
-    overhead = problem.overhead.with_inplace(key, {k: float(np.median(v)) for k, v in timed.items()})
+    overhead = problem.overhead
+    before = overhead.anchors.get(key)
+    drift = 1.0
+    if anchor is not None and before:
+        drift = float(anchor["measured_ms"]) / float(before)
+        overhead = overhead.scaled(drift)
+    overhead = overhead.with_inplace(key, {k: float(np.median(v)) for k, v in timed.items()})
     if anchor is not None:
         overhead = overhead.with_anchors({key: float(anchor["measured_ms"])})
     oid = store_overhead(engine, spec.device, overhead, {"refit_job": job_id},
@@ -176,7 +196,7 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     terms, base, _ = latency_terms(model, tables.variables, tables.merges, problem.latency_predictor, overhead)
     problem.tables = replace(tables, terms={**tables.terms, "latency": terms}, base={**tables.base, "latency": base})
     problem.overhead, problem.overhead_id = overhead, oid
-    return {"overhead_id": oid, "inplace_entries": len(timed),
+    return {"overhead_id": oid, "inplace_entries": len(timed), "drift": drift,
             "anchor_ms": None if anchor is None else float(anchor["measured_ms"])}
 
 
@@ -203,6 +223,20 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
     correction = 1.0
     verified: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
+    searched: dict[int, float] = {}
+    reanchor = None
+    if "latency" in spec.objectives:
+        # the machine's state now: the uncompressed model (its layers in place) timed before any
+        # plan, and the estimates re-anchored on it (`refit_in_place`: its change scales the
+        # table); what the search itself scored is kept beside (`searched_ms`)
+        li = spec.objectives.index("latency")
+        searched = {n: float(t.values[li]) for n, t in by_number.items()}
+        _, now = _time_with_anchor(spec, problem, [])
+        reanchor = refit_in_place(engine, job_id, spec, problem, [], now)
+        if reanchor is not None:
+            trials = rescore(problem.tables, list(by_number.values()), spec.objectives, spec.constraints)
+            by_number = {t.number: t for t in trials}
+            table = front(trials, spec, job_id, problem.space.model.dtype)
     fits = np.ones(len(table), dtype=bool)
     for round_no in range(1, REFIT_ROUNDS + 1):
         done = {r["trial"] for r in verified}
@@ -210,7 +244,8 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         chosen = [int(pool[i]) for i in pareto.spread(pool, spec.verify_top_k)]
         if not chosen:
             break
-        rows, anchor = _verify_rows(engine, job_id, spec, problem, table, by_number, chosen, round_no, correction, band)
+        rows, anchor = _verify_rows(engine, job_id, spec, problem, table, by_number, chosen, round_no, correction, band,
+                                    searched)
         verified += rows
         timed = [r for r in rows if r.get("upper_ms") is not None]
         # a verified plan holds its budget only with room for the machine's re-timing drift:
@@ -218,7 +253,10 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         held = all(r["lower_ms"] * (1 - 1e-9) <= r["measured_ms"] <= r["upper_ms"] * (1 + 1e-9)
                    and (budget is None or r["measured_ms"] * (1 + drift) <= budget) for r in timed)
         rounds.append({"round": round_no, "plans": len(rows), "correction": correction, "band_pct": band, "held": held,
-                       "predicted_ms": [r["predicted_ms"] for r in rows], "measured_ms": [r["measured_ms"] for r in rows]})
+                       "predicted_ms": [r["predicted_ms"] for r in rows], "measured_ms": [r["measured_ms"] for r in rows],
+                       "searched_ms": [r.get("searched_ms") for r in rows]})
+        if round_no == 1 and reanchor is not None:
+            rounds[-1]["reanchor"] = reanchor
         if held or not timed:
             break
         refit = refit_in_place(engine, job_id, spec, problem, verified, anchor)
@@ -265,7 +303,7 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
     if spec.verify_top_k and len(table):
         verified, rounds, correction, band = verify_and_refit(engine, job_id, spec, problem, table, by_number)
     again: dict[str, Any] = {}
-    if any("refit" in r for r in rounds):  # the front as the refitted latency table scores every trial
+    if any("refit" in r or "reanchor" in r for r in rounds):  # the front as the refitted table scores every trial
         from hwsearch.search.study import rescore
 
         trials = rescore(problem.tables, trials, spec.objectives, spec.constraints)
