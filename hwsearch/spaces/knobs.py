@@ -280,8 +280,8 @@ class SearchSpace:
                 chosen[member] = LayerChoice(**merged)
 
     def covering_plans(self, device: str | None = None, max_plans: int | None = None) -> list[Plan]:
-        """Few plans (no merging) that together run every choice of every layer shape at least
-        once: the layers of one shape (tokens, K, N) take its choices in turn, plan after plan,
+        """Few plans (no merging) that together run every compressed choice of every layer shape at
+        least once: the layers of one shape (tokens, K, N) take its choices in turn, plan after plan,
         so one timing of each plan measures, in place, each kernel the space can put there.
         Layers a group ties to another follow it (their shared knobs). With `max_plans`, at most
         that many (a shape with few layers, such as a classifier head, then has only as many of
@@ -290,7 +290,9 @@ class SearchSpace:
         for layer in self.model.layers:
             if layer.name in self.layers:
                 by_shape.setdefault((layer.tokens, layer.K, layer.N, layer.bias), []).append(layer.name)
-        options = {shape: [self.identity(), *[c for c in self.layers[names[0]].choices() if c != self.identity()]]
+        # compressed choices only (the uncompressed layers are timed in every plan that leaves one alone):
+        # a layer's in-place time depends on what streams around it, and a search's plans compress
+        options = {shape: [c for c in self.layers[names[0]].choices() if c != self.identity()] or [self.identity()]
                    for shape, names in by_shape.items()}
         n_plans = max((-(-len(options[s]) // len(names)) for s, names in by_shape.items()), default=0)
         n_plans = n_plans if max_plans is None else min(n_plans, max_plans)
