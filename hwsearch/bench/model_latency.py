@@ -203,20 +203,23 @@ def run(
     cover_names = np.array([name for name, _ in covering], dtype=object)
     y_all = np.concatenate([y, cover_y])
 
-    def fit_on(variant: str, ps: list[PlanParts], recs: list[Any], train: np.ndarray, left_out: str | None = None) -> Any:
+    # the two views of every plan (kernels from measurements, or from the predictor alone), each
+    # with its covering plans: (random plans' parts, their records, covering parts, their records)
+    measured_view = (parts, records, cover_parts, cover_records)
+    alone_view = (parts_alone, records_alone, cover_parts_alone, cover_records_alone)
+
+    def fit_on(variant: str, view: tuple[Any, ...], train: np.ndarray, left_out: str | None = None) -> Any:
         """`variant` fitted on the random plans `train` selects and the covering plans (but those
         of the model `left_out`)."""
-        alone_ = ps is parts_alone
-        return fit_compose(variant, ps + (cover_parts_alone if alone_ else cover_parts),
-                           recs + (cover_records_alone if alone_ else cover_records), y_all,
-                           np.concatenate([train, cover_names != left_out]))
+        ps, recs, cps, crecs = view
+        return fit_compose(variant, ps + cps, recs + crecs, y_all, np.concatenate([train, cover_names != left_out]))
 
-    def held_out(variant: str, ps: list[PlanParts], recs: list[Any], anchored: list[Any] | None,
+    def held_out(variant: str, view: tuple[Any, ...], anchored: list[Any] | None,
                  train: Callable[[int], np.ndarray]) -> np.ndarray:
         """Each plan predicted by `variant` fitted on the plans `train(i)` selects (and the covering
         ones of the models it keeps)."""
-        return np.array([fit_on(variant, ps, recs, train(i), names[i] if train is other_models else None)
-                         .predict(ps[i], None if anchored is None else anchored[i]) for i in everyone])
+        return np.array([fit_on(variant, view, train(i), names[i] if train is other_models else None)
+                         .predict(view[0][i], None if anchored is None else anchored[i]) for i in everyone])
 
     def others(i: int) -> np.ndarray:
         return everyone != i
@@ -225,17 +228,17 @@ def run(
         return names != names[i]
 
     # held-out predictions of each way to compose: each plan from a fit on the other plans
-    loo = {v: held_out(v, parts, records, anchors, others) for v in VARIANTS}
+    loo = {v: held_out(v, measured_view, anchors, others) for v in VARIANTS}
     scores = {v: {"mape": mape(p, y), "within_10pct": within_pct(p, y, 10.0)} for v, p in loo.items()}
     chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS}, noise_floor_mape=mape(y2, y))
     pred = loo[chosen]
-    lomo_pred = held_out(chosen, parts, records, anchors, other_models) if len(models) > 1 else None
+    lomo_pred = held_out(chosen, measured_view, anchors, other_models) if len(models) > 1 else None
     lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
-    bare = held_out(chosen, parts, records, None, others)
-    bare_lomo = held_out(chosen, parts, records, None, other_models) if len(models) > 1 else None
-    full = fit_on(chosen, parts, records, everyone == everyone).overhead
+    bare = held_out(chosen, measured_view, None, others)
+    bare_lomo = held_out(chosen, measured_view, None, other_models) if len(models) > 1 else None
+    full = fit_on(chosen, measured_view, everyone == everyone).overhead
     full.anchors = {anchor_key(specs[m]): anchor_ms[m] for m in models}
-    loo_alone = {v: held_out(v, parts_alone, records_alone, anchors_alone, others) for v in VARIANTS}
+    loo_alone = {v: held_out(v, alone_view, anchors_alone, others) for v in VARIANTS}
     chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS}, noise_floor_mape=mape(y2, y))
     pred_alone = loo_alone[chosen_alone]
     full.band_pct = conformal_band(pred, y)

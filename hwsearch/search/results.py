@@ -124,7 +124,7 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
     timings, anchor = _time_with_anchor(spec, problem, plans)
     rows = []
-    for i, plan, t in zip(chosen, plans, timings[: len(plans)], strict=True):
+    for i, plan, t in zip(chosen, plans, timings, strict=True):
         predicted = float(table.latency_ms.iloc[i]) if "latency_ms" in table else None
         row = {"trial": int(table.trial.iloc[i]), "round": round_no,
                "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True), "predicted_ms": predicted,
@@ -200,6 +200,15 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
             "anchor_ms": None if anchor is None else float(anchor["measured_ms"])}
 
 
+def _rescored_front(spec: SearchSpec, problem: Any, job_id: int, trials: list[FrozenTrial]
+                    ) -> tuple[list[FrozenTrial], pd.DataFrame]:
+    """The trials re-scored on the problem's (refitted) tables, and the front they draw."""
+    from hwsearch.search.study import rescore
+
+    trials = rescore(problem.tables, trials, spec.objectives, spec.constraints)
+    return trials, front(trials, spec, job_id, problem.space.model.dtype)
+
+
 def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame,
                      by_number: dict[int, FrozenTrial]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
     """Verify the top plans; while a measured plan falls outside its band (too slow, or so much faster
@@ -215,7 +224,6 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
     after a refit, `problem.tables` are the refitted ones.
     """
     from hwsearch.predictors.calibration import conformal_band
-    from hwsearch.search.study import rescore
 
     budget = spec.constraints.get("latency_ms")
     band = float((problem.tables.provenance.get("latency") or {}).get("band_pct") or 0.0)
@@ -234,9 +242,8 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         _, now = _time_with_anchor(spec, problem, [])
         reanchor = refit_in_place(engine, job_id, spec, problem, [], now)
         if reanchor is not None:
-            trials = rescore(problem.tables, list(by_number.values()), spec.objectives, spec.constraints)
+            trials, table = _rescored_front(spec, problem, job_id, list(by_number.values()))
             by_number = {t.number: t for t in trials}
-            table = front(trials, spec, job_id, problem.space.model.dtype)
     fits = np.ones(len(table), dtype=bool)
     for round_no in range(1, REFIT_ROUNDS + 1):
         done = {r["trial"] for r in verified}
@@ -262,9 +269,8 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         refit = refit_in_place(engine, job_id, spec, problem, verified, anchor)
         current = {r["trial"]: r["predicted_ms"] for r in verified}
         if refit is not None:
-            trials = rescore(problem.tables, list(by_number.values()), spec.objectives, spec.constraints)
+            trials, table = _rescored_front(spec, problem, job_id, list(by_number.values()))
             by_number = {t.number: t for t in trials}
-            table = front(trials, spec, job_id, problem.space.model.dtype)
             li = spec.objectives.index("latency")
             current = {n: by_number[n].values[li] for n in current}
             rounds[-1]["refit"] = refit
@@ -304,10 +310,7 @@ def finish_search(engine: Engine, db_url: str, job_id: int, study_name: str, spe
         verified, rounds, correction, band = verify_and_refit(engine, job_id, spec, problem, table, by_number)
     again: dict[str, Any] = {}
     if any("refit" in r or "reanchor" in r for r in rounds):  # the front as the refitted table scores every trial
-        from hwsearch.search.study import rescore
-
-        trials = rescore(problem.tables, trials, spec.objectives, spec.constraints)
-        table = front(trials, spec, job_id, problem.space.model.dtype)
+        trials, table = _rescored_front(spec, problem, job_id, trials)
         cols = columns(spec)
         again = {str(t.number): {"values": list(t.values), "user_attrs": {c: t.user_attrs.get(c) for c in cols},
                                  "constraints": dict(t.constraints)} for t in trials}
