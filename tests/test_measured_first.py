@@ -196,6 +196,30 @@ def test_layers_timed_in_place_beat_any_family_line():
     assert choose_composition(held, noise_floor_mape=3.0) == "in_place"
 
 
+def test_in_place_composition_learns_what_weights_cost_the_rest_of_the_pass():
+    """Every layer timed in place, and the rest of the pass costing 0.03 ms more per MB of weights
+    streamed: the in_place composition fits that slope and predicts a held-out plan exactly."""
+    from hwsearch.predictors.calibration import PlanParts, fit_compose
+
+    rng = np.random.default_rng(3)
+    parts, records, y = [], [], []
+    for _ in range(10):
+        layers, fam, keys, rec, mb = {}, {}, {}, [], 0.0
+        for b in range(4):
+            int8 = bool(rng.integers(0, 2))
+            n = f"b{b}.fc"
+            layers[n], fam[n] = (0.5, "linear/int8") if int8 else (1.0, "linear/fp32")
+            keys[n] = f"fc|{fam[n]}"
+            mb += 2.0 if int8 else 8.0
+            rec.append((fam[n], layers[n] * 1.2, layers[n], 0.0, keys[n]))
+        parts.append(PlanParts(layers, fam, 2.0, 30, 0.0, model_key="m@1", layer_keys=keys, weight_mb=mb))
+        records.append(rec)
+        y.append(sum(r[1] for r in rec) + 2.0 + 0.03 * mb)
+    fit = fit_compose("in_place", parts, records, np.array(y), np.arange(10) > 0)
+    assert fit.overhead.for_model("m@1").weight_ms_per_mb == pytest.approx(0.03, rel=1e-6)
+    assert fit.predict(parts[0]) == pytest.approx(y[0], rel=1e-6)
+
+
 def test_layer_times_time_layers_in_place():
     import torch
 

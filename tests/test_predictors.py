@@ -334,6 +334,37 @@ def test_layers_timed_in_place_are_used_as_measured(world):
     # a machine 20 % slower throughout: every estimate 20 % higher (what a refit applies on a moved anchor)
     slower = ModelLatency(model, answer, timed.scaled(1.2))
     np.testing.assert_allclose(slower.plans(plans), 1.2 * ml.plans(plans), rtol=1e-9)
+    # the rest of the forward pass costs 0.05 ms more per MB of weights streamed (this model's own
+    # slope): an anchored plan gains 0.05 ms per MB it streams beyond the uncompressed model
+    from dataclasses import replace
+
+    from hwsearch.predictors.model_latency import full_choices, plan_weight_mb
+
+    sloped = ModelLatency(model, answer, replace(timed, weight_ms_per_mb=9.0,
+                                                 model_weight_ms_per_mb={anchor_key(model): 0.05}))
+    assert sloped.plan(None).total_ms == pytest.approx(42.0)
+    extra = [0.05 * (plan_weight_mb(model, full_choices(model, p)) - plan_weight_mb(model, full_choices(model, None)))
+             for p in plans]
+    np.testing.assert_allclose(sloped.plans(plans), ml.plans(plans) + np.array(extra), rtol=1e-9)
+    table = sloped.table({n: s.choices() for n, s in space.layers.items()}, list(space.merge_options))
+    np.testing.assert_allclose(table.predict(plans), sloped.plans(plans), rtol=1e-9)
+
+
+def test_weight_slope_is_fitted_within_each_model():
+    """What a forward pass spends beside its layers grows with the MB of weights it streams: the
+    slope is fitted within each model (its own intercept), robust to one disturbed timing."""
+    from hwsearch.predictors.calibration import weight_slope
+
+    rng = np.random.default_rng(0)
+    mb = np.concatenate([rng.uniform(30, 343, 8), rng.uniform(10, 90, 8)])
+    groups = ["vit"] * 8 + ["bert"] * 8
+    rest = np.where(np.array(groups) == "vit", 15.0, 4.0) + 0.04 * mb + rng.normal(0, 0.05, 16)
+    rest[3] += 30.0  # one disturbed timing
+    pooled, own = weight_slope(mb, rest, groups)
+    assert pooled == pytest.approx(0.04, abs=0.005) and own["vit"] == pytest.approx(0.04, abs=0.005)
+    assert own["bert"] == pytest.approx(0.04, abs=0.01)
+    assert weight_slope(mb[:3], rest[:3], groups[:3]) == (pytest.approx(0.04, abs=0.01), {})  # too few for its own
+    assert weight_slope(mb, -rest, groups)[0] == 0.0  # weights never speed the rest up
 
 
 def test_overhead_fit_recovers_its_terms_and_round_trips():

@@ -256,7 +256,8 @@ def test_job_runs_verifies_and_answers_from_the_database(world, engine):
 
 
 def test_verify_and_refit_corrects_a_device_slower_than_predicted(world, engine, monkeypatch):
-    """A device 30 % slower than every prediction: round 1 breaks the band, the refit learns the
+    """A device whose compressed plans run 30 % slower than predicted (the uncompressed model as
+    predicted, so the machine's state has not moved): round 1 breaks the band, the refit learns the
     correction, and the plans picked in round 2 hold. (The device's behaviour is the one thing
     simulated here: real timings would make the rounds depend on the machine.)"""
     from hwsearch.search import verify
@@ -272,8 +273,10 @@ def test_verify_and_refit_corrects_a_device_slower_than_predicted(world, engine,
     by_number = {t.number: t for t in trials}
     predicted = dict(zip(table.trial, table.latency_ms, strict=True))
 
+    base = ModelLatency(problem.space.model, problem.latency_predictor, problem.overhead).plan(None).total_ms
+
     def slow_device(device, fingerprint, model, plans, *args):  # the uncompressed model (no prediction) is timed too
-        return [{"measured_ms": 1.3 * p.predicted["latency_ms"].value if p.predicted else 1.0} for p in plans]
+        return [{"measured_ms": 1.3 * p.predicted["latency_ms"].value if p.predicted else base} for p in plans]
 
     monkeypatch.setattr(verify, "time_on_device", slow_device)
     rows, rounds, correction, band = verify_and_refit(engine, job.id, spec, problem, table, by_number)
@@ -344,6 +347,53 @@ def test_verify_and_refit_learns_layers_timed_in_place(world, engine, monkeypatc
     result = {"rescored": {str(n): {"values": [v], "user_attrs": {"latency_ms": v}, "constraints": {}}
                            for n, v in again.items()}}
     assert [t.values[0] for t in rescored(result, trials)] == [again[t.number] for t in trials]
+
+
+def test_verify_judges_each_round_at_the_machine_state_it_was_timed_in(world, engine, monkeypatch):
+    """A machine that runs everything 20 % slower at each verification call (a 2-core VM drifted
+    13 % between two rounds here): the uncompressed model timed beside the plans shows it, so the
+    plans are judged against estimates at that state and round 1 holds."""
+    from hwsearch.predictors.model_latency import ModelLatency
+    from hwsearch.search import verify
+    from hwsearch.search.results import front, load_trials, verify_and_refit
+
+    client = Client(world)
+    knobs = {"formats": ["fp32", "int8"]}
+    job = client.create(SearchSpec(model="digits_vit", device="syn", n_trials=60, verify_top_k=0, knobs=knobs))
+    jobs.run_job(client.db_url, job.id, 1, launch=jobs.inline_launcher)
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=60, verify_top_k=2, knobs=knobs)
+    problem = build_problem(engine, spec)
+    trials = load_trials(world, jobs.get_job(engine, job.id).study_name)
+    table = front(trials, spec, job.id, problem.space.model.dtype)
+    calls = []
+
+    def drifting(_device, _fingerprint, model, plans, *args):
+        calls.append(1)
+        ml = ModelLatency(model, problem.latency_predictor, problem.overhead)  # the estimate as of this call
+        factor = 1.0 + 0.2 * (len(calls) - 1)
+        return [{"measured_ms": factor * ml.plan(p if p.layers else None).total_ms} for p in plans]
+
+    monkeypatch.setattr(verify, "time_on_device", drifting)
+    rows, rounds, correction, _ = verify_and_refit(engine, job.id, spec, problem, table, {t.number: t for t in trials})
+    assert rounds[0]["held"] and rounds[0]["state"] == pytest.approx(1.2, rel=1e-6)
+    assert all(r["predicted_ms"] == pytest.approx(r["measured_ms"], rel=1e-6) for r in rows)
+    assert correction == 1.0
+
+
+def test_a_refit_moves_in_place_entries_it_did_not_time_again():
+    """What the verified plans' layers show about the calibration's in-place table (a layer runs
+    faster among compressed neighbours) moves the entries they did not run, per format."""
+    from hwsearch.search.results import neighbour_transfer
+
+    table = {f"linear(M=1, K={k}, N=8, format={f})": 1.0 + k for k, f in
+             [(1, "bf16"), (2, "bf16"), (3, "bf16"), (4, "bf16"), (5, "int8")]}
+    keys = list(table)
+    timed = {k: 0.7 * table[k] for k in keys[:3]}  # three bf16 entries re-timed 30 % faster
+    moved = neighbour_transfer(table, timed)
+    assert set(moved) == set(keys[3:])
+    assert moved[keys[3]] == pytest.approx(0.7 * table[keys[3]])  # bf16: its own format's ratio
+    assert moved[keys[4]] == pytest.approx(0.7 * table[keys[4]])  # int8: none re-timed, the overall ratio
+    assert neighbour_transfer(table, dict(list(timed.items())[:2])) == {}  # too few to say
 
 
 def test_cli_jobs_and_search_errors(world, tmp_path):

@@ -38,6 +38,7 @@ from hwsearch.predictors.model_latency import (
     inplace_key,
     layer_family,
     merge_blocks,
+    plan_weight_mb,
 )
 from hwsearch.spaces.plan import Plan
 
@@ -48,6 +49,8 @@ COVERAGE = 0.9
 RETIME_COVERAGE = 0.98
 MIN_LAYERS = 3  # a family needs this many in-place timings for a scale of its own
 MODEL_MIN_LAYERS = 2 * MIN_LAYERS  # ... and this many of one model for that model's own line
+MIN_SLOPE_POINTS = 4  # timed plans of one model for its own ms per MB of weights (`weight_slope`)
+SLOPE_SPAN = 1.5  # ... spanning at least this ratio of weight MB
 
 
 def family_scales(records: Iterable[Sequence[Any]], min_layers: int = MIN_LAYERS) -> dict[str, float]:
@@ -93,6 +96,32 @@ def inplace_table(records: Iterable[Sequence[Any]]) -> dict[str, float]:
         if len(rest) > 1 and rest[1] and math.isfinite(inside) and inside > 0:
             seen[rest[1]].append(float(inside))
     return {k: float(np.median(v)) for k, v in sorted(seen.items())}
+
+
+def weight_slope(weight_mb: np.ndarray, rest_ms: np.ndarray, groups: Sequence[str],
+                 min_points: int = MIN_SLOPE_POINTS) -> tuple[float, dict[str, float]]:
+    """(ms per MB of layer weights, pooled over the groups, each group's own where it has
+    `min_points` plans spanning its weights) of what a forward pass spends beside its layers.
+
+    Theil-Sen (robust to a disturbed timing), within each group (a model's own intercept: its
+    attention and norms), never below zero (weights do not speed the rest up)."""
+    from scipy.stats import theilslopes
+
+    mb, rest, groups = np.asarray(weight_mb, float), np.asarray(rest_ms, float), np.asarray(groups, dtype=object)
+    own: dict[str, float] = {}
+    dx, dy = [], []
+    for g in dict.fromkeys(groups.tolist()):
+        x, yv = mb[groups == g], rest[groups == g]
+        if len(x) < 2 or np.ptp(x) <= 0:
+            continue
+        dx.append(x - x.mean())
+        dy.append(yv - yv.mean())
+        if len(x) >= min_points and x.max() >= SLOPE_SPAN * x.min():
+            own[g] = max(0.0, float(theilslopes(yv, x).slope))
+    if not dx:
+        return 0.0, own
+    pooled = max(0.0, float(theilslopes(np.concatenate(dy), np.concatenate(dx)).slope))
+    return pooled, own
 
 
 def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
@@ -168,6 +197,7 @@ class PlanParts:
     layer_casts: dict[str, float] = field(default_factory=dict)  # layer -> millions of activation elements it casts
     layer_keys: dict[str, str] = field(default_factory=dict)  # layer -> `inplace_key` of its kernel
     layer_extra: dict[str, float] = field(default_factory=dict)  # layer -> ms of its other kernels (AWQ input scale)
+    weight_mb: float = 0.0  # MB of layer weights the plan streams (`model_latency.plan_weight_mb`)
 
     @property
     def kernel_ms(self) -> float:
@@ -199,7 +229,7 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
             rest += float(t)
     merging = merge_blocks(ml.model, None if plan is None else plan.merge)
     return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model), casts,
-                     keys, extra)
+                     keys, extra, plan_weight_mb(ml.model, choices))
 
 
 @dataclass
@@ -215,7 +245,7 @@ class Composition:
         timed, fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms,
                                              oh.family_cast_ms, part.layer_casts, oh.inplace_ms, part.layer_keys,
                                              part.layer_extra)
-        fixed += oh.inplace_scale * timed
+        fixed += oh.inplace_scale * timed + oh.weight_ms_per_mb * part.weight_mb
         total = float(oh.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
                                           np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
         if anchor is not None:
@@ -260,16 +290,24 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
              lines.model_family_cast_ms[key]) = family_lines(own, MODEL_MIN_LAYERS)
             if variant == "in_place":
                 lines.model_inplace_ms[key] = inplace_table(own)
+    if variant == "in_place":
+        # what each plan's forward pass spends beside its layers, timed in place, against the MB of
+        # weights it streams: observed per plan, so its slope is fitted on its own
+        inside = np.array([sum(r[1] for r in records[i] if math.isfinite(r[1])) for i in idx])
+        lines.weight_ms_per_mb, lines.model_weight_ms_per_mb = weight_slope(
+            np.array([p.weight_mb for p in chosen]), y - inside, [p.model_key for p in chosen])
     split = []
     for p in chosen:
         oh = lines.for_model(p.model_key)
         split.append(split_by_family(p.layer_ms, p.family, oh.family_scale, oh.family_offset_ms,
                                      oh.family_cast_ms, p.layer_casts, oh.inplace_ms, p.layer_keys, p.layer_extra))
     timed = np.array([t for t, _, _ in split])
-    fixed = np.array([f for _, f, _ in split])
+    fixed = np.array([f + lines.for_model(p.model_key).weight_ms_per_mb * p.weight_mb
+                      for (_, f, _), p in zip(split, chosen, strict=True)])
     free = np.array([fr + p.rest_ms for (_, _, fr), p in zip(split, chosen, strict=True)])
     fitted = Overhead.fit(free, n, np.zeros(len(idx)), y, fixed, scales, merging, offsets, timed)
     fitted.model_family_scale, fitted.model_family_offset_ms = lines.model_family_scale, lines.model_family_offset_ms
     fitted.family_cast_ms, fitted.model_family_cast_ms = casts, lines.model_family_cast_ms
     fitted.model_inplace_ms = lines.model_inplace_ms
+    fitted.weight_ms_per_mb, fitted.model_weight_ms_per_mb = lines.weight_ms_per_mb, lines.model_weight_ms_per_mb
     return Composition(fitted)

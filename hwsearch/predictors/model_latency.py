@@ -35,6 +35,7 @@ from hwsearch.predictors.store import latest, store_predictor
 from hwsearch.spaces.formats import ACT_DTYPE
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import KVCacheChoice, LayerChoice, Plan
+from hwsearch.spaces.size import MB, layer_bytes
 
 OVERHEAD_KIND = "overhead"
 OVERHEAD_TERMS = ("kernel_ms", "forward", "kernels", "cast_melems")
@@ -108,6 +109,13 @@ class Overhead:
     # the device did with that kernel in that model, not a fit that must also serve other shapes.
     model_inplace_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     inplace_scale: float = 1.0  # what the in-place times are multiplied by (fitted: `fit`)
+    # ms the rest of the forward pass (attention, norms, activations: everything but the layers)
+    # costs per MB of layer weights the plan streams: weights evict the activations from cache.
+    # Timed in place on a 2-core Xeon VM, vit_base's rest took 41.5 ms with its 343 MB of fp32
+    # weights and 20-28 ms in plans of 30-60 MB; fitted on the rest each timed plan leaves beside
+    # its layers (`weight_slope`), its own model's where it has one (`for_model`)
+    weight_ms_per_mb: float = 0.0
+    model_weight_ms_per_mb: dict[str, float] = field(default_factory=dict)
     # the resolved table of the model this overhead was resolved for (`for_model`); not stored
     inplace_ms: dict[str, float] = field(default_factory=dict)
 
@@ -116,9 +124,10 @@ class Overhead:
         and its in-place layer table."""
         own = self.model_family_scale.get(key or "")
         table = self.model_inplace_ms.get(key or "", {})
+        slope = self.model_weight_ms_per_mb.get(key or "", self.weight_ms_per_mb)
         if not own and not table:
-            return self
-        return replace(self, family_scale={**self.family_scale, **(own or {})},
+            return replace(self, weight_ms_per_mb=slope) if slope != self.weight_ms_per_mb else self
+        return replace(self, family_scale={**self.family_scale, **(own or {})}, weight_ms_per_mb=slope,
                        family_offset_ms={**self.family_offset_ms, **self.model_family_offset_ms.get(key or "", {})},
                        family_cast_ms={**self.family_cast_ms, **self.model_family_cast_ms.get(key or "", {})},
                        inplace_ms=dict(table))
@@ -146,7 +155,9 @@ class Overhead:
                        model_family_scale=nested(self.model_family_scale),
                        model_family_offset_ms=nested(self.model_family_offset_ms),
                        model_family_cast_ms=nested(self.model_family_cast_ms),
-                       model_inplace_ms=nested(self.model_inplace_ms), anchors=times(self.anchors), inplace_ms={})
+                       model_inplace_ms=nested(self.model_inplace_ms), anchors=times(self.anchors), inplace_ms={},
+                       weight_ms_per_mb=self.weight_ms_per_mb * factor,
+                       model_weight_ms_per_mb=times(self.model_weight_ms_per_mb))
 
     def with_inplace(self, key: str, table: Mapping[str, float]) -> Overhead:
         """A copy whose in-place table for model `key` has `table`'s entries added (newer wins)."""
@@ -231,7 +242,8 @@ class Overhead:
                 "family_cast_ms": dict(self.family_cast_ms),
                 "model_family_cast_ms": {k: dict(v) for k, v in self.model_family_cast_ms.items()},
                 "model_inplace_ms": {k: dict(v) for k, v in self.model_inplace_ms.items()},
-                "inplace_scale": self.inplace_scale}
+                "inplace_scale": self.inplace_scale, "weight_ms_per_mb": self.weight_ms_per_mb,
+                "model_weight_ms_per_mb": dict(self.model_weight_ms_per_mb)}
 
 
 def inplace_key(spec: LinearSpec, choice: Any = None) -> str:
@@ -249,6 +261,11 @@ def plan_inplace_keys(model: ModelSpec, plan: Plan | None) -> dict[str, str]:
                             kv_cache=None if plan is None else plan.kv_cache)
     return {owner: inplace_key(spec, choices[owner]) for owner, spec in kernels
             if owner in layers and isinstance(spec, LinearSpec)}
+
+
+def plan_weight_mb(model: ModelSpec, choices: Mapping[str, Any]) -> float:
+    """MB of layer weights a forward pass streams under `choices` (`full_choices`: every layer)."""
+    return sum(layer_bytes(layer, choices[layer.name]) for layer in model.layers) / MB
 
 
 def anchor_key(model: ModelSpec) -> str:
@@ -344,6 +361,7 @@ class ModelLatency:
         fixed = oh.inplace_scale * float(sum(inplace.values())) + float(np.nansum(own * ms)) + sum(
             oh.offset_of(s, owner in layers) + oh.cast_ms_of(s, owner in layers) * cast_melems(s, self.model.dtype)
             for owner, s in ks if isinstance(s, LinearSpec) and owner not in inplace)
+        fixed += oh.weight_ms_per_mb * plan_weight_mb(self.model, choices)
         free = float(ms[np.isnan(own) & ~covered].sum())
         kernel_ms = float(ms.sum())
         merging = merge_blocks(self.model, None if plan is None else plan.merge)
@@ -458,8 +476,10 @@ class PlanTable:
         scaled = np.where(np.isnan(self.own), oh.scale * self.ms, np.nan_to_num(self.own) * self.ms + offsets)
         timed = ~np.isnan(self.inplace)  # measured in place: as is, its input scale included
         scaled = np.where(timed, oh.inplace_scale * self.inplace, scaled)
+        weight_mb = np.array([[layer_bytes(layer, c) / MB for layer, opts in zip(model.layers, self.choices, strict=False)
+                               for c in opts] + [0.0] * kv_cols])
         self._entry = (scaled + oh.scale * np.where(timed, 0.0, self.scale_ms) + oh.per_kernel_ms * self.launches
-                       + oh.per_cast_melem_ms * self.casts)
+                       + oh.per_cast_melem_ms * self.casts + oh.weight_ms_per_mb * weight_mb)
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
         self._base = (oh.scale * self.base_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
                       + oh.per_merge_block_ms * merging + ml.offset_ms)

@@ -33,9 +33,7 @@ from hwsearch.search.quality_metrics import QualityMetric, model_metric, quality
 from hwsearch.spaces.knobs import SearchSpace
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import KVCacheChoice, LayerChoice, MergePlan, Plan
-from hwsearch.spaces.size import linear_bytes
-
-MB = 1e6
+from hwsearch.spaces.size import MB, layer_bytes
 
 
 @dataclass(frozen=True)
@@ -251,8 +249,7 @@ def size_terms(model: ModelSpec, variables: Sequence[Variable]) -> np.ndarray:
     for var in variables:
         layers = [model.layer(n) for n in var.layers]  # none for a KV cache: weights only
         rows.append([
-            sum(linear_bytes(L.K, L.N, c.format, c.group_size, c.sparsity, c.rank, L.bias, c.scaling).total
-                for L in layers) / MB
+            sum(layer_bytes(L, c) for L in layers) / MB
             for c in var.choices
         ])
     return _pad(rows, width)

@@ -7,6 +7,8 @@ capabilities, so any process can turn a trial into a `Plan` without the predicto
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +27,8 @@ from hwsearch.spaces.plan import Figure, Plan, Provenance
 from hwsearch.spaces.size import plan_kv_bytes
 
 MAX_STORED_FRONT = 200
+MIN_TRANSFER_KEYS = 3  # re-timed in-place entries a refit needs before it moves the others
+MIN_REFIT_SLOPE_POINTS = 3  # plans timed in place (the anchor one of them) for a model's own ms per MB
 
 
 def load_trials(db_url: str, study_name: str) -> list[FrozenTrial]:
@@ -123,12 +127,15 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     (kept beside the one the job stands behind now). Returns (rows, the uncompressed model's timing)."""
     plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
     timings, anchor = _time_with_anchor(spec, problem, plans)
+    state = anchor_drift(problem, anchor)
     rows = []
     for i, plan, t in zip(chosen, plans, timings, strict=True):
-        predicted = float(table.latency_ms.iloc[i]) if "latency_ms" in table else None
+        predicted = float(table.latency_ms.iloc[i]) * state if "latency_ms" in table else None
         row = {"trial": int(table.trial.iloc[i]), "round": round_no,
                "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True), "predicted_ms": predicted,
                **{k: float(v) for k, v in t.items() if k != "layers_ms"}}
+        if state != 1.0:
+            row["state"] = state
         if searched and row["trial"] in searched:
             row["searched_ms"] = searched[row["trial"]]
         if t.get("layers_ms"):
@@ -146,6 +153,47 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     return rows, anchor
 
 
+def anchor_drift(problem: Any, anchor: dict[str, Any] | None) -> float:
+    """How much slower (> 1) the machine ran the uncompressed model, timed in the same rounds as a
+    batch of plans, than the anchor the estimates stand on. A plan's estimate is judged at the state
+    its own measurement was taken in: a 2-core VM here ran the same MiniLM 13 % slower from one
+    verification round to the next, every plan with it, which no latency model can foresee but
+    the model timed beside them shows."""
+    from hwsearch.predictors.model_latency import anchor_key
+
+    if anchor is None or problem.overhead is None:
+        return 1.0
+    before = problem.overhead.anchors.get(anchor_key(problem.space.model))
+    measured = float(anchor.get("measured_ms") or 0.0)
+    return measured / float(before) if before and measured > 0 else 1.0
+
+
+def neighbour_transfer(table: Mapping[str, float], timed: Mapping[str, float]) -> dict[str, float]:
+    """Entries of an in-place table that a refit did not time again, moved by what it learned from
+    those it did: per format, the median ratio of a re-timed entry to the one it replaces.
+
+    A layer's in-place time depends on what runs around it (a bf16 vit_base layer measured about
+    a third slower among the fp32 neighbours of a calibration plan than in an all-compressed plan a
+    search picks), so entries learned from calibration plans are off, alike, for the plans a
+    search picks; the verified plans' layers show by how much."""
+    ratios: dict[str, list[float]] = {}
+    for k, ms in timed.items():
+        if table.get(k, 0.0) > 0:
+            ratios.setdefault(key_format(k), []).append(ms / table[k])
+    every = [r for rs in ratios.values() for r in rs]
+    if len(every) < MIN_TRANSFER_KEYS:
+        return {}
+    overall = float(np.median(every))
+    per_format = {f: float(np.median(rs)) if len(rs) >= MIN_TRANSFER_KEYS else overall for f, rs in ratios.items()}
+    return {k: v * per_format.get(key_format(k), overall) for k, v in table.items() if k not in timed}
+
+
+def key_format(key: str) -> str:
+    """The format an `inplace_key` names (its spec's `format=`)."""
+    found = re.search(r"format=([A-Za-z0-9_]+)", key)
+    return found.group(1) if found else ""
+
+
 def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, verified: list[dict[str, Any]],
                    anchor: dict[str, Any] | None) -> dict[str, Any] | None:
     """Verified plans' measurements join the calibration: each layer they timed in place enters the
@@ -157,26 +205,41 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     A machine runs a whole model faster or slower from one hour to the next (a 2-core VM here: the
     same uncompressed MiniLM 42.3 ms at calibration, 36.6 ms five minutes later, every layer with
     it): the whole composition is first scaled by the anchor's change (`Overhead.scaled`), so what
-    this refit does not replace speaks of the same machine state as what it does."""
+    this refit does not replace speaks of the same machine state as what it does.
+
+    Two more things the verified plans show are learnt here: how the in-place entries they did
+    not run move with what they did (`neighbour_transfer`), and, from the time each forward pass
+    spent beside its layers against its MB of weights, this model's `weight_ms_per_mb`."""
     from collections import defaultdict
 
-    from hwsearch.predictors.model_latency import anchor_key, plan_inplace_keys, store_overhead
+    from hwsearch.predictors.calibration import weight_slope
+    from hwsearch.predictors.model_latency import (
+        ModelLatency,
+        anchor_key,
+        full_choices,
+        plan_inplace_keys,
+        plan_weight_mb,
+        store_overhead,
+    )
     from hwsearch.search.objectives import latency_terms
 
     model = problem.space.model
     if problem.latency_predictor is None or problem.overhead is None:
         return None
     timed: dict[str, list[float]] = defaultdict(list)
-    sources = [(Plan.parse(r["plan"]), r.get("layers_ms")) for r in verified]
+    in_plans: set[str] = set()  # keys the verified plans ran (not only the uncompressed model)
+    sources = [(Plan.parse(r["plan"]), r.get("layers_ms"), r.get("measured_ms")) for r in verified]
     if anchor is not None:
-        sources.append((None, anchor.get("layers_ms")))
-    for plan, layers_ms in sources:
+        sources.append((None, anchor.get("layers_ms"), anchor.get("measured_ms")))
+    for plan, layers_ms, _ in sources:
         if not layers_ms:
             continue
         keys = plan_inplace_keys(model, plan)
         for name, ms in layers_ms.items():
             if name in keys and np.isfinite(ms) and ms > 0:
                 timed[keys[name]].append(float(ms))
+                if plan is not None:
+                    in_plans.add(keys[name])
     if not timed:
         return None
     key = anchor_key(model)
@@ -186,9 +249,21 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     if anchor is not None and before:
         drift = float(anchor["measured_ms"]) / float(before)
         overhead = overhead.scaled(drift)
-    overhead = overhead.with_inplace(key, {k: float(np.median(v)) for k, v in timed.items()})
+    now = {k: float(np.median(v)) for k, v in timed.items()}
+    moved = neighbour_transfer(overhead.model_inplace_ms.get(key, {}), {k: now[k] for k in in_plans})
+    overhead = overhead.with_inplace(key, {**moved, **now})
     if anchor is not None:
         overhead = overhead.with_anchors({key: float(anchor["measured_ms"])})
+    # this model's own ms per MB of weights: what the plans timed in place now (and the anchor
+    # beside them) measured beyond the estimate without one, against the MB each streams
+    flat = replace(overhead, model_weight_ms_per_mb={**overhead.model_weight_ms_per_mb, key: 0.0})
+    ml = ModelLatency(model, problem.latency_predictor, flat)
+    points = [(plan_weight_mb(model, full_choices(model, plan)), float(total) - ml.plan(plan).total_ms)
+              for plan, layers_ms, total in sources if layers_ms and total]
+    _, slope = weight_slope(np.array([w for w, _ in points]), np.array([e for _, e in points]), [key] * len(points),
+                            MIN_REFIT_SLOPE_POINTS)
+    if key in slope:
+        overhead = replace(flat, model_weight_ms_per_mb={**flat.model_weight_ms_per_mb, key: slope[key]})
     oid = store_overhead(engine, spec.device, overhead, {"refit_job": job_id},
                          {"refit": "in-place layers of verified plans", "job": job_id, "model": key,
                           "plans": len(verified), "inplace_entries": len(timed)})
@@ -196,7 +271,8 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     terms, base, _ = latency_terms(model, tables.variables, tables.merges, problem.latency_predictor, overhead)
     problem.tables = replace(tables, terms={**tables.terms, "latency": terms}, base={**tables.base, "latency": base})
     problem.overhead, problem.overhead_id = overhead, oid
-    return {"overhead_id": oid, "inplace_entries": len(timed), "drift": drift,
+    return {"overhead_id": oid, "inplace_entries": len(timed), "drift": drift, "transferred": len(moved),
+            "weight_ms_per_mb": slope.get(key),
             "anchor_ms": None if anchor is None else float(anchor["measured_ms"])}
 
 
@@ -260,6 +336,7 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         held = all(r["lower_ms"] * (1 - 1e-9) <= r["measured_ms"] <= r["upper_ms"] * (1 + 1e-9)
                    and (budget is None or r["measured_ms"] * (1 + drift) <= budget) for r in timed)
         rounds.append({"round": round_no, "plans": len(rows), "correction": correction, "band_pct": band, "held": held,
+                       "state": anchor_drift(problem, anchor),
                        "predicted_ms": [r["predicted_ms"] for r in rows], "measured_ms": [r["measured_ms"] for r in rows],
                        "searched_ms": [r.get("searched_ms") for r in rows]})
         if round_no == 1 and reanchor is not None:

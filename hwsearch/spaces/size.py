@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from hwsearch.spaces.formats import DEFAULT_INT4_GROUP, DEFAULT_KV_GROUP, DTYPE_BYTES, parse_sparsity
 from hwsearch.spaces.model import ModelSpec
@@ -32,6 +33,7 @@ BIAS_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 4, "fp8": 4, "int4": 2}
 SCALE_BYTES = {"int8": 4, "fp8": 4}  # per output channel
 INT4_SCALE_BYTES = 2  # bf16 scale and bf16 zero point per group
 INPUT_SCALE_BYTES = 2  # an AWQ layer's bf16 1/s per input channel
+MB = 1e6  # the size objective's unit
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ def linear_bytes(
         return factor_bytes(K, N, fmt, group_size, sparsity, bias) + extra
     return (factor_bytes(K, rank, fmt, group_size, sparsity, False) + factor_bytes(rank, N, fmt, group_size, sparsity, bias)
             + extra)
+
+
+def layer_bytes(layer: Any, choice: Any) -> int:
+    """Exact storage of one of a model's layers (`spaces.model` layer: K, N, bias) under a choice."""
+    return linear_bytes(layer.K, layer.N, choice.format, choice.group_size, choice.sparsity, choice.rank, layer.bias,
+                        choice.scaling).total
 
 
 KV_SCALE_BYTES = 2  # fp16 scale and fp16 minimum per group of a quantised KV cache
