@@ -365,6 +365,10 @@ def test_weight_slope_is_fitted_within_each_model():
     assert own["bert"] == pytest.approx(0.04, abs=0.01)
     assert weight_slope(mb[:3], rest[:3], groups[:3]) == (pytest.approx(0.04, abs=0.01), {})  # too few for its own
     assert weight_slope(mb, -rest, groups)[0] == 0.0  # weights never speed the rest up
+    # a small model's noisy residuals: the slope takes no more than a plan's whole rest could pay
+    tiny_mb, residual, whole = np.array([0.2, 0.4, 0.8]), np.array([-0.3, 0.0, 0.3]), np.array([0.25, 0.3, 0.35])
+    pooled, own = weight_slope(tiny_mb, residual, ["tiny"] * 3, 3, whole)
+    assert own["tiny"] == pytest.approx(0.35 / 0.8) and pooled == pytest.approx(0.35 / 0.8)
 
 
 def test_overhead_fit_recovers_its_terms_and_round_trips():

@@ -25,6 +25,9 @@ def search(
     sampler: str = typer.Option("nsga2", "--sampler", help=" | ".join(sampler_names())),
     seed: int = typer.Option(0, "--seed"),
     verify_top_k: int = typer.Option(3, "--verify-top-k", help="Pareto plans timed end to end on the device."),
+    verify_tolerance_pct: float = typer.Option(10.0, "--verify-tolerance-pct", help="A verified plan holds within "
+                                               "this % of its estimate; otherwise the job refits and verifies again "
+                                               "(at most 3 rounds)."),
     profile_missing: bool = typer.Option(False, "--profile-missing", help="Measure here first what the search would "
                                          "otherwise predict (as `profile --local --for MODEL`)."),
     detach: bool = typer.Option(False, "--detach", help="Start the job and return; watch with `hwsearch jobs show ID`."),
@@ -40,7 +43,8 @@ def search(
                                      ("min_quality", min_quality)) if v is not None}
     spec = SearchSpec(model=model, device=device, objectives=[o.strip() for o in objectives.split(",") if o.strip()],
                       constraints=constraints, sampler=sampler, n_trials=trials, n_workers=workers, seed=seed,
-                      verify_top_k=verify_top_k, profile_missing=profile_missing)
+                      verify_top_k=verify_top_k, verify_tolerance_pct=verify_tolerance_pct,
+                      profile_missing=profile_missing)
     client = Client(db, ray_address)
     if detach:
         job = client.submit(spec, detach=True)

@@ -99,28 +99,37 @@ def inplace_table(records: Iterable[Sequence[Any]]) -> dict[str, float]:
 
 
 def weight_slope(weight_mb: np.ndarray, rest_ms: np.ndarray, groups: Sequence[str],
-                 min_points: int = MIN_SLOPE_POINTS) -> tuple[float, dict[str, float]]:
+                 min_points: int = MIN_SLOPE_POINTS, whole_rest_ms: np.ndarray | None = None
+                 ) -> tuple[float, dict[str, float]]:
     """(ms per MB of layer weights, pooled over the groups, each group's own where it has
     `min_points` plans spanning its weights) of what a forward pass spends beside its layers.
 
     Theil-Sen (robust to a disturbed timing), within each group (a model's own intercept: its
-    attention and norms), never below zero (weights do not speed the rest up)."""
+    attention and norms), never below zero (weights do not speed the rest up) and never above
+    what a plan's whole rest (`whole_rest_ms`, default `rest_ms`) could pay for its weights:
+    fitted on the differences of a few noisy timings of a small model (digits_vit, under 1 MB),
+    a slope of 1.5 ms/MB would take more out of its compressed plans than their rest holds and
+    predict them below zero."""
     from scipy.stats import theilslopes
 
     mb, rest, groups = np.asarray(weight_mb, float), np.asarray(rest_ms, float), np.asarray(groups, dtype=object)
+    whole = rest if whole_rest_ms is None else np.asarray(whole_rest_ms, float)
     own: dict[str, float] = {}
     dx, dy = [], []
+    ceiling = np.inf
     for g in dict.fromkeys(groups.tolist()):
-        x, yv = mb[groups == g], rest[groups == g]
+        x, yv, w = mb[groups == g], rest[groups == g], whole[groups == g]
         if len(x) < 2 or np.ptp(x) <= 0:
             continue
+        cap = max(0.0, float(np.min(w / x)))
+        ceiling = min(ceiling, cap)
         dx.append(x - x.mean())
         dy.append(yv - yv.mean())
         if len(x) >= min_points and x.max() >= SLOPE_SPAN * x.min():
-            own[g] = max(0.0, float(theilslopes(yv, x).slope))
+            own[g] = min(cap, max(0.0, float(theilslopes(yv, x).slope)))
     if not dx:
         return 0.0, own
-    pooled = max(0.0, float(theilslopes(np.concatenate(dy), np.concatenate(dx)).slope))
+    pooled = min(ceiling, max(0.0, float(theilslopes(np.concatenate(dy), np.concatenate(dx)).slope)))
     return pooled, own
 
 

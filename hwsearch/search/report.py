@@ -102,18 +102,24 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
     cols = ["trial", "round", "predicted_ms", "measured_ms", ERROR_LABEL, "p10_ms", "p90_ms"]
     if any(r.get("searched_ms") is not None for r in rows):  # the search's own estimate, before re-anchoring
         cols.insert(2, "searched_ms")
+    if any(r.get("corrected_ms") is not None and r["corrected_ms"] != r.get("predicted_ms") for r in rows):
+        cols.insert(cols.index("predicted_ms") + 1, "corrected_ms")  # after a refit's correction: what the error is of
     if any("measured_quality" in r for r in rows):
         cols += ["predicted_quality", "measured_quality"]
     for col in cols:
         grid.add_column(col, justify="right")
     for r in rows:
-        r = {**r, ERROR_LABEL: error_pct(r.get("predicted_ms"), r.get("measured_ms"))}
+        r = {**r, ERROR_LABEL: error_pct(r.get("corrected_ms", r.get("predicted_ms")), r.get("measured_ms"))}
         grid.add_row(*[("-" if r.get(c) is None or r[c] != r[c] else f"{r[c]:+.1f}" if c == ERROR_LABEL
                         else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols])
     s = result.get("verification") or {}
     parts = []
     if "mape" in s:
         parts.append(f"latency MAPE {s['mape']:.1f} %, within ±10 %: {s['within_10pct']:.0%}")
+    if "last_round" in s:
+        last = s["last_round"]
+        parts.append(f"round {last['round']} (after refits, {last['plans']} plans): MAPE {last['mape']:.1f} %, "
+                     f"within ±10 %: {last['within_10pct']:.0%}")
     if "violations" in s:
         parts.append(f"{s['violations']} of {s['plans']} chosen plans break latency <= {s['max_latency_ms']:g} ms when measured")
     if s.get("quality_abs_error") is not None:

@@ -200,7 +200,8 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     model's in-place table (`Overhead.model_inplace_ms`, by `inplace_key`, the median of its timings
     here), the uncompressed model timed beside them becomes its anchor (with its own layers in place,
     so the table and the anchor come from one machine state), the device's overhead is stored
-    again with them, and `problem.tables` is rebuilt on it. None when nothing was timed in place.
+    again with them, and `problem.tables` is rebuilt on it. None when nothing was timed (no layer in
+    place, no uncompressed model: with the model alone, it is a re-anchoring).
 
     A machine runs a whole model faster or slower from one hour to the next (a 2-core VM here: the
     same uncompressed MiniLM 42.3 ms at calibration, 36.6 ms five minutes later, every layer with
@@ -240,7 +241,7 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
                 timed[keys[name]].append(float(ms))
                 if plan is not None:
                     in_plans.add(keys[name])
-    if not timed:
+    if not timed and anchor is None:
         return None
     key = anchor_key(model)
     overhead = problem.overhead
@@ -258,10 +259,12 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     # beside them) measured beyond the estimate without one, against the MB each streams
     flat = replace(overhead, model_weight_ms_per_mb={**overhead.model_weight_ms_per_mb, key: 0.0})
     ml = ModelLatency(model, problem.latency_predictor, flat)
-    points = [(plan_weight_mb(model, full_choices(model, plan)), float(total) - ml.plan(plan).total_ms)
+    # (MB, residual, the whole rest of the pass: total minus its layers, which bounds the slope)
+    points = [(plan_weight_mb(model, full_choices(model, plan)), float(total) - ml.plan(plan).total_ms,
+               float(total) - sum(v for v in layers_ms.values() if np.isfinite(v)))
               for plan, layers_ms, total in sources if layers_ms and total]
-    _, slope = weight_slope(np.array([w for w, _ in points]), np.array([e for _, e in points]), [key] * len(points),
-                            MIN_REFIT_SLOPE_POINTS)
+    _, slope = weight_slope(np.array([p[0] for p in points]), np.array([p[1] for p in points]), [key] * len(points),
+                            MIN_REFIT_SLOPE_POINTS, np.array([p[2] for p in points]))
     if key in slope:
         overhead = replace(flat, model_weight_ms_per_mb={**flat.model_weight_ms_per_mb, key: slope[key]})
     oid = store_overhead(engine, spec.device, overhead, {"refit_job": job_id},
@@ -288,7 +291,8 @@ def _rescored_front(spec: SearchSpec, problem: Any, job_id: int, trials: list[Fr
 def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, table: pd.DataFrame,
                      by_number: dict[int, FrozenTrial]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
     """Verify the top plans; while a measured plan falls outside its band (too slow, or so much faster
-    that the estimate hides plans that would fit) or breaks the budget, refit and pick again.
+    that the estimate hides plans that would fit), misses its estimate by more than the spec's
+    `verify_tolerance_pct` or breaks the budget, refit and pick again.
 
     A refit takes every plan verified so far. First their layers, timed in place, join the model's
     in-place table (`refit_in_place`): the latency table is rebuilt, every trial of the search is
@@ -304,6 +308,7 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
     budget = spec.constraints.get("latency_ms")
     band = float((problem.tables.provenance.get("latency") or {}).get("band_pct") or 0.0)
     drift = float((problem.tables.provenance.get("latency") or {}).get("retime_band_pct") or 0.0) / 100
+    tolerance = spec.verify_tolerance_pct / 100
     correction = 1.0
     verified: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
@@ -331,11 +336,14 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
                                     searched)
         verified += rows
         timed = [r for r in rows if r.get("upper_ms") is not None]
-        # a verified plan holds its budget only with room for the machine's re-timing drift:
-        # the user who times it again must still find it under the budget
-        held = all(r["lower_ms"] * (1 - 1e-9) <= r["measured_ms"] <= r["upper_ms"] * (1 + 1e-9)
-                   and (budget is None or r["measured_ms"] * (1 + drift) <= budget) for r in timed)
+        # a verified plan holds its budget only with room for the machine's re-timing drift (the
+        # user who times it again must still find it under the budget), and its estimate only
+        # within the spec's tolerance: a band wide enough to cover an error does not make it small
+        close = all(abs(r["corrected_ms"] - r["measured_ms"]) <= tolerance * r["measured_ms"] for r in timed)
+        held = close and all(r["lower_ms"] * (1 - 1e-9) <= r["measured_ms"] <= r["upper_ms"] * (1 + 1e-9)
+                             and (budget is None or r["measured_ms"] * (1 + drift) <= budget) for r in timed)
         rounds.append({"round": round_no, "plans": len(rows), "correction": correction, "band_pct": band, "held": held,
+                       "within_tolerance": close,
                        "state": anchor_drift(problem, anchor),
                        "predicted_ms": [r["predicted_ms"] for r in rows], "measured_ms": [r["measured_ms"] for r in rows],
                        "searched_ms": [r.get("searched_ms") for r in rows]})

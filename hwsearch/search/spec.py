@@ -91,6 +91,9 @@ class SearchSpec(BaseModel):
     n_workers: int = 1
     seed: int = 0
     verify_top_k: int = 3
+    # a verified plan holds only within this % of the estimate the job stands behind (beside its
+    # band and the budget); a round that does not hold refits and verifies again (`verify_and_refit`)
+    verify_tolerance_pct: float = 10.0
     warm_start: bool = True
     # measure what the search would otherwise predict (the kernels `profile --for` adds), when
     # the device is this machine; off: such estimates are marked extrapolated where shown
@@ -130,6 +133,13 @@ class SearchSpec(BaseModel):
             if not math.isfinite(bound) or bound < 0:
                 raise ValueError(f"constraint {key}={bound} is not a finite non-negative number")
         return value
+
+    @field_validator("verify_tolerance_pct")
+    @classmethod
+    def _tolerance(cls, value: float) -> float:
+        if not math.isfinite(value) or not 0 < value <= 100:
+            raise ValueError(f"verify_tolerance_pct={value} is out of range; accepted: a number of % in (0, 100]")
+        return float(value)
 
     @field_validator("sampler")
     @classmethod

@@ -162,6 +162,11 @@ def summary(rows: Sequence[dict[str, Any]], max_latency_ms: float | None) -> dic
     if len(pred):
         err = np.abs(pred - meas) / meas
         out.update(mape=float(100 * err.mean()), within_10pct=float(np.mean(err <= 0.10)))
+        last = max((r.get("round", 1) for r in rows), default=1)
+        if last > 1:  # what the job stands behind after its refits: the plans of its last round
+            final = np.array([r.get("round", 1) == last for r in rows if r.get("predicted_ms") is not None])
+            out["last_round"] = {"round": int(last), "plans": int(final.sum()), "mape": float(100 * err[final].mean()),
+                                 "within_10pct": float(np.mean(err[final] <= 0.10))}
     if max_latency_ms is not None:
         broken = sum(1 for r in rows if r["measured_ms"] > max_latency_ms)
         out.update(max_latency_ms=max_latency_ms, violations=broken, violation_rate=broken / len(rows))
