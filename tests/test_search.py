@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -325,13 +326,7 @@ def test_verify_and_refit_learns_layers_timed_in_place(world, engine, monkeypatc
     join the model's in-place table, every trial is re-scored on it, and the verified plans are
     then predicted as measured. (The device's behaviour is simulated: real timings would make the
     rounds depend on the machine.)"""
-    from hwsearch.predictors.model_latency import (
-        ModelLatency,
-        anchor_key,
-        cast_melems,
-        device_overhead,
-        plan_inplace_keys,
-    )
+    from hwsearch.predictors.model_latency import ModelLatency, anchor_key, device_overhead, plan_inplace_keys
     from hwsearch.search import verify
     from hwsearch.search.results import front, load_trials, rescored, verify_and_refit
     from hwsearch.search.study import rescore
@@ -354,13 +349,8 @@ def test_verify_and_refit_learns_layers_timed_in_place(world, engine, monkeypatc
             est = ml.plan(plan if plan.layers else None)
             keys = plan_inplace_keys(model, plan)
             inside = {}
-            for name, key in keys.items():  # the calibrated estimate of each layer, 3x for int8 ones
-                spec_ = next(s for owner, s in ml.kernels(plan) if owner == name)
-                t = ml.overhead.scale_of(spec_) or ml.overhead.scale
-                line = ml.overhead.inplace_of(spec_, plan.choice(name, model.dtype)) or (
-                    t * ml.predictor.predict_specs([spec_])[0] + ml.overhead.offset_of(spec_)
-                    + ml.overhead.cast_ms_of(spec_) * cast_melems(spec_, model.dtype))
-                inside[name] = line * (3.0 if "int8" in key else 1.0)
+            for name, line in layer_lines(ml, plan).items():  # the calibrated estimate, 3x for int8 layers
+                inside[name] = line * (3.0 if "int8" in keys[name] else 1.0)
                 est.total_ms += inside[name] - line
             out.append({"measured_ms": est.total_ms, "layers_ms": inside})
         return out
@@ -380,6 +370,74 @@ def test_verify_and_refit_learns_layers_timed_in_place(world, engine, monkeypatc
     result = {"rescored": {str(n): {"values": [v], "user_attrs": {"latency_ms": v}, "constraints": {}}
                            for n, v in again.items()}}
     assert [t.values[0] for t in rescored(result, trials)] == [again[t.number] for t in trials]
+
+
+def layer_lines(ml: ModelLatency, plan: Plan) -> dict[str, float]:
+    """Each layer's calibrated in-model estimate in `ml`'s composition (what a device that follows
+    the calibration times it at in place)."""
+    from hwsearch.predictors.model_latency import cast_melems
+
+    model, out = ml.model, {}
+    for name, spec_ in ml.kernels(plan):
+        if name not in model.layer_names or name in out:
+            continue
+        t = ml.overhead.scale_of(spec_) or ml.overhead.scale
+        out[name] = ml.overhead.inplace_of(spec_, plan.choice(name, model.dtype)) or (
+            t * ml.predictor.predict_specs([spec_])[0] + ml.overhead.offset_of(spec_)
+            + ml.overhead.cast_ms_of(spec_) * cast_melems(spec_, model.dtype))
+    return out
+
+
+def test_a_refit_learns_what_weights_cost_the_rest_at_one_machine_state(world, engine):
+    """A device whose forward pass spends 0.5 ms per MB of weights beside its layers, its plans
+    verified in two rounds, the second 1.4/1.2 times slower throughout (a machine's state moves):
+    the refit brings each round's timings to its anchor's state and fits that slope there."""
+    from hwsearch.predictors.model_latency import ModelLatency, anchor_key, full_choices, plan_weight_mb
+    from hwsearch.search.results import load_trials, plan_of, refit_in_place
+
+    client = Client(world)
+    knobs = {"formats": ["fp32", "bf16", "int8"], "low_rank": False}  # one kernel per layer
+    job = client.create(SearchSpec(model="digits_vit", device="syn", n_trials=40, verify_top_k=0, knobs=knobs))
+    jobs.run_job(client.db_url, job.id, 1, launch=jobs.inline_launcher)
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=40, verify_top_k=3, knobs=knobs)
+    problem = build_problem(engine, spec)
+    model = problem.space.model
+    key = anchor_key(model)
+    flat = replace(problem.overhead, anchors={}, model_weight_ms_per_mb={key: 0.0}, weight_ms_per_mb=0.0)
+    ml = ModelLatency(model, problem.latency_predictor, flat)
+    base_ms = ml.plan(None).total_ms + 0.5 * plan_weight_mb(model, full_choices(model, None))
+    problem.overhead = problem.overhead.with_anchors({key: base_ms})  # calibrated at the device's first state
+
+    def timed(plan: Plan | None, factor: float) -> dict:
+        mb = plan_weight_mb(model, full_choices(model, plan))
+        return {"measured_ms": factor * (ml.plan(plan).total_ms + 0.5 * mb), "anchor_ms": factor * base_ms,
+                "layers_ms": {n: factor * v for n, v in layer_lines(ml, plan or Plan(model=model.name)).items()}}
+
+    trials = load_trials(world, jobs.get_job(engine, job.id).study_name)
+    plans = [plan_of(t, problem.space, spec) for t in trials[:6]]
+    rows = [{"plan": p.model_dump(mode="json", by_alias=True, exclude_none=True), **timed(p, 1.2 if i < 5 else 1.4)}
+            for i, p in enumerate(plans)]
+    refit = refit_in_place(engine, job.id, spec, problem, rows, timed(None, 1.4))
+    assert refit["weight_ms_per_mb"] == pytest.approx(0.5 * 1.4, rel=1e-6)  # in ms at the anchor's state
+
+
+def test_a_verified_jobs_plans_carry_its_correction(world, engine):
+    """After verification corrected the latency (x 0.5, band 40 %), a plan's figure is the estimate
+    the job stands behind and its upper bound the one `job.best(...)` reads the front with."""
+    from hwsearch.search.results import latency_band, load_trials, plan_of
+
+    client = Client(world)
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=20, verify_top_k=0)
+    job = client.create(spec)
+    jobs.run_job(client.db_url, job.id, 1, launch=jobs.inline_launcher)
+    trial = load_trials(world, jobs.get_job(engine, job.id).study_name)[0]
+    space = build_problem(engine, spec).space
+    prov = {"latency": {"source": "predictor", "band_pct": 40.0, "correction": 0.5}}
+    figure = plan_of(trial, space, spec, prov).predicted["latency_ms"]
+    raw = trial.user_attrs["latency_ms"]
+    assert figure.value == pytest.approx(0.5 * raw) and "correction" in figure.provenance.detail
+    band = latency_band({"provenance": prov, "latency_correction": 0.5})
+    assert figure.upper == pytest.approx(raw * (1 + band / 100)) == pytest.approx(0.5 * raw * 1.4)
 
 
 def test_verify_judges_each_round_at_the_machine_state_it_was_timed_in(world, engine, monkeypatch):

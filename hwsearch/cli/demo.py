@@ -81,7 +81,10 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
     started = time.perf_counter()
     client = Client(db)
     engine = client.engine
-    console.print(f"[bold]1/6[/bold] profiling this machine (every kernel the two searches score, and {PROFILE_BUDGET} "
+    def at() -> str:  # where the demo's minutes go, beside each step
+        return f"[dim](at {time.perf_counter() - started:.0f} s)[/dim] "
+
+    console.print(f"{at()}[bold]1/6[/bold] profiling this machine (every kernel the two searches score, and {PROFILE_BUDGET} "
                   f"kernels of the quick sweep for its predictor) into {client.db_url}")
     summary = profile_local(engine, budget=PROFILE_BUDGET,
                             models=[(m, knobs_from_doc(demo_knobs(m))) for m in ("vit_base", "minilm")])
@@ -95,12 +98,12 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
         console.print(f"    {short} short of the {MIN_XGB_ROWS} steady kernels its predictor needs: "
                       f"{budget} kernels of the quick sweep")
         profile_local(engine, budget=budget)
-    console.print("[bold]2/6[/bold] training its latency predictor")
+    console.print(f"{at()}[bold]2/6[/bold] training its latency predictor")
     for t in train(engine, device, "xgboost"):
         held = (t["metrics"].get("held_out") or {}).get("all") or {}
         console.print(f"    xgboost #{t['id']}: held-out within ±10 % {held.get('within_10pct', float('nan')):.1%}, "
                       f"MAPE {held.get('mape', float('nan')):.1f} % on {held.get('n', 0)} kernels")
-    console.print("[bold]3/6[/bold] calibrating the end-to-end overhead on 6 timed plans of vit_base and minilm "
+    console.print(f"{at()}[bold]3/6[/bold] calibrating the end-to-end overhead on 6 timed plans of vit_base and minilm "
                   "(each beside its uncompressed model, the anchor), their layers timed in place after covering "
                   "plans that run every choice of every layer shape once")
     cal = calibrate(engine, device, [SearchSpec(model=m, device=device, knobs=demo_knobs(m)) for m in ("vit_base", "minilm")],
@@ -116,7 +119,7 @@ def run_demo(db: str | None = None, out_dir: str | None = None) -> dict[str, obj
                   "and three ranks)")
     done: dict[str, object] = {"device": device, "files": []}
     for step, (model, objectives) in enumerate(searches, start=4):
-        console.print(f"[bold]{step}/6[/bold] searching {model} ({' x '.join(objectives)}, "
+        console.print(f"{at()}[bold]{step}/6[/bold] searching {model} ({' x '.join(objectives)}, "
                       f"{DEMO_TRIALS[model]} trials, 2 workers on local Ray), verifying the top {DEMO_VERIFY[model]} on {device}")
         knobs = demo_knobs(model)
         job = client.submit(SearchSpec(model=model, device=device, objectives=objectives, knobs=knobs,

@@ -78,8 +78,14 @@ def plan_of(trial: FrozenTrial, space: SearchSpace, spec: SearchSpec, provenance
         kw = {k: prov.get(k) for k in ("device", "kind", "detail")}
         pid = prov.get("predictor_id")
         band = prov.get("band_pct")
-        upper = float(value) * (1 + band / 100) if band is not None and name == "latency" else None
-        predicted[obj.column] = Figure(value=float(value), unit=obj.unit or obj.name, upper=upper, provenance=Provenance(
+        value = float(value)
+        if name == "latency" and prov.get("correction") not in (None, 1.0):
+            # the estimate the job stands behind after verification (`latency_band` folds the same
+            # correction into the band the front is read with): the re-scored estimate x correction
+            value *= float(prov["correction"])
+            kw["detail"] = f"{kw.get('detail') or ''}; x {float(prov['correction']):.3f}, the correction its verification measured".lstrip("; ")
+        upper = value * (1 + band / 100) if band is not None and name == "latency" else None
+        predicted[obj.column] = Figure(value=value, unit=obj.unit or obj.name, upper=upper, provenance=Provenance(
             source=prov.get("source", "analytic"), predictor_id=None if pid is None else str(pid), **kw))
     plan = Plan(model=spec.model_name, device=spec.device, layers=layers, merge=merge, predicted=predicted, kv_cache=kv)
     cache = plan_kv_bytes(space.model, plan)
@@ -136,6 +142,8 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
                **{k: float(v) for k, v in t.items() if k != "layers_ms"}}
         if state != 1.0:
             row["state"] = state
+        if anchor is not None and anchor.get("measured_ms"):
+            row["anchor_ms"] = float(anchor["measured_ms"])  # the machine's state it was timed in (`refit_in_place`)
         if searched and row["trial"] in searched:
             row["searched_ms"] = searched[row["trial"]]
         if t.get("layers_ms"):
@@ -229,7 +237,15 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
         return None
     timed: dict[str, list[float]] = defaultdict(list)
     in_plans: set[str] = set()  # keys the verified plans ran (not only the uncompressed model)
-    sources = [(Plan.parse(r["plan"]), r.get("layers_ms"), r.get("measured_ms")) for r in verified]
+    # each plan's timings brought to the machine state of this refit's anchor: rounds a minute
+    # apart ran the same uncompressed vit_base at 225 and 274 ms on a 2-core VM here
+    now_ms = float(anchor["measured_ms"]) if anchor is not None and anchor.get("measured_ms") else None
+
+    def at_now(r: Mapping[str, Any]) -> float:
+        return now_ms / float(r["anchor_ms"]) if now_ms and r.get("anchor_ms") else 1.0
+
+    sources = [(Plan.parse(r["plan"]), {k: v * at_now(r) for k, v in (r.get("layers_ms") or {}).items()},
+                r.get("measured_ms") and r["measured_ms"] * at_now(r)) for r in verified]
     if anchor is not None:
         sources.append((None, anchor.get("layers_ms"), anchor.get("measured_ms")))
     for plan, layers_ms, _ in sources:
