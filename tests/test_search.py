@@ -421,6 +421,37 @@ def test_a_refit_learns_what_weights_cost_the_rest_at_one_machine_state(world, e
     assert refit["weight_ms_per_mb"] == pytest.approx(0.5 * 1.4, rel=1e-6)  # in ms at the anchor's state
 
 
+def test_the_correction_takes_every_round_at_one_machine_state(world, engine, monkeypatch):
+    """Compressed plans run 1.3x their estimate in round 1 and 1.6x in round 2, on a machine 20 %
+    slower at each call: the correction round 3 is judged with is the median over both rounds'
+    plans brought to one state (1.45), not one that mixes the states (1.36)."""
+    from hwsearch.predictors.model_latency import ModelLatency, anchor_key
+    from hwsearch.search import verify
+    from hwsearch.search.results import front, load_trials, verify_and_refit
+
+    client = Client(world)
+    job = client.create(SearchSpec(model="digits_vit", device="syn", n_trials=60, verify_top_k=0))
+    jobs.run_job(client.db_url, job.id, 1, launch=jobs.inline_launcher)
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=60, verify_top_k=2)
+    problem = build_problem(engine, spec)
+    ml = ModelLatency(problem.space.model, problem.latency_predictor, problem.overhead)
+    problem.overhead = problem.overhead.with_anchors({anchor_key(problem.space.model): ml.plan(None).total_ms})
+    calls = []
+
+    def device(_device, _fingerprint, _model, plans, *args):
+        calls.append(1)
+        state, slower = 1.0 + 0.2 * (len(calls) - 1), {2: 1.3, 3: 1.6}.get(len(calls), 1.6)
+        return [{"measured_ms": state * (slower if p.layers else 1.0) * ml.plan(p if p.layers else None).total_ms}
+                for p in plans]
+
+    monkeypatch.setattr(verify, "time_on_device", device)
+    trials = load_trials(world, jobs.get_job(engine, job.id).study_name)
+    table = front(trials, spec, job.id, problem.space.model.dtype)
+    _, rounds, _, _ = verify_and_refit(engine, job.id, spec, problem, table, {t.number: t for t in trials})
+    assert [r["state"] for r in rounds] == pytest.approx([1.2, 1.4 / 1.2, 1.6 / 1.4])
+    assert rounds[1]["correction"] == pytest.approx(1.3) and rounds[2]["correction"] == pytest.approx(1.45)
+
+
 def test_a_verified_jobs_plans_carry_its_correction(world, engine):
     """After verification corrected the latency (x 0.5, band 40 %), a plan's figure is the estimate
     the job stands behind and its upper bound the one `job.best(...)` reads the front with."""

@@ -8,7 +8,7 @@ capabilities, so any process can turn a trial into a `Plan` without the predicto
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -176,6 +176,14 @@ def anchor_drift(problem: Any, anchor: dict[str, Any] | None) -> float:
     return measured / float(before) if before and measured > 0 else 1.0
 
 
+def to_state(anchor: Mapping[str, Any] | None) -> Callable[[Mapping[str, Any]], float]:
+    """The factor that brings a verified row's timings to the machine state `anchor` (the
+    uncompressed model, timed in a later round) was taken in: the ratio of the two rounds'
+    uncompressed timings (`anchor_ms`, kept on each row); 1 where either is missing."""
+    now_ms = float(anchor["measured_ms"]) if anchor is not None and anchor.get("measured_ms") else None
+    return lambda row: now_ms / float(row["anchor_ms"]) if now_ms and row.get("anchor_ms") else 1.0
+
+
 def neighbour_transfer(table: Mapping[str, float], timed: Mapping[str, float]) -> dict[str, float]:
     """Entries of an in-place table that a refit did not time again, moved by what it learned from
     those it did: per format, the median ratio of a re-timed entry to the one it replaces.
@@ -239,13 +247,9 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     in_plans: set[str] = set()  # keys the verified plans ran (not only the uncompressed model)
     # each plan's timings brought to the machine state of this refit's anchor: rounds a minute
     # apart ran the same uncompressed vit_base at 225 and 274 ms on a 2-core VM here
-    now_ms = float(anchor["measured_ms"]) if anchor is not None and anchor.get("measured_ms") else None
-
-    def at_now(r: Mapping[str, Any]) -> float:
-        return now_ms / float(r["anchor_ms"]) if now_ms and r.get("anchor_ms") else 1.0
-
-    sources = [(Plan.parse(r["plan"]), {k: v * at_now(r) for k, v in (r.get("layers_ms") or {}).items()},
-                r.get("measured_ms") and r["measured_ms"] * at_now(r)) for r in verified]
+    now = to_state(anchor)
+    sources = [(Plan.parse(r["plan"]), {k: v * now(r) for k, v in (r.get("layers_ms") or {}).items()},
+                r.get("measured_ms") and r["measured_ms"] * now(r)) for r in verified]
     if anchor is not None:
         sources.append((None, anchor.get("layers_ms"), anchor.get("measured_ms")))
     for plan, layers_ms, _ in sources:
@@ -368,7 +372,9 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
         if held or not timed:
             break
         refit = refit_in_place(engine, job_id, spec, problem, verified, anchor)
-        current = {r["trial"]: r["predicted_ms"] for r in verified}
+        current = {r["trial"]: r["predicted_ms"] for r in verified}  # each at the state it was timed in
+        # re-scored after a refit, every estimate speaks of this round's state: so must the timings
+        now = to_state(anchor if refit is not None else None)
         if refit is not None:
             trials, table = _rescored_front(spec, problem, job_id, list(by_number.values()))
             by_number = {t.number: t for t in trials}
@@ -376,7 +382,7 @@ def verify_and_refit(engine: Engine, job_id: int, spec: SearchSpec, problem: Any
             current = {n: by_number[n].values[li] for n in current}
             rounds[-1]["refit"] = refit
         pred = np.array([current[r["trial"]] for r in verified if r.get("predicted_ms") is not None])
-        meas = np.array([r["measured_ms"] for r in verified if r.get("predicted_ms") is not None])
+        meas = np.array([r["measured_ms"] * now(r) for r in verified if r.get("predicted_ms") is not None])
         correction = float(np.median(meas / pred))
         band = max(band, conformal_band(correction * pred, meas))
         fits = np.ones(len(table), dtype=bool)
