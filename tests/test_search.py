@@ -471,6 +471,31 @@ def test_a_verified_jobs_plans_carry_its_correction(world, engine):
     assert figure.upper == pytest.approx(raw * (1 + band / 100)) == pytest.approx(0.5 * raw * 1.4)
 
 
+def test_the_uncompressed_model_alone_only_rescales_the_composition(world, engine):
+    """Re-anchored before any plan is verified (the machine 25 % slower now), the composition is
+    scaled, whatever the uncompressed model's layers timed by hooks said: every plan 25 % slower."""
+    from hwsearch.predictors.model_latency import ModelLatency, anchor_key
+    from hwsearch.search.results import load_trials, plan_of, refit_in_place
+
+    client = Client(world)
+    spec = SearchSpec(model="digits_vit", device="syn", n_trials=20, verify_top_k=2)
+    job = client.create(spec)
+    jobs.run_job(client.db_url, job.id, 1, launch=jobs.inline_launcher)
+    problem = build_problem(engine, spec)
+    model = problem.space.model
+    before = ModelLatency(model, problem.latency_predictor, problem.overhead)
+    problem.overhead = problem.overhead.with_anchors({anchor_key(model): before.plan(None).total_ms})
+    before = ModelLatency(model, problem.latency_predictor, problem.overhead)
+    plans = [plan_of(t, problem.space, spec) for t in load_trials(world, jobs.get_job(engine, job.id).study_name)[:5]]
+    hooks = {name: 10.0 for name in model.layer_names}  # far from what the end-to-end timing says
+    refit = refit_in_place(engine, job.id, spec, problem, [], {"measured_ms": 1.25 * before.plan(None).total_ms,
+                                                               "layers_ms": hooks})
+    after = ModelLatency(model, problem.latency_predictor, problem.overhead)
+    assert refit["inplace_entries"] == 0 and refit["drift"] == pytest.approx(1.25)
+    for plan in plans:
+        assert after.plan(plan).total_ms == pytest.approx(1.25 * before.plan(plan).total_ms, rel=1e-9)
+
+
 def test_verify_judges_each_round_at_the_machine_state_it_was_timed_in(world, engine, monkeypatch):
     """A machine that runs everything 20 % slower at each verification call (a 2-core VM drifted
     13 % between two rounds here): the uncompressed model timed beside the plans shows it, so the

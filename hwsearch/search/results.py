@@ -250,7 +250,11 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     now = to_state(anchor)
     sources = [(Plan.parse(r["plan"]), {k: v * now(r) for k, v in (r.get("layers_ms") or {}).items()},
                 r.get("measured_ms") and r["measured_ms"] * now(r)) for r in verified]
-    if anchor is not None:
+    if anchor is not None and verified:
+        # alone (before any plan is verified) the uncompressed model only re-anchors, scaling the
+        # composition: its layers timed by hooks disagree with its end-to-end timing by as much as
+        # the machine moves, and a re-anchoring that took them put vit_base's anchor offset at
+        # +36 ms, which every compressed plan then carried (round 1 predicted 20-49 % too slow)
         sources.append((None, anchor.get("layers_ms"), anchor.get("measured_ms")))
     for plan, layers_ms, _ in sources:
         if not layers_ms:
