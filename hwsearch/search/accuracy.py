@@ -10,6 +10,7 @@ broken on the device. Above zero it ran faster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,12 @@ def error_pct(predicted: Any, measured: Any) -> Any:
     if predicted is None or measured is None:
         return float("nan")
     return 100.0 * (predicted - measured) / measured
+
+
+def stood_behind(row: Mapping[str, Any]) -> Any:
+    """The estimate a job stood behind when a verified row's plan was timed: after any refit's
+    correction (`corrected_ms`), else the search's (`predicted_ms`); what its error is of."""
+    return row.get("corrected_ms", row.get("predicted_ms"))
 
 
 def describe(error: float) -> str:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hwsearch.console import wide_console
-from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL, error_pct
+from hwsearch.search.accuracy import ERROR_HELP, ERROR_LABEL, error_pct, stood_behind
 from hwsearch.search.jobs import JobStatus
 from hwsearch.search.objectives import OBJECTIVES, constraint
 
@@ -109,7 +109,7 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
     for col in cols:
         grid.add_column(col, justify="right")
     for r in rows:
-        r = {**r, ERROR_LABEL: error_pct(r.get("corrected_ms", r.get("predicted_ms")), r.get("measured_ms"))}
+        r = {**r, ERROR_LABEL: error_pct(stood_behind(r), r.get("measured_ms"))}
         grid.add_row(*[("-" if r.get(c) is None or r[c] != r[c] else f"{r[c]:+.1f}" if c == ERROR_LABEL
                         else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols])
     s = result.get("verification") or {}

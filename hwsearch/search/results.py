@@ -83,7 +83,8 @@ def plan_of(trial: FrozenTrial, space: SearchSpace, spec: SearchSpec, provenance
             # the estimate the job stands behind after verification (`latency_band` folds the same
             # correction into the band the front is read with): the re-scored estimate x correction
             value *= float(prov["correction"])
-            kw["detail"] = f"{kw.get('detail') or ''}; x {float(prov['correction']):.3f}, the correction its verification measured".lstrip("; ")
+            note = f"x {float(prov['correction']):.3f}, the correction its verification measured"
+            kw["detail"] = "; ".join(d for d in (kw.get("detail"), note) if d)
         upper = value * (1 + band / 100) if band is not None and name == "latency" else None
         predicted[obj.column] = Figure(value=value, unit=obj.unit or obj.name, upper=upper, provenance=Provenance(
             source=prov.get("source", "analytic"), predictor_id=None if pid is None else str(pid), **kw))

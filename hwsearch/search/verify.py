@@ -23,6 +23,7 @@ from hwsearch.db.engine import session_scope
 from hwsearch.db.models import Verification
 from hwsearch.db.ops import insert_ignore
 from hwsearch.errors import HwsearchError
+from hwsearch.search.accuracy import stood_behind
 from hwsearch.spaces.model import ModelSpec
 from hwsearch.spaces.plan import Plan
 
@@ -154,9 +155,7 @@ def summary(rows: Sequence[dict[str, Any]], max_latency_ms: float | None) -> dic
     """Prediction error and how many chosen plans break the latency constraint when measured."""
     if not rows:
         return {"plans": 0}
-    # the estimate the job stood behind when the plan was verified (after any refit), else the search's
-    pred = np.array([r.get("corrected_ms", r["predicted_ms"]) for r in rows if r.get("predicted_ms") is not None],
-                    dtype=float)
+    pred = np.array([stood_behind(r) for r in rows if r.get("predicted_ms") is not None], dtype=float)
     meas = np.array([r["measured_ms"] for r in rows if r.get("predicted_ms") is not None], dtype=float)
     out: dict[str, Any] = {"plans": len(rows)}
     if len(pred):
