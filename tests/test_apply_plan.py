@@ -95,6 +95,29 @@ def test_rank_is_the_rank(vit: ViT) -> None:
     assert torch.isclose(err, s[32:].norm(), rtol=1e-4)
 
 
+def test_low_rank_factors_are_remembered_by_content() -> None:
+    """A plan rebuilt from the same weights (another verification round, a fresh copy of the
+    model) reuses the factors; a changed weight does not; copies are returned."""
+    from hwsearch.kernels import quant
+
+    torch.manual_seed(3)
+    w = torch.randn(96, 40)
+    a, b = quant.low_rank_factors(w, 8)
+    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    best = (u[:, :8] * s[:8]) @ vh[:8]
+    assert torch.allclose((b @ a).double(), best, atol=1e-5)
+    a.zero_()  # the caller's copy
+    again, _ = quant.low_rank_factors(w.clone(), 8)
+    assert torch.count_nonzero(again) > 0 and len([k for k in quant._factors if k[1] == 8]) >= 1
+    changed = w.clone()
+    changed[0, 0] += 1.0
+    a2, b2 = quant.low_rank_factors(changed, 8)
+    u, s, vh = torch.linalg.svd(changed.double(), full_matrices=False)
+    assert torch.allclose((b2 @ a2).double(), (u[:, :8] * s[:8]) @ vh[:8], atol=1e-5)
+    wide_a, wide_b = quant.low_rank_factors(w.T.contiguous(), 8)  # N < K takes the other Gram matrix
+    assert torch.allclose((wide_b @ wide_a).double(), best.T, atol=1e-5)
+
+
 def test_merged_token_counts_follow_the_schedule(vit: ViT, images: torch.Tensor) -> None:
     spec = get_model("digits_vit")
     for merge in (MergePlan(r=2, start_block=1), MergePlan(r=3, start_block=0), [0, 1, 0, 3]):

@@ -6,6 +6,9 @@ all agree on what "int4 with group 64" or "2:4" means.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import torch
 
 FP8_MAX = 448.0  # float8 e4m3fn
@@ -110,8 +113,49 @@ def unpack_int4_halves(packed: torch.Tensor, out: torch.Tensor | None = None) ->
     return out
 
 
+# Factors already computed, by (the weight's bytes, rank): a plan is built again and again from the
+# same weights (each verification round, each calibration plan) and one fp64 SVD of a ViT-B MLP
+# weight takes 0.4 s on a 2-core VM, 10 s for a vit_base plan of low-rank layers
+FACTOR_CACHE_BYTES = 512 << 20
+_factors: OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+
+def _content_key(weight: torch.Tensor) -> str:
+    flat = weight.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+    digest = hashlib.blake2b(memoryview(flat), digest_size=16)
+    digest.update(f"{tuple(weight.shape)}{weight.dtype}".encode())
+    return digest.hexdigest()
+
+
+def top_singular(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `rank` largest singular triplets (u (N, r), s (r,), vh (r, K)) of an fp64 `w`, from the
+    eigenvectors of its smaller Gram matrix: 3x faster than a full SVD of a ViT-B MLP weight, and in
+    fp64 exact to ~1e-8 relative for every singular value above 1e-4 of the largest (a truncation
+    keeps the largest)."""
+    n, k = w.shape
+    rank = min(rank, n, k)
+    lam, vecs = torch.linalg.eigh(w.T @ w if k <= n else w @ w.T)  # ascending
+    lam, vecs = lam.flip(0)[:rank].clamp_min(0.0), vecs.flip(1)[:, :rank]
+    s = lam.sqrt()
+    inv = torch.where(s > 0, 1.0 / s.clamp_min(1e-300), torch.zeros_like(s))
+    if k <= n:
+        return (w @ vecs) * inv, s, vecs.T.contiguous()
+    return vecs, s, (vecs.T @ w) * inv[:, None]
+
+
 def low_rank_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated SVD W ≈ B A with A (rank, K), B (N, rank), singular values split evenly."""
-    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
-    root = s[:rank].sqrt()
-    return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root).float()
+    """Truncated SVD W ≈ B A with A (rank, K), B (N, rank), singular values split evenly
+    (remembered by the weight's content, `FACTOR_CACHE_BYTES` at most; copies are returned)."""
+    key = (_content_key(weight), int(rank))
+    if key in _factors:
+        _factors.move_to_end(key)
+    else:
+        u, s, vh = top_singular(weight.detach().cpu().double(), rank)
+        root = s.sqrt()
+        _factors[key] = ((root[:, None] * vh).float(), (u * root).float())
+        held = sum(a.nbytes + b.nbytes for a, b in _factors.values())
+        while held > FACTOR_CACHE_BYTES and len(_factors) > 1:
+            a, b = _factors.popitem(last=False)[1]
+            held -= a.nbytes + b.nbytes
+    a, b = _factors[key]
+    return a.clone().to(weight.device), b.clone().to(weight.device)
