@@ -60,6 +60,8 @@ def test_profile_twice_measures_nothing_new(db_url):
     assert first.measured == first.planned == len(plan_tasks(8, max_flops=TINY))
     second = profile_local(engine, name="dev-a", budget=8, threads=1, show_progress=False, max_flops=TINY)
     assert second.measured == 0 and second.already_stored == second.planned
+    with pytest.raises(HwsearchError, match=r"profiled at 1 thread\(s\), this run times at 2; accepted: --threads 1"):
+        profile_local(engine, name="dev-a", budget=8, threads=2, show_progress=False, max_flops=TINY)
     with session_scope(engine) as s:
         m = s.scalars(select(Measurement)).first()
         assert m.rounds >= 3 and m.p10_us <= m.p90_us and m.median_us <= m.p90_us and m.threads == 1

@@ -43,6 +43,12 @@ def ensure_device(engine: Engine, name: str, kind: str, fingerprint: dict[str, A
                     f"device {name!r} was profiled on other hardware ({k}={stored[k]!r}, this machine {fingerprint[k]!r}); "
                     "accepted: the same hardware, or a new --name"
                 )
+            # a kernel's latency is a latency at a thread count: two counts under one name would mix
+            if "threads" in stored and "threads" in fingerprint and stored["threads"] != fingerprint["threads"]:
+                raise HwsearchError(
+                    f"device {name!r} was profiled at {stored['threads']} thread(s), this run times at "
+                    f"{fingerprint['threads']}; accepted: --threads {stored['threads']}, or a new --name"
+                )
         return device.id
 
 
