@@ -215,8 +215,8 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
                    anchor: dict[str, Any] | None) -> dict[str, Any] | None:
     """Verified plans' measurements join the calibration: each layer they timed in place enters the
     model's in-place table (`Overhead.model_inplace_ms`, by `inplace_key`, the median of its timings
-    here), the uncompressed model timed beside them becomes its anchor (with its own layers in place,
-    so the table and the anchor come from one machine state), the device's overhead is stored
+    here), the uncompressed model timed beside them becomes its anchor (its end-to-end time only: its
+    layers' hook timings stay out of the table), the device's overhead is stored
     again with them, and `problem.tables` is rebuilt on it. None when nothing was timed (no layer in
     place, no uncompressed model: with the model alone, it is a re-anchoring).
 
@@ -245,27 +245,26 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     if problem.latency_predictor is None or problem.overhead is None:
         return None
     timed: dict[str, list[float]] = defaultdict(list)
-    in_plans: set[str] = set()  # keys the verified plans ran (not only the uncompressed model)
     # each plan's timings brought to the machine state of this refit's anchor: rounds a minute
     # apart ran the same uncompressed vit_base at 225 and 274 ms on a 2-core VM here
     now = to_state(anchor)
     sources = [(Plan.parse(r["plan"]), {k: v * now(r) for k, v in (r.get("layers_ms") or {}).items()},
                 r.get("measured_ms") and r["measured_ms"] * now(r)) for r in verified]
     if anchor is not None and verified:
-        # alone (before any plan is verified) the uncompressed model only re-anchors, scaling the
-        # composition: its layers timed by hooks disagree with its end-to-end timing by as much as
-        # the machine moves, and a re-anchoring that took them put vit_base's anchor offset at
-        # +36 ms, which every compressed plan then carried (round 1 predicted 20-49 % too slow)
+        # the uncompressed model is one more point of this model's ms per MB of weights, but its
+        # layers, timed by hooks, never enter the in-place table: they disagree with its end-to-end
+        # timing by as much as the machine moves, and that disagreement becomes the anchor offset
+        # every compressed plan carries (taken alone, vit_base's offset went to +36 ms, round 1
+        # predicted 20-49 % too slow; taken in a refit, MiniLM's went from -2 to -22 ms and its
+        # next round was predicted at 7-15 ms for plans measured at 23-36 ms)
         sources.append((None, anchor.get("layers_ms"), anchor.get("measured_ms")))
     for plan, layers_ms, _ in sources:
-        if not layers_ms:
+        if not layers_ms or plan is None:
             continue
         keys = plan_inplace_keys(model, plan)
         for name, ms in layers_ms.items():
             if name in keys and np.isfinite(ms) and ms > 0:
                 timed[keys[name]].append(float(ms))
-                if plan is not None:
-                    in_plans.add(keys[name])
     if not timed and anchor is None:
         return None
     key = anchor_key(model)
@@ -276,7 +275,7 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
         drift = float(anchor["measured_ms"]) / float(before)
         overhead = overhead.scaled(drift)
     now = {k: float(np.median(v)) for k, v in timed.items()}
-    moved = neighbour_transfer(overhead.model_inplace_ms.get(key, {}), {k: now[k] for k in in_plans})
+    moved = neighbour_transfer(overhead.model_inplace_ms.get(key, {}), now)
     overhead = overhead.with_inplace(key, {**moved, **now})
     if anchor is not None:
         overhead = overhead.with_anchors({key: float(anchor["measured_ms"])})
