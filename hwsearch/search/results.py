@@ -268,15 +268,11 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     if not timed and anchor is None:
         return None
     key = anchor_key(model)
-    overhead = problem.overhead
-    before = overhead.anchors.get(key)
-    drift = 1.0
-    if anchor is not None and before:
-        drift = float(anchor["measured_ms"]) / float(before)
-        overhead = overhead.scaled(drift)
-    now = {k: float(np.median(v)) for k, v in timed.items()}
-    moved = neighbour_transfer(overhead.model_inplace_ms.get(key, {}), now)
-    overhead = overhead.with_inplace(key, {**moved, **now})
+    drift = anchor_drift(problem, anchor)
+    overhead = problem.overhead.scaled(drift)
+    medians = {k: float(np.median(v)) for k, v in timed.items()}
+    moved = neighbour_transfer(overhead.model_inplace_ms.get(key, {}), medians)
+    overhead = overhead.with_inplace(key, {**moved, **medians})
     if anchor is not None:
         overhead = overhead.with_anchors({key: float(anchor["measured_ms"])})
     # this model's own ms per MB of weights: what the plans timed in place now (and the anchor

@@ -155,15 +155,16 @@ def summary(rows: Sequence[dict[str, Any]], max_latency_ms: float | None) -> dic
     """Prediction error and how many chosen plans break the latency constraint when measured."""
     if not rows:
         return {"plans": 0}
-    pred = np.array([stood_behind(r) for r in rows if r.get("predicted_ms") is not None], dtype=float)
-    meas = np.array([r["measured_ms"] for r in rows if r.get("predicted_ms") is not None], dtype=float)
+    scored = [r for r in rows if r.get("predicted_ms") is not None]
+    pred = np.array([stood_behind(r) for r in scored], dtype=float)
+    meas = np.array([r["measured_ms"] for r in scored], dtype=float)
     out: dict[str, Any] = {"plans": len(rows)}
-    if len(pred):
+    if scored:
         err = np.abs(pred - meas) / meas
         out.update(mape=float(100 * err.mean()), within_10pct=float(np.mean(err <= 0.10)))
-        last = max((r.get("round", 1) for r in rows), default=1)
+        last = max(r.get("round", 1) for r in rows)
         if last > 1:  # what the job stands behind after its refits: the plans of its last round
-            final = np.array([r.get("round", 1) == last for r in rows if r.get("predicted_ms") is not None])
+            final = np.array([r.get("round", 1) == last for r in scored])
             out["last_round"] = {"round": int(last), "plans": int(final.sum()), "mape": float(100 * err[final].mean()),
                                  "within_10pct": float(np.mean(err[final] <= 0.10))}
     if max_latency_ms is not None:
