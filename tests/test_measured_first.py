@@ -194,6 +194,16 @@ def test_layers_timed_in_place_beat_any_family_line():
             "in_place": 4.0}
     assert choose_composition(held) == "per_model_affine"
     assert choose_composition(held, noise_floor_mape=3.0) == "in_place"
+    # with the plans' own errors, the paired test decides instead: worse on every plan is worse,
+    # whatever the noise floor; worse on some and better on others is a tie
+    rng = np.random.default_rng(0)
+    errs = {v: rng.normal(0, m / 100, 12) for v, m in held.items()}
+    lined = np.full(12, 0.015) * np.where(np.arange(12) % 2, 1, -1)
+    errs["per_model_affine"] = lined
+    errs["in_place"] = lined * 2.6
+    assert choose_composition(held, noise_floor_mape=3.0, errors=errs) == "per_model_affine"
+    errs["in_place"] = lined * np.where(np.arange(12) < 6, 4.5, 0.2)
+    assert choose_composition(held, noise_floor_mape=3.0, errors=errs) == "in_place"
 
 
 def test_in_place_composition_learns_what_weights_cost_the_rest_of_the_pass():

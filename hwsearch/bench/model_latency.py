@@ -244,7 +244,8 @@ def run(
     # held-out predictions of each way to compose: each plan from a fit on the other plans
     loo = {v: held_out(v, measured_view, anchors, others) for v in VARIANTS}
     scores = {v: {"mape": mape(p, y), "within_10pct": within_pct(p, y, 10.0)} for v, p in loo.items()}
-    chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS}, noise_floor_mape=noise)
+    chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS}, noise_floor_mape=noise,
+                                errors={v: p / y - 1 for v, p in loo.items()})
     pred = loo[chosen]
     lomo_pred = held_out(chosen, measured_view, anchors, other_models) if len(models) > 1 else None
     lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
@@ -253,7 +254,8 @@ def run(
     full = fit_on(chosen, measured_view, everyone == everyone).overhead
     full.anchors = {anchor_key(specs[m]): anchor_ms[m] for m in models}
     loo_alone = {v: held_out(v, alone_view, anchors_alone, others) for v in VARIANTS}
-    chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS}, noise_floor_mape=noise)
+    chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS}, noise_floor_mape=noise,
+                                      errors={v: p / y - 1 for v, p in loo_alone.items()})
     pred_alone = loo_alone[chosen_alone]
     full.band_pct = conformal_band(pred, y)
     # the same plans timed again (or the uncompressed model, timed beside each): the machine's drift
@@ -305,7 +307,8 @@ def run(
         "scoring": ("leave-one-out: each plan predicted by a composition fitted on the other plans (family scales "
                     "from their layers timed in place, overhead by NNLS); of the compositions "
                     f"({', '.join(VARIANTS)}) the richest within {TIE_POINTS:g} point(s) of the lowest held-out MAPE "
-                    "(or within the noise floor, where wider) is scored and stored; "
+                    "(or within the noise floor, where wider, and not worse than it in a paired one-sided Wilcoxon "
+                    "test on the plans' errors, p >= 0.05) is scored and stored; "
                     "leave_one_model_out fits it on the other models' plans only; every prediction is anchored: "
                     "the model's uncompressed latency measured end to end plus the composed difference the plan "
                     "makes (`unanchored` scores the same without it)"),
