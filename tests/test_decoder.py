@@ -25,8 +25,8 @@ from hwsearch.spaces.plan import validate_plan
 from hwsearch.spaces.trace import from_torch
 
 CFG = LlamaConfig(dim=64, heads=4, kv_heads=2, ffn=160, layers=2, vocab=256, rope_theta=10000.0)
-# a small training budget: enough to test the task, seconds on one thread
-QUICK = TinyLlamaConfig(steps=80, batch=8, test_windows=4, calib_windows=4)
+# a small training budget: enough to test the task, about half a minute on two threads
+QUICK = TinyLlamaConfig(steps=48, batch=8, test_windows=4, calib_windows=4)
 
 
 @pytest.fixture(autouse=True)

@@ -119,6 +119,35 @@ def test_the_fused_kernel_is_native_and_the_dequantising_one_is_not() -> None:
                for k in registry.implementations(AttentionSpec(1, 4, 16, "bf16", kv_tokens=80, kv_format="fp32")))
 
 
+@pytest.mark.parametrize("fmt", [None, "int8", "int4"])
+def test_a_decode_step_kernel_appends_its_token_then_attends(fmt: str | None) -> None:
+    """A decode attention kernel times what a decoder step runs: the step's keys and values join
+    the cache (quantised, the cache grown by a copy), then attention over all `kv_tokens`. The
+    prepared cache stays as it was (every call is the same step), and the grown one is kept in the
+    copy's state until its next call (so the next call writes cold memory, as in a model)."""
+    from hwsearch.kernels.cpu import GROWN
+    from hwsearch.kernels.inputs import make_inputs
+
+    spec = AttentionSpec(1, 4, 64, "fp32", kv_tokens=131, kv_heads=2, kv_format=fmt, kv_group=64 if fmt else None)
+    kernel = registry.select(spec, "cpu")
+    params, acts = make_inputs(spec, seed=0)
+    state = kernel.prepare(spec, params)
+    if fmt is not None:
+        filled = QuantKVCache.from_tensors(KVCacheChoice(format=fmt), torch.float32,
+                                           {n: t for n, t in state.items() if n in QuantKVCache.NAMES})
+        assert len(filled) == 130 and state["new.k"].shape == (1, 2, 1, 64)  # the step's token is not in it yet
+    before = {n: t.clone() for n, t in state.items()}
+    first, again = kernel.run(spec, state, *acts), kernel.run(spec, state, *acts)
+    assert torch.equal(first, again)
+    assert all(torch.equal(state[n], t) for n, t in before.items())
+    grown = {n[len(GROWN):]: t for n, t in state.items() if n.startswith(GROWN)}
+    if fmt is None:
+        assert grown["k"].shape == grown["v"].shape == (2, 131, 64)
+    else:
+        assert len(QuantKVCache.from_tensors(KVCacheChoice(format=fmt), torch.float32, grown)) == 131
+    assert check_output(kernel, spec) < 0.16
+
+
 def test_spec_canonical_form_and_errors() -> None:
     assert AttentionSpec(1, 4, 16, "bf16", kv_tokens=8, kv_format="bf16").kv_format is None  # the dtype itself
     assert AttentionSpec(1, 4, 16, "bf16", kv_tokens=8, kv_format="int8").kv_group == 64

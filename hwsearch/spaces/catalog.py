@@ -80,7 +80,10 @@ VIT_LARGE = ViTConfig(dim=1024, depth=24, heads=16)
 DIGITS_VIT = ViTConfig(dim=64, depth=4, heads=4, mlp_ratio=2.0, image=8, patch=2, channels=1, classes=10)
 LLAMA3_8B = LlamaConfig()
 # Byte-level (vocab 256), trained here in minutes on the Python standard library's own sources.
-TINY_LLAMA = LlamaConfig(dim=128, heads=4, kv_heads=2, ffn=352, layers=4, vocab=256, rope_theta=10000.0)
+# 6.4 M parameters (25 MB in fp32): wide enough that a decode step streams its weights, so the
+# formats' bytes show in ms per token (at width 128 every compressed step was slower than fp32:
+# the step was dispatch, not weights); GQA 6:2 with head dim 64 like the Llama 3 family.
+TINY_LLAMA = LlamaConfig(dim=384, heads=6, kv_heads=2, ffn=1024, layers=4, vocab=256, rope_theta=10000.0)
 TINY_LLAMA_SEQ = 256  # the trained (and quality-measured) sequence length
 MINILM = BertConfig()
 MAX_CONTEXT = 131072  # Llama 3.1 8B's context window
