@@ -317,3 +317,16 @@ def test_kv_cache_formats_have_a_measured_sensitivity(tiny_task) -> None:
     assert table.predict(plan) > table.base_test  # perplexity: a coarser cache is predicted worse
     tables = build_tables(space, ["quality"], "here", sensitivity=table)
     assert any(v.kv_block for v in tables.variables)
+
+
+def test_awq_bench_rounding_noise_leaves_the_model_alone(tiny_task) -> None:
+    """The noise floor beside `bench awq`'s whole-model figures: plain int4 on jittered copies
+    (the task's own model untouched), a spread of perplexity changes."""
+    from hwsearch.bench.awq import rounding_noise
+
+    before = weights_hash(tiny_task.model)
+    plan = Plan(model="tiny_llama", layers={n: LayerChoice(format="int4", group_size=128) for n in tiny_task.spec.layer_names})
+    noise = rounding_noise(tiny_task, plan, "test", seeds=2)
+    assert noise["seeds"] == 2 and noise["delta_min"] <= noise["delta_max"]
+    assert noise["spread"] == pytest.approx(noise["delta_max"] - noise["delta_min"])
+    assert weights_hash(tiny_task.model) == before

@@ -5,19 +5,49 @@ split, one layer changed at a time) of every layer as plain int4 and as AWQ int4
 model with every layer plain int4 against every layer AWQ int4 (calibration and held-out
 splits). Reported per layer: the quality change and the output divergence of both, and how many
 layers AWQ makes less sensitive (lower divergence), equal or more.
+
+The noise floor beside the whole-model figures: plain int4 of the same model with every weight
+moved by `JITTER` of its row's spread before rounding (a few seeds), which changes which way a
+small share of the weights round and nothing else. Its spread of the quality change is what
+rounding luck alone moves the whole model by: a plain vs AWQ difference inside it is a tie.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from hwsearch.errors import HwsearchError
-from hwsearch.search.quality_tasks import quality_task
+from hwsearch.search.quality_tasks import QualityTask, quality_task
 from hwsearch.search.sensitivity import measure_sensitivity
 from hwsearch.spaces.formats import check_int4_group_size
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.plan import LayerChoice, Plan
+
+JITTER = 0.02  # of each weight row's standard deviation: moves a weight across a rounding edge now and then
+NOISE_SEEDS = 4
+
+
+def rounding_noise(task: QualityTask, plan: Plan, split: str, seeds: int = NOISE_SEEDS) -> dict[str, Any]:
+    """The quality change of `plan` on copies of the model whose linear weights were jittered
+    (see the module docstring): its min, max and spread over `seeds` seeds."""
+    base = task.evaluate(None, split)
+    deltas = []
+    for seed in range(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        jittered = copy.deepcopy(task.model)
+        with torch.no_grad():
+            for name in plan.layers:
+                w = jittered.get_submodule(name).weight
+                w += JITTER * w.std(dim=1, keepdim=True) * torch.randn(w.shape, generator=gen).to(w.dtype)
+        quality, _ = dataclasses.replace(task, model=jittered).measure(plan, split)
+        deltas.append(quality - base)
+    return {"seeds": seeds, "jitter": JITTER, "delta_min": min(deltas), "delta_max": max(deltas),
+            "spread": max(deltas) - min(deltas)}
 
 
 def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
@@ -47,6 +77,7 @@ def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
                 quality, divergence = task.measure(Plan(model=task.spec.name, layers=dict.fromkeys(names, choice)), split)
                 whole[f"{split}_{label}"] = {"quality": quality, "delta": quality - base, "divergence": divergence}
             whole[f"{split}_base"] = base
+        whole["test_plain_noise"] = rounding_noise(task, Plan(model=task.spec.name, layers=dict.fromkeys(names, plain)), "test")
         rows = layers.values()
         out["groups"][str(g)] = {
             "layers": layers,

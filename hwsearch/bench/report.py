@@ -126,9 +126,13 @@ def print_awq(doc: dict[str, Any]) -> None:
         print(f"{doc['model']} int4 g{g}: AWQ lowers the output divergence of {row['awq_less_sensitive']}/{n} layers "
               f"(equal {row['awq_equal']}, higher {row['awq_more_sensitive']}), calib split")
         for key, fig in row["whole_model"].items():
-            if isinstance(fig, dict):
+            if isinstance(fig, dict) and "quality" in fig:
                 print(f"  all layers {key}: {doc['metric']} {fig['quality']:.4f} (change {fig['delta']:+.4f}), "
                       f"divergence {fig['divergence']:.5f}")
+        noise = row["whole_model"]["test_plain_noise"]
+        print(f"  noise floor: plain int4 with its weights jittered by {noise['jitter']:.0%} of their spread "
+              f"({noise['seeds']} seeds): change {noise['delta_min']:+.4f} .. {noise['delta_max']:+.4f} "
+              f"(spread {noise['spread']:.4f})")
 
 
 def print_model_latency(doc: dict[str, Any], model: str, device: str, plans: int) -> None:

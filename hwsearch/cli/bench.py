@@ -131,7 +131,7 @@ def bench_quality_cmd(
 
 @bench_app.command("awq")
 def bench_awq_cmd(
-    model: str = typer.Option("digits_vit", "--model", help="A model with weights and calibration data: digits_vit or minilm."),
+    model: str = typer.Option("digits_vit", "--model", help="A model with weights and calibration data: digits_vit, minilm or tiny_llama."),
     group_sizes: list[int] = typer.Option([128, 32], "--group-size", help="int4 group sizes to compare (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
