@@ -208,7 +208,7 @@ def test_layers_timed_in_place_beat_any_family_line():
 
 def test_in_place_composition_learns_what_weights_cost_the_rest_of_the_pass():
     """Every layer timed in place, and the rest of the pass costing 0.03 ms more per MB of weights
-    streamed: the in_place composition fits that slope and predicts a held-out plan exactly."""
+    streamed: the per-model compositions fit that slope and predict a held-out plan exactly."""
     from hwsearch.predictors.calibration import PlanParts, fit_compose
 
     rng = np.random.default_rng(3)
@@ -225,9 +225,12 @@ def test_in_place_composition_learns_what_weights_cost_the_rest_of_the_pass():
         parts.append(PlanParts(layers, fam, 2.0, 30, 0.0, model_key="m@1", layer_keys=keys, weight_mb=mb))
         records.append(rec)
         y.append(sum(r[1] for r in rec) + 2.0 + 0.03 * mb)
-    fit = fit_compose("in_place", parts, records, np.array(y), np.arange(10) > 0)
-    assert fit.overhead.for_model("m@1").weight_ms_per_mb == pytest.approx(0.03, rel=1e-6)
-    assert fit.predict(parts[0]) == pytest.approx(y[0], rel=1e-6)
+    for variant in ("in_place", "per_model_affine"):
+        fit = fit_compose(variant, parts, records, np.array(y), np.arange(10) > 0)
+        assert fit.overhead.for_model("m@1").weight_ms_per_mb == pytest.approx(0.03, rel=1e-6), variant
+        assert fit.predict(parts[0]) == pytest.approx(y[0], rel=1e-6), variant
+    # the pooled lines stay without it: the choice between compositions can still leave it out
+    assert fit_compose("in_model_affine", parts, records, np.array(y), np.arange(10) > 0).overhead.weight_ms_per_mb == 0.0
 
 
 def test_layer_times_time_layers_in_place():
