@@ -326,7 +326,7 @@ def test_awq_bench_rounding_noise_leaves_the_model_alone(tiny_task) -> None:
 
     before = weights_hash(tiny_task.model)
     plan = Plan(model="tiny_llama", layers={n: LayerChoice(format="int4", group_size=128) for n in tiny_task.spec.layer_names})
-    noise = rounding_noise(tiny_task, plan, "test", seeds=2)
+    noise = rounding_noise(tiny_task, plan, "test", tiny_task.evaluate(None, "test"), seeds=2)
     assert noise["seeds"] == 2 and noise["delta_min"] <= noise["delta_max"]
     assert noise["spread"] == pytest.approx(noise["delta_max"] - noise["delta_min"])
     assert weights_hash(tiny_task.model) == before

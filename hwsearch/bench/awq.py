@@ -32,10 +32,10 @@ JITTER = 0.02  # of each weight row's standard deviation: moves a weight across 
 NOISE_SEEDS = 4
 
 
-def rounding_noise(task: QualityTask, plan: Plan, split: str, seeds: int = NOISE_SEEDS) -> dict[str, Any]:
-    """The quality change of `plan` on copies of the model whose linear weights were jittered
-    (see the module docstring): its min, max and spread over `seeds` seeds."""
-    base = task.evaluate(None, split)
+def rounding_noise(task: QualityTask, plan: Plan, split: str, base: float, seeds: int = NOISE_SEEDS) -> dict[str, Any]:
+    """The quality change of `plan` from `base` (the uncompressed model's quality on `split`) on
+    copies of the model whose linear weights were jittered (see the module docstring): its min,
+    max and spread over `seeds` seeds."""
     deltas = []
     for seed in range(seeds):
         gen = torch.Generator().manual_seed(seed)
@@ -77,7 +77,8 @@ def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
                 quality, divergence = task.measure(Plan(model=task.spec.name, layers=dict.fromkeys(names, choice)), split)
                 whole[f"{split}_{label}"] = {"quality": quality, "delta": quality - base, "divergence": divergence}
             whole[f"{split}_base"] = base
-        whole["test_plain_noise"] = rounding_noise(task, Plan(model=task.spec.name, layers=dict.fromkeys(names, plain)), "test")
+        whole["test_plain_noise"] = rounding_noise(task, Plan(model=task.spec.name, layers=dict.fromkeys(names, plain)),
+                                                   "test", whole["test_base"])
         rows = layers.values()
         out["groups"][str(g)] = {
             "layers": layers,

@@ -309,12 +309,12 @@ class Sdpa(CpuFloatOp):
     def prepare(self, spec: AttentionSpec, params: State) -> State:
         if not spec.causal:
             return {}
-        offset = spec.kv_len - spec.tokens  # bottom-right aligned (decode attends to the whole cache)
-        return {"mask": torch.ones(spec.tokens, spec.kv_len, dtype=torch.bool).tril(offset)}
+        # bottom-right aligned (decode attends to the whole cache)
+        return {"mask": torch.ones(spec.tokens, spec.kv_len, dtype=torch.bool).tril(spec.cached)}
 
     def run(self, spec: AttentionSpec, state: State, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        past = spec.kv_len - spec.tokens
-        if past > 0:  # a step over a cache: its keys and values join the cache first, by a copy as in `KVCache.append`
+        past = spec.cached
+        if past:  # a step over a cache: its keys and values join the cache first, by a copy as in `KVCache.append`
             k, v = torch.cat([k[:, :past], k[:, past:]], 1), torch.cat([v[:, :past], v[:, past:]], 1)
             state.update({GROWN + "k": k, GROWN + "v": v})  # see `GROWN`
         # with a batch axis: torch 2.13 runs (heads, tokens, head_dim) inputs on its slow math path
@@ -336,7 +336,7 @@ def kv_choice(spec: AttentionSpec) -> KVCacheChoice:
 
 class CacheAttention(CpuFloatOp):
     """Attention over a KV cache stored in the spec's `kv_format`, as a decoder step runs it:
-    `prepare` fills the cache with the `kv_len - tokens` earlier tokens (quantising them: untimed,
+    `prepare` fills the cache with the spec's `cached` earlier tokens (quantising them: untimed,
     like a weight), `run` appends the step's own `tokens` keys and values (quantising them, and
     growing the cache by a copy of its bytes) and attends over the whole. The append is timed
     because it is part of every step and its cost is the cache's bytes: at long contexts it
@@ -350,19 +350,18 @@ class CacheAttention(CpuFloatOp):
 
     def prepare(self, spec: AttentionSpec, params: State) -> State:
         dtype = TORCH_DTYPES[spec.dtype]
-        past = spec.kv_len - spec.tokens
+        past = spec.cached
         k, v = params["k"][None].to(dtype), params["v"][None].to(dtype)
         cache = make_cache(kv_choice(spec), dtype)
         if past:
             cache.append(k[:, :, :past], v[:, :, :past])
-        return {**cache.tensors(), "new.k": k[:, :, past:].contiguous(), "new.v": v[:, :, past:].contiguous()}
+        return {**cache.tensors(), **dict(zip(self.NEW, (k[:, :, past:].contiguous(), v[:, :, past:].contiguous()), strict=True))}
 
     def cache(self, spec: AttentionSpec, state: State) -> KVCache:
         """The filled cache (its stored tensors are not changed: an append builds new ones) with
         the step's tokens appended."""
-        filled = {name: t for name, t in state.items() if name not in self.NEW and not name.startswith(GROWN)}
-        cache = cache_class(kv_choice(spec)).from_tensors(kv_choice(spec), TORCH_DTYPES[spec.dtype], filled)
-        cache.append(state["new.k"], state["new.v"])
+        cache = cache_class(kv_choice(spec)).from_tensors(kv_choice(spec), TORCH_DTYPES[spec.dtype], state)
+        cache.append(*(state[name] for name in self.NEW))
         state.update({GROWN + name: t for name, t in cache.tensors().items()})  # see `GROWN`
         return cache
 

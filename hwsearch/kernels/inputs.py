@@ -106,8 +106,7 @@ def reference(spec: OpSpec, params: Params, acts: tuple[torch.Tensor, ...]) -> t
         k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
         logits = q @ k.transpose(-1, -2) / math.sqrt(spec.head_dim)
         if spec.causal:
-            offset = spec.kv_len - spec.tokens
-            keep = torch.ones(spec.tokens, spec.kv_len, dtype=torch.bool).tril(offset)
+            keep = torch.ones(spec.tokens, spec.kv_len, dtype=torch.bool).tril(spec.cached)
             logits = logits.masked_fill(~keep, float("-inf"))
         return logits.softmax(-1) @ v
     if isinstance(spec, TomeMergeSpec):

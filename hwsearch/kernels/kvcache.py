@@ -51,6 +51,7 @@ class KVCache:
     """A cache stored in a float dtype (fp32/bf16/fp16): append concatenates, reads cast."""
 
     quantised = False
+    NAMES: tuple[str, ...] = ("k", "v")  # what it stores (`tensors`, `from_tensors`)
 
     def __init__(self, choice: KVCacheChoice, dtype: torch.dtype = torch.float32):
         self.choice, self.dtype = choice, dtype
@@ -92,10 +93,12 @@ class KVCache:
 
     @classmethod
     def from_tensors(cls, choice: KVCacheChoice, dtype: torch.dtype, tensors: dict[str, torch.Tensor]) -> KVCache:
-        """A cache over stored tensors (no copy): what a profiled kernel rebuilds from its state."""
+        """A cache over stored tensors (no copy): what a profiled kernel rebuilds from its state
+        (its `NAMES` taken from `tensors`, anything else there left alone)."""
         cache = cls(choice, dtype)
-        for name, tensor in tensors.items():
-            setattr(cache, f"_{name}", tensor)
+        for name in cls.NAMES:
+            if name in tensors:
+                setattr(cache, f"_{name}", tensors[name])
         return cache
 
 

@@ -144,6 +144,11 @@ class AttentionSpec(OpSpec):
         return self.kv_tokens or self.tokens
 
     @property
+    def cached(self) -> int:
+        """Tokens already in the cache when this step's `tokens` join it (0: a pass over its own)."""
+        return self.kv_len - self.tokens
+
+    @property
     def flops(self) -> float:
         return 4.0 * self.heads * self.tokens * self.kv_len * self.head_dim
 
