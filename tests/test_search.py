@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import optuna
@@ -320,17 +322,29 @@ def test_a_wide_band_does_not_hold_a_plan_outside_the_tolerance(world, engine, m
         assert ("last_round" in summary) == (rounds_expected > 1)
 
 
-def test_verify_and_refit_learns_layers_timed_in_place(world, engine, monkeypatch):
+@pytest.fixture
+def fresh(tmp_path) -> Iterator[tuple[str, Any]]:
+    """A world of its own: no job has verified on its device yet, so its calibration is exactly the
+    profiled one (the module's world carries what earlier tests' real timings refitted into it)."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    make_world(url)
+    eng = open_db(url)
+    yield url, eng
+    eng.dispose()
+
+
+def test_verify_and_refit_learns_layers_timed_in_place(fresh, monkeypatch):
     """A device whose int8 layers cost 3x in place what the calibration says (an error that depends
     on the plan, which no single correction follows): round 1 misses, its layers timed in place
     join the model's in-place table, every trial is re-scored on it, and the verified plans are
     then predicted as measured. (The device's behaviour is simulated: real timings would make the
-    rounds depend on the machine.)"""
+    rounds depend on the machine, and the device starts from a calibration no real timing moved.)"""
     from hwsearch.predictors.model_latency import ModelLatency, anchor_key, device_overhead, plan_inplace_keys
     from hwsearch.search import verify
     from hwsearch.search.results import front, load_trials, rescored, verify_and_refit
     from hwsearch.search.study import rescore
 
+    world, engine = fresh
     client = Client(world)
     knobs = {"formats": ["fp32", "int8"]}
     job = client.create(SearchSpec(model="digits_vit", device="syn", n_trials=80, verify_top_k=0, knobs=knobs))  # not verified
