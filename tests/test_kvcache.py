@@ -109,7 +109,8 @@ def test_attention_over_the_quantised_cache_is_close_to_bf16(fmt: str, q_tokens:
 def test_the_fused_kernel_is_native_and_the_dequantising_one_is_not() -> None:
     caps = registry.capabilities("cpu")
     assert caps["kv_cache"]["int8"] and caps["kv_cache"]["int4"]
-    spec = AttentionSpec(1, 4, 16, "bf16", kv_tokens=80, kv_heads=2, kv_format="int4", kv_group=32)
+    compute = "bf16" if caps["bf16"] else "fp32"  # what this CPU computes fast (an AVX2-only one has no bf16)
+    spec = AttentionSpec(1, 4, 16, compute, kv_tokens=80, kv_heads=2, kv_format="int4", kv_group=32)
     found = {k.name: k.native(spec, caps) for k in registry.implementations(spec, "cpu")}
     assert found == {"cpu.attention.kv_cache": True, "cpu.attention.kv_dequant": False}
     assert registry.select(spec, "cpu").name == "cpu.attention.kv_cache"
@@ -216,7 +217,9 @@ def test_plan_kv_cache_flows_into_predicted_latency() -> None:
 
 def test_search_space_offers_only_formats_with_a_kernel_and_the_tables_pick_them() -> None:
     model = get_model("llama3_8b:blocks=2,context=8192")
-    cpu = SearchSpace(model, Capabilities.from_dict(registry.capabilities("cpu")))
+    # this CPU's kernels, on one that computes the model's bf16 natively (an AVX2-only one does not)
+    caps = {**registry.capabilities("cpu"), "bf16": True}
+    cpu = SearchSpace(model, Capabilities.from_dict({**caps, "kv_cache": registry.kv_cache_formats("cpu", caps)}))
     assert [c.label() for c in cpu.kv["layers.0"]] == ["bf16", "int8g64", "int4g64"]
     bare = SearchSpace(model, Capabilities.from_dict({"available": True, "bf16": True}))  # no KV kernels named
     assert [c.label() for c in bare.kv["layers.0"]] == ["bf16"]

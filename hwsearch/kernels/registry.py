@@ -223,8 +223,9 @@ def kv_cache_formats(backend: str, caps: dict[str, Any]) -> dict[str, bool]:
     from hwsearch.spaces.formats import FLOAT_DTYPES, KV_FORMATS
 
     out: dict[str, bool] = {}
+    compute = "bf16" if caps.get("bf16") else "fp32"  # a quantised cache read into a float the device runs fast
     for fmt in KV_FORMATS:
-        dtype = fmt if fmt in FLOAT_DTYPES else "bf16"  # a float cache in the model's own dtype
+        dtype = fmt if fmt in FLOAT_DTYPES else compute  # a float cache in the model's own dtype
         spec = AttentionSpec(1, 8, 128, dtype, kv_tokens=1024, kv_heads=8, kv_format=fmt)
         found = [k for k in all_kernels() if k.backend == backend and k.supports(spec)]
         if found:
