@@ -158,6 +158,29 @@ def test_a_calibrated_model_takes_its_own_family_lines():
     assert stored.for_model("never@0").family_scale == stored.family_scale
 
 
+def test_a_model_never_calibrated_takes_the_unseen_composition():
+    """A stored `unseen` composition serves every model without lines of its own, with that
+    model's anchor and the in-place entries and weight slope refits learned of it; a calibrated
+    model keeps its own lines; a drift scales both."""
+    from dataclasses import replace
+
+    from hwsearch.predictors.model_latency import Overhead
+
+    fallback = Overhead(scale=1.3, family_scale={"linear/bf16": 1.5}, per_forward_ms=0.2)
+    main = Overhead(family_scale={"linear/bf16": 3.0}, model_family_scale={"a@1": {"linear/bf16": 1.1}},
+                    anchors={"new@2": 12.0, "a@1": 5.0}, model_inplace_ms={"new@2": {"k": 0.4}},
+                    model_weight_ms_per_mb={"new@2": 0.02}, band_pct=7.0, unseen=fallback.as_dict())
+    stored = Overhead.from_bytes(main.to_bytes())
+    assert stored.for_model("a@1").family_scale["linear/bf16"] == pytest.approx(1.1)
+    new = stored.for_model("new@2")
+    assert (new.scale, new.family_scale["linear/bf16"], new.per_forward_ms) == (1.3, 1.5, 0.2)
+    assert new.anchors["new@2"] == 12.0 and new.inplace_ms == {"k": 0.4} and new.band_pct == 7.0
+    assert new.weight_ms_per_mb == pytest.approx(0.02)
+    slower = stored.scaled(2.0).for_model("other@3")
+    assert slower.scale == pytest.approx(2.6) and slower.anchors["new@2"] == pytest.approx(24.0)
+    assert replace(stored, unseen=None).for_model("other@3").family_scale["linear/bf16"] == 3.0
+
+
 def test_layers_timed_in_place_beat_any_family_line():
     """In place, one shape of a family costs 3x its isolated time and another 1x (a line per family
     cannot follow that); the in_place composition takes each kernel's in-place time from the

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from hwsearch.errors import HwsearchError
 from hwsearch.predictors.calibration import (
     COVERAGE,
+    PER_MODEL,
     RETIME_COVERAGE,
     TIE_POINTS,
     VARIANTS,
@@ -247,12 +248,20 @@ def run(
     chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS}, noise_floor_mape=noise,
                                 errors={v: p / y - 1 for v, p in loo.items()})
     pred = loo[chosen]
-    lomo_pred = held_out(chosen, measured_view, anchors, other_models) if len(models) > 1 else None
+    # a model no plan here timed (a user's new one) composes with lines fitted on the others: each
+    # way to compose is scored on every model left out in turn, and the one that transfers best
+    # is stored beside the chosen one for such models (`Overhead.unseen`)
+    lomo_by = {v: held_out(v, measured_view, anchors, other_models) for v in VARIANTS} if len(models) > 1 else None
+    unseen = None if lomo_by is None else choose_composition(
+        {v: mape(p, y) for v, p in lomo_by.items()}, noise_floor_mape=noise, errors={v: p / y - 1 for v, p in lomo_by.items()})
+    lomo_pred = None if lomo_by is None else lomo_by[chosen]
     lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
     bare = held_out(chosen, measured_view, None, others)
     bare_lomo = held_out(chosen, measured_view, None, other_models) if len(models) > 1 else None
     full = fit_on(chosen, measured_view, everyone == everyone).overhead
     full.anchors = {anchor_key(specs[m]): anchor_ms[m] for m in models}
+    if unseen is not None and unseen != chosen and chosen in PER_MODEL:
+        full.unseen = fit_on(unseen, measured_view, everyone == everyone).overhead.as_dict()
     loo_alone = {v: held_out(v, alone_view, anchors_alone, others) for v in VARIANTS}
     chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS}, noise_floor_mape=noise,
                                       errors={v: p / y - 1 for v, p in loo_alone.items()})
@@ -292,6 +301,12 @@ def run(
         "overhead": full.as_dict(),
         "per_model": {m: _scores(pred[names == m], y[names == m], again_of(names == m)) for m in models},
         "leave_one_model_out": lomo,
+        "unseen_models": None if lomo_by is None else {
+            "composition": unseen if chosen in PER_MODEL else chosen,
+            "leave_one_model_out": {v: {m: mape(p[names == m], y[names == m]) for m in models} for v, p in lomo_by.items()},
+            "note": "how a model this calibration did not time composes: each way fitted on the other models' plans "
+                    "only (anchored on the left-out model's measured uncompressed time, as `profile --for` stores it); "
+                    "the one chosen by the same rule on these errors is stored for such models"},
         "anchors_ms": anchor_ms,
         "as_searched": {"overhead_id": stored_id, "anchored": {m: as_searched[m].anchored for m in models},
                         "mape": mape(np.array(promised), y), "spearman": spearman(np.array(promised), y),

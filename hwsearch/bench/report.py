@@ -144,3 +144,9 @@ def print_model_latency(doc: dict[str, Any], model: str, device: str, plans: int
         rho = "-" if m["spearman"] is None else f"{m['spearman']:.2f}"
         print(f"  {name}: {m['plans']} plans, MAPE {m['mape']:.1f} %, Spearman {rho}, worst under-prediction "
                    f"{m['worst_under_prediction_pct']:.1f} %; timed twice: MAPE {m['noise_floor_mape']:.1f} %")
+    unseen = doc.get("unseen_models")
+    if unseen:
+        lomo = unseen["leave_one_model_out"][unseen["composition"]]
+        print(f"  a model left out (fitted on the others, anchored): {unseen['composition']} composes it, MAPE "
+              + ", ".join(f"{m} {v:.1f} %" for m, v in lomo.items())
+              + f" ({doc['composition']}: " + ", ".join(f"{v:.1f} %" for v in doc["leave_one_model_out"].values()) + ")")

@@ -175,6 +175,7 @@ def conformal_band(predicted: np.ndarray, measured: np.ndarray, coverage: float 
 
 # -- composing a plan's latency from its parts ----------------------------------------------------
 VARIANTS = ("kernel_sum", "overhead", "in_model", "in_model_affine", "per_model_affine", "in_place")  # simplest first
+PER_MODEL = ("per_model_affine", "in_place")  # the compositions with lines of each calibrated model's own
 TIE_POINTS = 1.0
 
 
@@ -321,14 +322,14 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
     affine = variant in ("in_model_affine", "per_model_affine", "in_place")
     scales, offsets, casts = family_lines(training) if affine else (family_scales(training), {}, {})
     lines = Overhead(family_scale=scales, family_offset_ms=offsets, family_cast_ms=casts)
-    if variant in ("per_model_affine", "in_place"):
+    if variant in PER_MODEL:
         for key in sorted({p.model_key for p in chosen}):
             own = [r for i in idx if parts[i].model_key == key for r in records[i]]
             (lines.model_family_scale[key], lines.model_family_offset_ms[key],
              lines.model_family_cast_ms[key]) = family_lines(own, MODEL_MIN_LAYERS)
             if variant == "in_place":
                 lines.model_inplace_ms[key] = inplace_table(own)
-    if variant in ("per_model_affine", "in_place"):
+    if variant in PER_MODEL:
         # what each plan's forward pass spends beside its layers, timed in place, against the MB of
         # weights it streams: observed per plan, so its slope is fitted on its own. Weights evict
         # what the rest reads (a decoder's KV cache, its activations): tiny_llama's decode step

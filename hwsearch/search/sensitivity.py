@@ -30,7 +30,7 @@ from hwsearch.search.quality_tasks import QualityTask
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.plan import MergePlan, Plan
 
-SENSITIVITY_VERSION = 3
+SENSITIVITY_VERSION = 4  # 4: AWQ layers without group clipping (`kernels.awq`)
 
 
 @dataclass
