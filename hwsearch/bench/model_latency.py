@@ -242,29 +242,33 @@ def run(
     def other_models(i: int) -> np.ndarray:
         return names != names[i]
 
+    def choose(predicted: dict[str, np.ndarray]) -> str:
+        """The composition chosen on these held-out predictions of every plan (`choose_composition`)."""
+        return choose_composition({v: mape(p, y) for v, p in predicted.items()}, noise_floor_mape=noise,
+                                  errors={v: p / y - 1 for v, p in predicted.items()})
+
     # held-out predictions of each way to compose: each plan from a fit on the other plans
     loo = {v: held_out(v, measured_view, anchors, others) for v in VARIANTS}
     scores = {v: {"mape": mape(p, y), "within_10pct": within_pct(p, y, 10.0)} for v, p in loo.items()}
-    chosen = choose_composition({v: scores[v]["mape"] for v in VARIANTS}, noise_floor_mape=noise,
-                                errors={v: p / y - 1 for v, p in loo.items()})
+    chosen = choose(loo)
     pred = loo[chosen]
     # a model no plan here timed (a user's new one) composes with lines fitted on the others: each
     # way to compose is scored on every model left out in turn, and the one that transfers best
     # is stored beside the chosen one for such models (`Overhead.unseen`)
     lomo_by = {v: held_out(v, measured_view, anchors, other_models) for v in VARIANTS} if len(models) > 1 else None
-    unseen = None if lomo_by is None else choose_composition(
-        {v: mape(p, y) for v, p in lomo_by.items()}, noise_floor_mape=noise, errors={v: p / y - 1 for v, p in lomo_by.items()})
+    unseen = None if lomo_by is None else choose(lomo_by)
     lomo_pred = None if lomo_by is None else lomo_by[chosen]
     lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
     bare = held_out(chosen, measured_view, None, others)
     bare_lomo = held_out(chosen, measured_view, None, other_models) if len(models) > 1 else None
     full = fit_on(chosen, measured_view, everyone == everyone).overhead
     full.anchors = {anchor_key(specs[m]): anchor_ms[m] for m in models}
-    if unseen is not None and unseen != chosen and chosen in PER_MODEL:
-        full.unseen = fit_on(unseen, measured_view, everyone == everyone).overhead.as_dict()
+    # only a composition with lines of each model's own tells calibrated models from the others
+    unseen = unseen if chosen in PER_MODEL else chosen
+    if unseen is not None and unseen != chosen:
+        full.unseen = fit_on(unseen, measured_view, everyone == everyone).overhead
     loo_alone = {v: held_out(v, alone_view, anchors_alone, others) for v in VARIANTS}
-    chosen_alone = choose_composition({v: mape(loo_alone[v], y) for v in VARIANTS}, noise_floor_mape=noise,
-                                      errors={v: p / y - 1 for v, p in loo_alone.items()})
+    chosen_alone = choose(loo_alone)
     pred_alone = loo_alone[chosen_alone]
     full.band_pct = conformal_band(pred, y)
     # the same plans timed again (or the uncompressed model, timed beside each): the machine's drift
@@ -302,7 +306,7 @@ def run(
         "per_model": {m: _scores(pred[names == m], y[names == m], again_of(names == m)) for m in models},
         "leave_one_model_out": lomo,
         "unseen_models": None if lomo_by is None else {
-            "composition": unseen if chosen in PER_MODEL else chosen,
+            "composition": unseen,
             "leave_one_model_out": {v: {m: mape(p[names == m], y[names == m]) for m in models} for v, p in lomo_by.items()},
             "note": "how a model this calibration did not time composes: each way fitted on the other models' plans "
                     "only (anchored on the left-out model's measured uncompressed time, as `profile --for` stores it); "

@@ -116,32 +116,37 @@ class Overhead:
     # its layers (`weight_slope`), its own model's where it has one (`for_model`)
     weight_ms_per_mb: float = 0.0
     model_weight_ms_per_mb: dict[str, float] = field(default_factory=dict)
-    # how a model without family lines of its own composes (`as_dict` of another Overhead), where
+    # how a model without family lines of its own composes (another Overhead; stored nested), where
     # the calibration found a way that transfers better to models it did not time (lowest
     # leave-one-model-out error): lines fitted on MiniLM's small layers put a held-out vit_base 3x
     # off. Such a model keeps its anchor, in-place entries and weight slope (`for_model`).
-    unseen: dict[str, Any] | None = None
+    unseen: Overhead | None = None
     # the resolved table of the model this overhead was resolved for (`for_model`); not stored
     inplace_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unseen, dict):  # read back from `as_dict`
+            self.unseen = Overhead(**self.unseen)
 
     def for_model(self, key: str | None) -> Overhead:
         """The overhead a model composes with: the pooled family lines, with its own where fitted,
         and its in-place layer table; a model without lines of its own takes the `unseen`
         composition where there is one (with this one's anchors and what refits learned of it)."""
-        if self.unseen is not None and not self.model_family_scale.get(key or ""):
-            other = Overhead(**self.unseen)
-            mine = {k: v for k, v in (("model_inplace_ms", self.model_inplace_ms),
-                                      ("model_weight_ms_per_mb", self.model_weight_ms_per_mb)) if (key or "") in v}
-            return replace(other, anchors=self.anchors, band_pct=self.band_pct, retime_band_pct=self.retime_band_pct,
-                           **{k: {key: v[key]} for k, v in mine.items()}).for_model(key)
-        own = self.model_family_scale.get(key or "")
-        table = self.model_inplace_ms.get(key or "", {})
-        slope = self.model_weight_ms_per_mb.get(key or "", self.weight_ms_per_mb)
+        key = key or ""
+        if self.unseen is not None and not self.model_family_scale.get(key):
+            learned = {name: {key: table[key]} if key in table else {}
+                       for name, table in (("model_inplace_ms", self.model_inplace_ms),
+                                           ("model_weight_ms_per_mb", self.model_weight_ms_per_mb))}
+            return replace(self.unseen, anchors=self.anchors, band_pct=self.band_pct,
+                           retime_band_pct=self.retime_band_pct, **learned).for_model(key)
+        own = self.model_family_scale.get(key)
+        table = self.model_inplace_ms.get(key, {})
+        slope = self.model_weight_ms_per_mb.get(key, self.weight_ms_per_mb)
         if not own and not table:
             return replace(self, weight_ms_per_mb=slope) if slope != self.weight_ms_per_mb else self
         return replace(self, family_scale={**self.family_scale, **(own or {})}, weight_ms_per_mb=slope,
-                       family_offset_ms={**self.family_offset_ms, **self.model_family_offset_ms.get(key or "", {})},
-                       family_cast_ms={**self.family_cast_ms, **self.model_family_cast_ms.get(key or "", {})},
+                       family_offset_ms={**self.family_offset_ms, **self.model_family_offset_ms.get(key, {})},
+                       family_cast_ms={**self.family_cast_ms, **self.model_family_cast_ms.get(key, {})},
                        inplace_ms=dict(table))
 
     def inplace_of(self, spec: OpSpec, choice: Any = None, layer: bool = True) -> float | None:
@@ -170,7 +175,7 @@ class Overhead:
                        model_inplace_ms=nested(self.model_inplace_ms), anchors=times(self.anchors), inplace_ms={},
                        weight_ms_per_mb=self.weight_ms_per_mb * factor,
                        model_weight_ms_per_mb=times(self.model_weight_ms_per_mb),
-                       unseen=None if self.unseen is None else Overhead(**self.unseen).scaled(factor).as_dict())
+                       unseen=None if self.unseen is None else self.unseen.scaled(factor))
 
     def with_inplace(self, key: str, table: Mapping[str, float]) -> Overhead:
         """A copy whose in-place table for model `key` has `table`'s entries added (newer wins)."""
@@ -257,7 +262,7 @@ class Overhead:
                 "model_inplace_ms": {k: dict(v) for k, v in self.model_inplace_ms.items()},
                 "inplace_scale": self.inplace_scale, "weight_ms_per_mb": self.weight_ms_per_mb,
                 "model_weight_ms_per_mb": dict(self.model_weight_ms_per_mb),
-                "unseen": None if self.unseen is None else dict(self.unseen)}
+                "unseen": None if self.unseen is None else self.unseen.as_dict()}
 
 
 def inplace_key(spec: LinearSpec, choice: Any = None) -> str:
