@@ -169,3 +169,21 @@ def test_bench_repeat_retimes_stored_kernels(sqlite_url):
     with pytest.raises(HwsearchError, match="accepted: 1 or more"):
         run_repeat(engine, "again", sample=0)
     engine.dispose()
+
+
+def test_bench_kernels_times_each_shape_side_by_side():
+    """On the device's machine a speed-up is a ratio timed in the same interleaved rounds as its
+    baseline, not two stored measurements taken minutes apart."""
+    from types import SimpleNamespace
+
+    from hwsearch.bench.kernels import _side_by_side
+    from hwsearch.kernels.specs import LinearSpec
+
+    base, int8 = LinearSpec(M=8, K=64, N=64, format="bf16"), LinearSpec(M=8, K=64, N=64, format="int8")
+    other = LinearSpec(M=1, K=64, N=128, format="bf16")
+    rows = [(int8, SimpleNamespace(implementation="cpu.linear.int8_fbgemm")),
+            (base, SimpleNamespace(implementation="cpu.linear.dense")),
+            (other, SimpleNamespace(implementation="cpu.linear.dense"))]
+    timed = _side_by_side(rows, threads=1, backend="cpu", limits=None)
+    assert set(timed) == {(s, m.implementation) for s, m in rows}
+    assert all(t.median_us > 0 and t.rounds >= 1 and t.implementation == impl for (_, impl), t in timed.items())

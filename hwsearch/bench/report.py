@@ -18,7 +18,9 @@ def print_kernels(doc: dict[str, Any], device: str) -> None:
     limits = doc.get("limits")
     caption = (f"memory {limits['memory_gbs']:.0f} GB/s, cache {limits['cache_gbs']:.0f} GB/s (this device's probe)"
                if limits else "no limits probed for this device (profile it again to measure them)")
-    grid = Table(title=f"Kernel speed-ups on {device} (floor of interleaved rounds; emulated kernels are not real speed-ups)",
+    how = ("each shape's kernels timed side by side now" if all(r.get("timed") == "side by side" for r in doc["rows"])
+           else "stored measurements")
+    grid = Table(title=f"Kernel speed-ups on {device} ({how}, floor of interleaved rounds; emulated kernels are not real speed-ups)",
                  caption=caption)
     for col in ("shape M×K×N (attention: tokens×heads×head_dim×context×kv_heads)", "format", "sparsity", "rank", "native", "implementation", "µs", "× bf16", "GB/s", "TFLOP/s",
                 "rounds"):

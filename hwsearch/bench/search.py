@@ -14,7 +14,9 @@ count whose front reaches 95 % of the reference hypervolume (None: not within th
 `violation_rate` is measured: the plans a user would pick under several latency budgets (the
 reference front's quartiles; each checked against the latency's calibrated upper bound) are
 built and timed end to end on the device; it reports the share whose measured latency breaks
-its budget and the worst overshoot.
+its budget and the worst overshoot. Given several models (`run_models`), each is benchmarked as
+above and the picks of all of them are pooled into one violation rate, the figure a user betting
+constraints on different models meets.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _box(front: np.ndarray, objectives: list[str], metric: str | None = None) ->
 
 def run(engine: Engine, device: str, model: str = "vit_base", trials: int = 500, seeds: int = 3,
         samplers: list[str] | None = None, objectives: list[str] | None = None, verify: int = 3,
-        show_progress: bool = False) -> dict[str, Any]:
+        show_progress: bool = False, profile_missing: bool = True) -> dict[str, Any]:
     from hwsearch.profilers.progress import progress_bar
 
     samplers = samplers or ["nsga2", "tpe"]
@@ -71,7 +73,10 @@ def run(engine: Engine, device: str, model: str = "vit_base", trials: int = 500,
 
     desc = get_model(model)
     knobs = reduced_knobs(len(desc.blocks) or 1, min(min(la.K, la.N) for la in desc.layers))
-    spec = SearchSpec(model=model, device=device, objectives=objectives, knobs=knobs, n_trials=trials, verify_top_k=0)
+    # on the device's own machine, what the reduced space scores and no measurement covers is measured
+    # first (as a job with profile_missing does): the picks are then timed against measured tables
+    spec = SearchSpec(model=model, device=device, objectives=objectives, knobs=knobs, n_trials=trials, verify_top_k=0,
+                      profile_missing=profile_missing and "latency" in objectives and _is_local(engine, device))
     problem = build_problem(engine, spec)
     tables = problem.tables
     t0 = time.perf_counter()
@@ -134,7 +139,44 @@ def run(engine: Engine, device: str, model: str = "vit_base", trials: int = 500,
     return doc
 
 
-BUDGET_QUANTILES = (0.25, 0.5, 0.75)
+def run_models(engine: Engine, device: str, models: list[str], **kwargs: Any) -> dict[str, Any]:
+    """`run` for each model, the constrained picks pooled: one violation rate over every model's picks."""
+    if not models:
+        raise HwsearchError("bench search needs at least one model; accepted: e.g. --model vit_tiny,vit_base,minilm")
+    docs = {m: run(engine, device, m, **kwargs) for m in models}
+    if len(docs) == 1:
+        return docs[models[0]]
+    measured = {m: d["violation_rate"] for m, d in docs.items() if d["violation_rate"].get("measured")}
+    rows = [dict(r, model=m) for m, v in measured.items() for r in v["rows"]]
+    over = [100 * (r["measured_ms"] / r["budget_ms"] - 1) for r in rows]
+    pooled: dict[str, Any] = {
+        "measured": bool(measured), "models": list(measured),
+        "not_measured": {m: d["violation_rate"].get("reason") for m, d in docs.items() if m not in measured},
+        "picks": len(rows), "budgets": sum(len(v["budgets_ms"]) for v in measured.values()),
+        "refused_budgets": sum(len(v["refused_budgets_ms"]) for v in measured.values()),
+        "violation_rate": float(np.mean([o > 0 for o in over])) if rows else 0.0,
+        "worst_overshoot_pct": float(max(over)) if rows else None,
+        "max_rounds": max((len(v["rounds"]) for v in measured.values()), default=0),
+        "rows": rows,
+    }
+    samplers = list(next(iter(docs.values()))["hv_ratio"])
+    return {"device": device, "models": models, "per_model": docs, "violation_rate": pooled,
+            "hv_ratio": {s: {m: d["hv_ratio"][s] for m, d in docs.items()} for s in samplers},
+            "hv_ratio_min": {s: min(d["hv_ratio"][s] for d in docs.values()) for s in samplers},
+            "targets": next(iter(docs.values()))["targets"], "published": QUANTUNE}
+
+
+def _is_local(engine: Engine, device: str) -> bool:
+    from hwsearch.profilers.coverage import local_fingerprint
+
+    try:
+        local_fingerprint(engine, device, "hwsearch bench search")
+    except HwsearchError:
+        return False
+    return True
+
+
+BUDGET_QUANTILES = (0.2, 0.35, 0.5, 0.65, 0.8)
 
 
 def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.ndarray | None, k: int,
@@ -251,6 +293,17 @@ def _key(trial: Any) -> tuple[tuple[str, Any], ...]:
 
 def print_report(doc: dict[str, Any]) -> None:
     from rich.console import Console
+
+    if "per_model" in doc:
+        for one in doc["per_model"].values():
+            print_report(one)
+        v = doc["violation_rate"]
+        worst = "-" if v["worst_overshoot_pct"] is None else f"{v['worst_overshoot_pct']:+.1f} %"
+        Console().print(f"all models ({', '.join(v['models'])}): {sum(r['measured_ms'] > r['budget_ms'] for r in v['rows'])} "
+                        f"of {v['picks']} picks under {v['budgets']} budgets break theirs (violation rate "
+                        f"{v['violation_rate']:.3f}, worst overshoot {worst}, at most {v['max_rounds']} round(s)); "
+                        f"lowest HV / exact: " + ", ".join(f"{s} {h:.4f}" for s, h in doc["hv_ratio_min"].items()))
+        return
     from rich.table import Table
 
     grid = Table(title=f"Search benchmark: {doc['model']} on {doc['device']}, {'x'.join(doc['objectives'])}, "

@@ -168,20 +168,22 @@ def bench_model_latency(
 @bench_app.command("search")
 def bench_search(
     device: str = typer.Option(..., "--device", help="A stored device with a predictor."),
-    model: str = typer.Option("vit_base", "--model"),
+    model: str = typer.Option("vit_base", "--model", help="A model, or a comma list: the picks of all are pooled."),
     trials: int = typer.Option(500, "--trials"),
     seeds: int = typer.Option(3, "--seeds"),
     samplers: str = typer.Option("nsga2,tpe", "--samplers", help="Comma list of samplers to compare with random."),
     objectives: str = typer.Option("latency,size", "--objectives", help="Two objectives (the exact reference is 2-D)."),
-    verify: int = typer.Option(3, "--verify", help="Plans per sampler timed on the device for the violation rate."),
+    verify: int = typer.Option(3, "--verify", help="Plans per budget timed on the device for the violation rate."),
+    profile_missing: bool = typer.Option(True, "--profile-missing/--no-profile-missing",
+                                         help="On the device's machine, measure first what the space scores and no measurement covers."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     db: str | None = DB_OPTION,
 ) -> None:
     """Samplers vs random at equal trials against the exact reference front of a reduced space."""
-    from hwsearch.bench.search import print_report
-    from hwsearch.bench.search import run as run_bench
+    from hwsearch.bench.search import print_report, run_models
 
-    doc = run_bench(open_engine(db), device, model, trials=trials, seeds=seeds,
-                    samplers=[s.strip() for s in samplers.split(",") if s.strip()],
-                    objectives=[o.strip() for o in objectives.split(",")], verify=verify, show_progress=not as_json)
+    doc = run_models(open_engine(db), device, [m.strip() for m in model.split(",") if m.strip()], trials=trials, seeds=seeds,
+                     samplers=[s.strip() for s in samplers.split(",") if s.strip()],
+                     objectives=[o.strip() for o in objectives.split(",")], verify=verify, show_progress=not as_json,
+                     profile_missing=profile_missing)
     show(doc, as_json, lambda: print_report(doc))
