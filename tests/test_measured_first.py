@@ -334,3 +334,34 @@ def test_a_search_measures_what_it_would_predict_or_says_so(tmp_path):
     assert latency["extrapolated"] and "hwsearch profile --local --for mlp" in latency["detail"]
     latency = build_problem(engine, spec(profile_missing=True)).tables.provenance["latency"]
     assert not latency["extrapolated"] and latency["measured_share"] == 1.0 and latency["anchored"]
+
+
+def test_a_layer_not_timed_in_place_takes_its_nearest_timed_siblings_ratio():
+    """Calibration timed a layer unmerged at one rank; a search also scores it at merged token
+    counts and other ranks. Those take the timed kernel's in-place / isolated ratio (merging
+    changes the rows, a rank the inner size), not a family line."""
+    from dataclasses import replace
+
+    from hwsearch.predictors.model_latency import ModelLatency, Overhead, anchor_key, inplace_key
+    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.plan import LayerChoice
+
+    class Flops:
+        def predict_specs(self, specs):
+            return np.array([s.flops / 1e9 for s in specs])
+
+    model = get_model("vit_tiny")
+    layer = model.layer("blocks.0.mlp.fc1")
+    choice = LayerChoice(format="int8", rank=96)
+    timed = LinearSpec(layer.tokens, layer.K, layer.N, "int8", rank=96)
+    iso = Flops().predict_specs([timed])[0]
+    oh = Overhead(model_inplace_ms={anchor_key(model): {inplace_key(timed, choice): 3.0 * iso}})
+    ml = ModelLatency(model, Flops(), oh)
+    assert ml.inplace_ms(timed, choice, layer.tokens) == pytest.approx(3.0 * iso)
+    merged = replace(timed, M=layer.tokens // 2)
+    assert ml.inplace_ms(merged, choice, layer.tokens) == pytest.approx(3.0 * Flops().predict_specs([merged])[0])
+    other_rank = replace(merged, rank=48)
+    assert ml.inplace_ms(other_rank, LayerChoice(format="int8", rank=48), layer.tokens) == pytest.approx(
+        3.0 * Flops().predict_specs([other_rank])[0])
+    # another format is no sibling: nothing measured stands in for it
+    assert ml.inplace_ms(replace(merged, format="bf16"), LayerChoice(format="bf16", rank=96), layer.tokens) is None

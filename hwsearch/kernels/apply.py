@@ -9,7 +9,8 @@ modules, so the identity plan gives back a copy of the model that computes exact
 
 AWQ int4 layers need calibration: `calibration=` the model's calibration inputs (a tensor, a
 tuple of positional inputs or a dict of keyword inputs); each AWQ layer's input activations
-are collected with forward hooks on the uncompressed model (`layer_inputs`), then the layer is
+are collected with forward hooks on the uncompressed model (`layer_inputs`), each layer's alpha
+is chosen by the model's output on the same inputs (`awq.model_alphas`), then the layer is
 built from them (`hwsearch.kernels.awq`).
 """
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels.awq import MAX_TOKENS, keep_rows
+from hwsearch.kernels.awq import MAX_TOKENS, keep_rows, model_alphas
 from hwsearch.kernels.dispatch import Dispatch
 from hwsearch.kernels.kvcache import DecodeStep
 from hwsearch.kernels.modules import CompressedLinear, TomeBlock, TomeState
@@ -152,6 +153,7 @@ def apply_plan(
         raise HwsearchError(f"plan has AWQ int4 layers ({', '.join(scaled[:3])}{more}) and no calibration data; accepted: "
                             "apply_plan(..., calibration=<the model's calibration inputs: a tensor, tuple or dict of keyword inputs>)")
     activations = layer_inputs(model, scaled, calibration) if scaled else {}
+    alphas = model_alphas(model, {n: plan.layers[n] for n in scaled}, activations, lambda: forward(model, calibration))
     out = model if inplace else copy.deepcopy(model)
     modules = dict(out.named_modules())
     dtype = spec.dtype if spec is not None else "fp32"
@@ -160,7 +162,7 @@ def apply_plan(
             continue
         rows = spec.layer(name).tokens if spec is not None else 1
         _set_module(out, name, CompressedLinear(modules[name], choice, rows=rows, backend=backend, dispatch=dispatch,
-                                                calibration=activations.get(name)))
+                                                calibration=activations.get(name), awq_alpha=alphas.get(name)))
     set_kv_caches(out, plan)
     schedule = merge_schedule(out, plan, spec)
     if any(schedule):

@@ -24,7 +24,7 @@ from torch import nn
 
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels import registry
-from hwsearch.kernels.awq import AwqResult, awq_search
+from hwsearch.kernels.awq import ALPHAS, AwqResult, awq_search
 from hwsearch.kernels.dispatch import Dispatch
 from hwsearch.kernels.expand import linear_spec
 from hwsearch.kernels.inputs import TORCH_DTYPES
@@ -90,10 +90,12 @@ class CompressedLinear(nn.Module):
     """`nn.Linear` replacement that runs one `LinearSpec` on the backend's selected kernel.
 
     An AWQ choice needs `calibration`: the layer's input activations (tokens, K) from the
-    uncompressed model on calibration data (`hwsearch.kernels.apply.layer_inputs`)."""
+    uncompressed model on calibration data (`hwsearch.kernels.apply.layer_inputs`); `awq_alpha`
+    is the alpha chosen on the whole model (`awq.model_alphas`), else the layer's own error chooses."""
 
     def __init__(self, linear: nn.Linear, choice: LayerChoice, rows: int = 1, backend: str = "cpu",
-                 dispatch: Dispatch | None = None, calibration: torch.Tensor | None = None):
+                 dispatch: Dispatch | None = None, calibration: torch.Tensor | None = None,
+                 awq_alpha: float | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.choice = choice
@@ -107,7 +109,7 @@ class CompressedLinear(nn.Module):
             if calibration is None:
                 raise HwsearchError(f"layer choice {choice.label()} needs calibration inputs; accepted: "
                                     "CompressedLinear(..., calibration=<the layer's input activations (tokens, K)>)")
-            found: AwqResult = awq_search(weight, calibration, choice)
+            found: AwqResult = awq_search(weight, calibration, choice, ALPHAS if awq_alpha is None else (awq_alpha,))
             self.awq = {"alpha": found.alpha, "error": found.error, "plain_error": found.plain_error}
             weight = found.weight
             self.register_buffer("input_scale", (1.0 / found.scale).to(TORCH_DTYPES[ACT_DTYPE["int4"]]))

@@ -30,7 +30,7 @@ from hwsearch.search.quality_tasks import QualityTask
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.plan import MergePlan, Plan
 
-SENSITIVITY_VERSION = 4  # 4: AWQ layers without group clipping (`kernels.awq`)
+SENSITIVITY_VERSION = 5  # 4: AWQ layers without group clipping; 5: AWQ alpha chosen on the model's output (`kernels.awq`)
 
 
 @dataclass
