@@ -365,3 +365,21 @@ def test_a_layer_not_timed_in_place_takes_its_nearest_timed_siblings_ratio():
         3.0 * Flops().predict_specs([other_rank])[0])
     # another format is no sibling: nothing measured stands in for it
     assert ml.inplace_ms(replace(merged, format="bf16"), LayerChoice(format="bf16", rank=96), layer.tokens) is None
+
+
+def test_calibration_composes_merged_layers_from_their_unmerged_in_place_time():
+    """The calibration's held-out predictions take the same sibling the search does: a layer a
+    merge schedule shrank, never timed in place at its own token count, costs its unmerged
+    kernel's in-place time at the ratio of their isolated times."""
+    from hwsearch.predictors.calibration import split_by_family
+
+    per_layer, families = {"fc1": 1.0, "fc2": 2.0}, {"fc1": "linear/int8", "fc2": "linear/int8"}
+    keys = {"fc1": "fc1@98", "fc2": "fc2@197"}
+    table = {"fc1@197": 6.0, "fc2@197": 5.0}
+    timed, fixed, free = split_by_family(per_layer, families, {}, inplace=table, keys=keys,
+                                         siblings={"fc1": ("fc1@197", 0.5)})
+    assert (timed, fixed, free) == (pytest.approx(3.0 + 5.0), 0.0, 0.0)
+    # without a timed sibling the layer stays with its family line (here none: free)
+    timed, fixed, free = split_by_family(per_layer, families, {}, inplace=table, keys=keys,
+                                         siblings={"fc1": ("fc1@64", 0.5)})
+    assert (timed, free) == (pytest.approx(5.0), pytest.approx(1.0))

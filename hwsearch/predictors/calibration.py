@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -139,14 +139,20 @@ def split_by_family(per_layer: Mapping[str, float], families: Mapping[str, str],
                     scales: Mapping[str, float], offsets: Mapping[str, float] | None = None,
                     casts: Mapping[str, float] | None = None, layer_casts: Mapping[str, float] | None = None,
                     inplace: Mapping[str, float] | None = None, keys: Mapping[str, str] | None = None,
-                    extra: Mapping[str, float] | None = None) -> tuple[float, float, float]:
-    """(Σ of the layers' in-place times where measured (`inplace`, by `keys`), Σ of the others'
-    in-model ms where their family has a line (scaled, plus per-call offset and casts), Σ ms of
-    the rest). `extra`: a layer's other kernels (an AWQ input scale), which its in-place time includes."""
+                    extra: Mapping[str, float] | None = None,
+                    siblings: Mapping[str, tuple[str, float]] | None = None) -> tuple[float, float, float]:
+    """(Σ of the layers' in-place times where measured (`inplace`, by `keys`; else by `siblings`:
+    the unmerged kernel's time at the isolated ratio), Σ of the others' in-model ms where their
+    family has a line (scaled, plus per-call offset and casts), Σ ms of the rest). `extra`: a
+    layer's other kernels (an AWQ input scale), which its in-place time includes."""
     timed_ms = fixed = free = 0.0
+    inplace = inplace or {}
     for name, ms in per_layer.items():
         fam = families[name]
-        timed = (inplace or {}).get((keys or {}).get(name, ""))
+        timed = inplace.get((keys or {}).get(name, ""))
+        if timed is None and name in (siblings or {}):
+            key, ratio = siblings[name]  # type: ignore[index]
+            timed = None if key not in inplace else inplace[key] * ratio
         if timed is not None:
             timed_ms += timed
             continue
@@ -236,6 +242,10 @@ class PlanParts:
     layer_keys: dict[str, str] = field(default_factory=dict)  # layer -> `inplace_key` of its kernel
     layer_extra: dict[str, float] = field(default_factory=dict)  # layer -> ms of its other kernels (AWQ input scale)
     weight_mb: float = 0.0  # MB of layer weights the plan streams (`model_latency.plan_weight_mb`)
+    # layer -> (`inplace_key` of its kernel at the layer's unmerged token count, isolated ms here /
+    # there), for layers a merge schedule shrank: not timed in place at their own count, they take
+    # the unmerged kernel's in-place time at that ratio (`ModelLatency.inplace_ms`)
+    layer_siblings: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def kernel_ms(self) -> float:
@@ -254,6 +264,7 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
     casts: dict[str, float] = {}
     keys: dict[str, str] = {}
     extra: dict[str, float] = {}
+    shrunk: list[tuple[str, LinearSpec, float]] = []  # layers a merge schedule shrank, at their unmerged count
     rest = 0.0
     for (owner, spec), t in zip(kernels, ms, strict=True):
         if owner in layers and isinstance(spec, LinearSpec):
@@ -261,13 +272,19 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
             family[owner] = layer_family(spec)
             casts[owner] = cast_melems(spec, ml.model.dtype)
             keys[owner] = inplace_key(spec, choices[owner])
+            tokens = ml.model.layer(owner).tokens
+            if tokens != spec.M:
+                shrunk.append((owner, replace(spec, M=tokens), float(t)))
         elif owner in layers:
             extra[owner] = extra.get(owner, 0.0) + float(t)
         else:
             rest += float(t)
+    there = ml.predictor.predict_specs([u for _, u, _ in shrunk]) if shrunk else []
+    siblings = {owner: (inplace_key(u, choices[owner]), t / iso) for (owner, u, t), iso in zip(shrunk, there, strict=True)
+                if iso > 0}
     merging = merge_blocks(ml.model, None if plan is None else plan.merge)
     return PlanParts(layer_ms, family, rest, est.kernels, est.cast_melems, merging, anchor_key(ml.model), casts,
-                     keys, extra, plan_weight_mb(ml.model, choices))
+                     keys, extra, plan_weight_mb(ml.model, choices), siblings)
 
 
 @dataclass
@@ -282,7 +299,7 @@ class Composition:
         oh = self.overhead.for_model(part.model_key)
         timed, fixed, free = split_by_family(part.layer_ms, part.family, oh.family_scale, oh.family_offset_ms,
                                              oh.family_cast_ms, part.layer_casts, oh.inplace_ms, part.layer_keys,
-                                             part.layer_extra)
+                                             part.layer_extra, part.layer_siblings)
         fixed += oh.inplace_scale * timed + oh.weight_ms_per_mb * part.weight_mb
         total = float(oh.apply(np.array([free + part.rest_ms]), np.array([part.launches]),
                                           np.array([part.cast_melems]), fixed, part.merge_blocks)[0])
@@ -342,7 +359,8 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
     for p in chosen:
         oh = lines.for_model(p.model_key)
         split.append(split_by_family(p.layer_ms, p.family, oh.family_scale, oh.family_offset_ms,
-                                     oh.family_cast_ms, p.layer_casts, oh.inplace_ms, p.layer_keys, p.layer_extra))
+                                     oh.family_cast_ms, p.layer_casts, oh.inplace_ms, p.layer_keys, p.layer_extra,
+                                     p.layer_siblings))
     timed = np.array([t for t, _, _ in split])
     fixed = np.array([f + lines.for_model(p.model_key).weight_ms_per_mb * p.weight_mb
                       for (_, f, _), p in zip(split, chosen, strict=True)])
