@@ -435,6 +435,12 @@ def test_cli_bench_model_latency_times_real_plans(world):
     assert set(doc["anchors_ms"]) == {"digits_vit", "vit_tiny"} and all(v > 0 for v in doc["anchors_ms"].values())
     assert set(stored.load().anchors) == {anchor_key(get_model(m)) for m in ("digits_vit", "vit_tiny")}
     assert set(doc["unanchored"]["per_model"]) == set(doc["per_model"])
+    # each plan is judged at the machine state its anchor, timed beside it, shows; raw beside it
+    for r in doc["rows"]:
+        assert r["machine_state"] > 0 and r["measured_at_median_state_ms"] == pytest.approx(r["measured_ms"] / r["machine_state"])
+    state = doc["machine_state"]
+    assert state["p10_p50_p90"][0] <= state["p10_p50_p90"][2] and set(state["raw"]["per_model"]) == set(doc["per_model"])
+    assert state["raw"]["noise_floor_mape"] is not None
 
 
 def test_cli_errors_are_one_line(world):

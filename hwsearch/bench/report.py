@@ -142,6 +142,13 @@ def print_model_latency(doc: dict[str, Any], model: str, device: str, plans: int
     print(f"{model} on {device}, {plans} random plans ({doc['predictor']['detail']}): MAPE {doc['mape']:.1f} %, "
                f"within ±10 % {doc['within_10pct']:.0%} (kernel sum alone: MAPE {doc['kernel_sum_only']['mape']:.1f} %); "
                f"noise floor (the same plans timed twice): MAPE {doc['noise_floor_mape']:.1f} %")
+    state = doc.get("machine_state")
+    if state:
+        raw = state["raw"]
+        noise = "-" if raw["noise_floor_mape"] is None else f"{raw['noise_floor_mape']:.1f} %"
+        lo, mid, hi = state["p10_p50_p90"]
+        print(f"  each plan judged at the machine state it was timed in (its uncompressed model beside it: p10 {lo:.2f}, "
+              f"p90 {hi:.2f} of the median); as timed, drift included: MAPE {raw['mape']:.1f} %, noise floor {noise}")
     for name, m in doc["per_model"].items():
         rho = "-" if m["spearman"] is None else f"{m['spearman']:.2f}"
         print(f"  {name}: {m['plans']} plans, MAPE {m['mape']:.1f} %, Spearman {rho}, worst under-prediction "
