@@ -18,6 +18,7 @@ Emulated kernels are marked native = false: their "speed-up" is not a real one.
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import select
@@ -113,8 +114,6 @@ def run(engine: Engine, device: str, threads: int | None = None) -> dict[str, An
 
 def _side_by_side(rows: list[tuple[OpSpec, Any]], threads: int, backend: str, limits: Limits | None) -> dict[tuple[OpSpec, str], Any]:
     """Every shape's rows (its bf16 baseline first) timed together in interleaved rounds, here and now."""
-    from types import SimpleNamespace
-
     from hwsearch.profilers.progress import progress_bar
 
     shapes: dict[tuple[int, ...], list[tuple[OpSpec, str]]] = {}

@@ -133,8 +133,7 @@ def run(
         base, _ = built_models[name]
         return apply_plan(base, plan, specs[name], backend=backend, dispatch=answer.dispatch).eval()
 
-    seen_anchor: dict[str, list[float]] = {m: [] for m in models}
-    beside: list[float] = []  # each timing's anchor, in timing order (covering, random, again)
+    beside: list[tuple[str, float]] = []  # each timing's model and anchor ms, in timing order (covering, random, again)
 
     def timed(module: Any, name: str) -> Any:
         """The plan's module timed in interleaved rounds beside its uncompressed model (the
@@ -143,8 +142,7 @@ def run(
         with torch.inference_mode():
             plan_t, anchor_t = time_items([[lambda m=module: forward(m, x)], [lambda: forward(base, x)]], threads=threads,
                                           protocol=MODEL_PROTOCOL)
-        seen_anchor[name].append(anchor_t.median_us / 1e3)
-        beside.append(anchor_t.median_us / 1e3)
+        beside.append((name, anchor_t.median_us / 1e3))
         return plan_t
 
     parts: list[PlanParts] = []
@@ -202,7 +200,7 @@ def run(
             progress("timing plans again (noise floor)", i + 1, plans)
     # Each model uncompressed, timed end to end beside every plan: the anchor its plans are predicted
     # from (`Overhead.anchors`; `profile --for` stores the same measurement for a user's model).
-    anchor_ms = {m: float(np.median(seen_anchor[m])) for m in models}
+    anchor_ms = {m: float(np.median([a for n, a in beside if n == m])) for m in models}
     anchors = [(plan_parts(latencies[name], None), anchor_ms[name]) for name, _ in drawn]
     anchors_alone = [(plan_parts(predicted_only[name], None), anchor_ms[name]) for name, _ in drawn]
     # The machine state each plan was timed in: its anchor, timed in the same interleaved rounds,
@@ -211,21 +209,23 @@ def run(
     # own state), and no composition can predict the state a plan will meet. So, as a job's
     # verification does, every plan and its layers timed in place are brought to the median state
     # (divided by the factor) before fitting and scoring; `raw` scores the measurements as taken.
-    state_of = np.array(beside) / np.array([anchor_ms[n] for n, _ in covering + drawn + (drawn if retime else [])])
+    state_of = np.array([a / anchor_ms[n] for n, a in beside])
     state_cover, state = state_of[:len(covering)], state_of[len(covering):len(covering) + len(drawn)]
     state_again = state_of[len(covering) + len(drawn):]
+
+    def at_state(recs: list[Any], factors: np.ndarray) -> list[Any]:
+        """Layer records (family, in-place ms, ...) with their in-place ms brought to the median state."""
+        return [[(r[0], r[1] / f, *r[2:]) for r in rec] for rec, f in zip(recs, factors, strict=True)]
+
     cover_y = list(np.array(cover_y) / state_cover)
-    records = [[(r[0], r[1] / f, *r[2:]) for r in rec] for rec, f in zip(records, state, strict=True)]
-    records_alone = [[(r[0], r[1] / f, *r[2:]) for r in rec] for rec, f in zip(records_alone, state, strict=True)]
-    cover_records = [[(r[0], r[1] / f, *r[2:]) for r in rec] for rec, f in zip(cover_records, state_cover, strict=True)]
-    cover_records_alone = [[(r[0], r[1] / f, *r[2:]) for r in rec]
-                           for rec, f in zip(cover_records_alone, state_cover, strict=True)]
+    records, records_alone = at_state(records, state), at_state(records_alone, state)
+    cover_records, cover_records_alone = at_state(cover_records, state_cover), at_state(cover_records_alone, state_cover)
     y_raw, y2_raw = np.array(measured), (np.array(again) if retime else None)
     y, y2 = y_raw / state, (None if y2_raw is None else y2_raw / state_again)
     names = np.array([name for name, _ in drawn])
     # the same model timed again and again: each anchor timing against its model's median
-    anchor_seen = np.concatenate([seen_anchor[m] for m in models])
-    anchor_mid = np.concatenate([[anchor_ms[m]] * len(seen_anchor[m]) for m in models])
+    anchor_seen = np.array([a for _, a in beside])
+    anchor_mid = np.array([anchor_ms[n] for n, _ in beside])
     noise = mape(y2, y) if y2 is not None else mape(anchor_mid, anchor_seen)
 
     def again_of(sel: np.ndarray) -> np.ndarray | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from hwsearch.predictors.model_latency import (
     layer_family,
     merge_blocks,
     plan_weight_mb,
+    sibling_specs,
 )
 from hwsearch.spaces.plan import Plan
 
@@ -272,9 +273,8 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
             family[owner] = layer_family(spec)
             casts[owner] = cast_melems(spec, ml.model.dtype)
             keys[owner] = inplace_key(spec, choices[owner])
-            tokens = ml.model.layer(owner).tokens
-            if tokens != spec.M:
-                shrunk.append((owner, replace(spec, M=tokens), float(t)))
+            unmerged = sibling_specs(spec, ml.tokens[owner])[:1]  # merged: its unmerged kernel
+            shrunk += [(owner, u, float(t)) for u in unmerged]
         elif owner in layers:
             extra[owner] = extra.get(owner, 0.0) + float(t)
         else:

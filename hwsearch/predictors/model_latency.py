@@ -274,6 +274,19 @@ def inplace_key(spec: LinearSpec, choice: Any = None) -> str:
     return spec.describe() + (f"|{scaling}" if scaling else "")
 
 
+def sibling_specs(spec: LinearSpec, tokens: int, ranks: Sequence[int] = ()) -> list[LinearSpec]:
+    """The kernels whose in-place time stands in for a layer kernel's where that was not timed,
+    nearest first: the same layer and choice at the layer's unmerged token count `tokens`, then
+    (a low-rank kernel) the same at each of `ranks`, nearest rank first. Merging changes a layer's
+    rows and a rank its inner size, nothing else, so the kernel keeps its sibling's in-place /
+    isolated ratio (`ModelLatency.inplace_ms`, `calibration.plan_parts`)."""
+    here = replace(spec, M=tokens)
+    out = [here] if here != spec else []
+    if spec.rank is not None:
+        out += [replace(here, rank=r) for r in sorted(ranks, key=lambda r: abs(np.log(r / spec.rank))) if r != spec.rank]
+    return out
+
+
 def plan_inplace_keys(model: ModelSpec, plan: Plan | None) -> dict[str, str]:
     """Each layer's `inplace_key` under a plan (at the token count its merge schedule leaves it)."""
     choices = full_choices(model, plan)
@@ -348,7 +361,12 @@ class ModelLatency:
         self.predictor = predictor
         self.overhead = (overhead or Overhead()).for_model(anchor_key(model))
         self.offset_ms = 0.0  # measured anchor minus the composed uncompressed model (0: not anchored)
-        self._rank_index: dict[str, list[int]] | None = None
+        self.tokens = {layer.name: layer.tokens for layer in model.layers}  # each layer's unmerged rows
+        # the ranks timed in place per layer kernel (its in-place key without the rank)
+        self._ranks: dict[str, list[int]] = {}
+        for key in self.overhead.inplace_ms:
+            if (m := _RANK.search(key)) is not None:
+                self._ranks.setdefault(_RANK.sub("", key), []).append(int(m.group(1)))
         anchor = self.overhead.anchors.get(anchor_key(model))
         if anchor is not None:
             self.offset_ms = float(anchor) - self.plan(None).total_ms
@@ -358,41 +376,25 @@ class ModelLatency:
         """Whether this model's uncompressed latency was measured (`Overhead.anchors`)."""
         return anchor_key(self.model) in self.overhead.anchors
 
-    def inplace_ms(self, spec: OpSpec, choice: Any, tokens: int | None = None) -> float | None:
-        """A layer kernel's in-place ms: measured at its own token count where it was; else the
-        nearest sibling timed in place (the same layer and choice at the layer's unmerged token
-        count `tokens`, then the same at the nearest other rank), scaled by the ratio of the two
-        kernels' isolated times. Merging changes a layer's rows and a rank its inner size, nothing
-        else, so the kernel keeps its sibling's measured in-place / isolated ratio; without this a
-        search over merge schedules and ranks the calibration did not time falls back on family
-        lines fitted on one rank at one token count (on a 2-vCPU EPYC they put vit_base's int8
-        layers at merged counts 1.6x above the same layers unmerged, and its plans with merging
-        and rank 96 38 % too slow)."""
+    def inplace_ms(self, spec: OpSpec, choice: Any, tokens: int) -> float | None:
+        """A layer kernel's in-place ms: measured at its own token count where it was; else its
+        nearest sibling timed in place (`sibling_specs`; the layer's unmerged count is `tokens`),
+        scaled by the ratio of the two kernels' isolated times. Without it a search over merge
+        schedules and ranks the calibration did not time falls back on family lines fitted on
+        one rank at one token count (on a 2-vCPU EPYC they put vit_base's int8 layers at merged
+        counts 1.6x above the same layers unmerged, and its plans with merging and rank 96 38 %
+        too slow)."""
         oh = self.overhead
         found = oh.inplace_of(spec, choice)
         if found is not None or not oh.inplace_ms or not isinstance(spec, LinearSpec):
             return found
-        here = replace(spec, M=tokens or spec.M)
-        siblings = [here] if here != spec else []
-        if spec.rank is not None:
-            ranks = self._ranks().get(_RANK.sub("", inplace_key(here, choice)), [])
-            siblings += [replace(here, rank=r) for r in sorted(ranks, key=lambda r: abs(np.log(r / spec.rank)))
-                         if r != spec.rank]
-        for sibling in siblings:
+        ranks = self._ranks.get(_RANK.sub("", inplace_key(replace(spec, M=tokens), choice)), [])
+        for sibling in sibling_specs(spec, tokens, ranks):
             there = oh.inplace_of(sibling, choice)
             if there is not None:
                 iso = self.predictor.predict_specs([spec, sibling])
                 return float(there * iso[0] / iso[1]) if iso[1] > 0 else None
         return None
-
-    def _ranks(self) -> dict[str, list[int]]:
-        """The ranks timed in place per layer kernel (its in-place key without the rank)."""
-        if self._rank_index is None:
-            self._rank_index = {}
-            for key in self.overhead.inplace_ms:
-                if (m := _RANK.search(key)) is not None:
-                    self._rank_index.setdefault(_RANK.sub("", key), []).append(int(m.group(1)))
-        return self._rank_index
 
     def kernels(self, plan: Plan | None) -> list[tuple[str, OpSpec]]:
         return model_kernels(self.model, full_choices(self.model, plan), None if plan is None else plan.merge,
@@ -413,7 +415,7 @@ class ModelLatency:
         oh = self.overhead
         # layers timed in place in this model: that time as is (an AWQ layer's input scale included)
         inplace = {owner: t for owner, s in ks if owner in layers
-                   and (t := self.inplace_ms(s, choices[owner], self.model.layer(owner).tokens)) is not None}
+                   and (t := self.inplace_ms(s, choices[owner], self.tokens[owner])) is not None}
         covered = np.array([owner in inplace for owner, _ in ks], dtype=bool)
         own = np.array([np.nan if owner in inplace else (oh.scale_of(s, owner in layers) or np.nan) for (owner, s) in ks])
         fixed = oh.inplace_scale * float(sum(inplace.values())) + float(np.nansum(own * ms)) + sum(
