@@ -201,6 +201,8 @@ def test_sensitivity_measures_awq_layers_like_any_choice() -> None:
     for name in ("0", "2"):
         assert set(table.layers[name]) == {"int4g32", "int4g32-awq"}
     assert table.divergence["0"]["int4g32-awq"] < table.divergence["0"]["int4g32"]  # outlier inputs: AWQ helps
+    for name in ("0", "2"):  # alphas chosen on the task's own divergence, with alpha 0 (plain) on the grid
+        assert table.divergence[name]["int4g32-awq"] <= table.divergence[name]["int4g32"] * 1.05 + 1e-7
     assert task.measure(Plan(model="mlp", layers={"0": AWQ}), "calib")[0] > task.measure(Plan(model="mlp", layers={"0": PLAIN}), "calib")[0]
     uncalibrated = tiny_task(calibrated=False)
     assert quality_space(uncalibrated, knobs).knobs.scalings == ()

@@ -299,6 +299,36 @@ def test_a_decode_step_is_timed_at_its_context(lm: LlamaLM) -> None:
     assert len(module.layers) == 1 and not hasattr(module, "lm_head")  # the spec's blocks alone, as predicted
 
 
+def test_a_decode_plan_is_timed_with_its_time_to_first_token(lm: LlamaLM) -> None:
+    """A decode search's verification times the prompt too: one prefill of `context` tokens into
+    fresh caches in the plan's formats (`prompt_of`), predicted on the decoder's prefill spec
+    (`prefill_of`), and summarised beside the decode figures."""
+    from hwsearch.kernels.apply import forward
+    from hwsearch.kernels.kvcache import DecodeStep
+    from hwsearch.search.verify import prefill_of, prompt_of, summary, time_plans
+
+    first = prefill_of(get_model("tiny_llama:tokens=1,context=512"))
+    assert first is not None and first.options["mode"] == "prefill" and first.tokens == 512
+    assert first.layer_names == get_model("tiny_llama").layer_names
+    deep = prefill_of(get_model("llama3_8b:blocks=2,tokens=1,context=64"))
+    assert deep is not None and deep.options["blocks"] == 2 and deep.tokens == 64
+    for other in ("tiny_llama", "tiny_llama:tokens=1,context=8", "vit_tiny"):  # a prefill, a step too short, a ViT
+        assert prefill_of(get_model(other)) is None
+    step = DecodeStep(torch.zeros(1, 1, dtype=torch.long), context=40)
+    prompt = prompt_of(step)
+    assert prompt.context == 0 and prompt.inputs.shape == (1, 40) and prompt_of(torch.zeros(1, 4)) is None
+    with torch.inference_mode():
+        assert torch.equal(forward(lm, prompt), lm(torch.zeros(1, 40, dtype=torch.long)))
+    spec = llama_spec("tiny", CFG, blocks=2, tokens=1, context=40, lm_head=True)
+    plans = [Plan(model="tiny", layers={}),
+             Plan(model="tiny", layers={}, kv_cache={"layers.0": KVCacheChoice(format="int8", group_size=32)})]
+    rows = time_plans(spec, plans, threads=1, module=lm, example_inputs=step, prefill=True)
+    assert all(r["prefill_ms"] > 0 and r["measured_ms"] > 0 for r in rows)
+    rows = [{**r, "predicted_ms": r["measured_ms"], "predicted_prefill_ms": 2 * r["prefill_ms"],
+             "prefill_measured_share": 1.0} for r in rows]
+    assert summary(rows, None)["prefill_mape"] == pytest.approx(100.0)
+
+
 def test_kv_cache_formats_have_a_measured_sensitivity(tiny_task) -> None:
     """Each decode block's KV-cache format is measured alone like a layer's choice, so a latency x
     perplexity search can trade cache bits: the proxy predicts a plan's perplexity with them."""

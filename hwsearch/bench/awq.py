@@ -1,7 +1,8 @@
 """`hwsearch bench awq`: AWQ int4 against plain int4 on a model with weights and calibration data.
 
 Per group size: the sensitivity proxy's own measurement (`measure_sensitivity`, calibration
-split, one layer changed at a time) of every layer as plain int4 and as AWQ int4, and the whole
+split, one layer changed at a time) of every layer as plain int4 and as AWQ int4, the same
+one-layer changes on the held-out split (where no alpha was chosen), and the whole
 model with every layer plain int4 against every layer AWQ int4 (calibration and held-out
 splits). Reported per layer: the quality change and the output divergence of both, and how many
 layers AWQ makes less sensitive (lower divergence), equal or more.
@@ -70,6 +71,12 @@ def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
         layers = {n: {"plain_delta": table.layers[n][plain.label()], "awq_delta": table.layers[n][awq.label()],
                       "plain_divergence": table.divergence[n][plain.label()],
                       "awq_divergence": table.divergence[n][awq.label()]} for n in names}
+        # the same one-layer changes on the held-out split, which no alpha was chosen on
+        for i, n in enumerate(names):
+            report(f"per-layer int4 g{g}, held out", i, len(names))
+            for label, choice in (("plain", plain), ("awq", awq)):
+                one = Plan(model=task.spec.name, layers={n: choice})
+                layers[n][f"{label}_test_divergence"] = task.measure(one, "test", validate=False)[1]
         whole: dict[str, Any] = {}
         for split in task.splits:
             base = task.evaluate(None, split)
@@ -85,6 +92,11 @@ def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
             "awq_less_sensitive": sum(r["awq_divergence"] < r["plain_divergence"] for r in rows),
             "awq_equal": sum(r["awq_divergence"] == r["plain_divergence"] for r in rows),
             "awq_more_sensitive": sum(r["awq_divergence"] > r["plain_divergence"] for r in rows),
+            "held_out": {
+                "awq_less_sensitive": sum(r["awq_test_divergence"] < r["plain_test_divergence"] for r in rows),
+                "awq_equal": sum(r["awq_test_divergence"] == r["plain_test_divergence"] for r in rows),
+                "awq_more_sensitive": sum(r["awq_test_divergence"] > r["plain_test_divergence"] for r in rows),
+            },
             "whole_model": whole,
         }
     out["base_calib"] = table.base_calib

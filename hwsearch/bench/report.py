@@ -126,7 +126,9 @@ def print_awq(doc: dict[str, Any]) -> None:
     for g, row in doc["groups"].items():
         n = len(row["layers"])
         print(f"{doc['model']} int4 g{g}: AWQ lowers the output divergence of {row['awq_less_sensitive']}/{n} layers "
-              f"(equal {row['awq_equal']}, higher {row['awq_more_sensitive']}), calib split")
+              f"(equal {row['awq_equal']}, higher {row['awq_more_sensitive']}), calib split (alphas chosen there); "
+              f"held out: {row['held_out']['awq_less_sensitive']}/{n} (equal {row['held_out']['awq_equal']}, "
+              f"higher {row['held_out']['awq_more_sensitive']})")
         for key, fig in row["whole_model"].items():
             if isinstance(fig, dict) and "quality" in fig:
                 print(f"  all layers {key}: {doc['metric']} {fig['quality']:.4f} (change {fig['delta']:+.4f}), "

@@ -10,14 +10,14 @@ modules, so the identity plan gives back a copy of the model that computes exact
 AWQ int4 layers need calibration: `calibration=` the model's calibration inputs (a tensor, a
 tuple of positional inputs or a dict of keyword inputs); each AWQ layer's input activations
 are collected with forward hooks on the uncompressed model (`layer_inputs`), each layer's alpha
-is chosen by the model's output on the same inputs (`awq.model_alphas`), then the layer is
-built from them (`hwsearch.kernels.awq`).
+is chosen by what it does to the model's output on the same inputs (`awq.model_alphas`: by the
+quality task's own divergence when `divergence=` gives it), then the layer is built from them (`hwsearch.kernels.awq`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -119,6 +119,7 @@ def layer_inputs(model: nn.Module, names: Sequence[str], inputs: Any, max_rows: 
 def apply_plan(
     model: nn.Module, plan: Plan, spec: ModelSpec | None = None, backend: str = "cpu", inplace: bool = False,
     validate: bool = True, dispatch: Dispatch | None = None, calibration: Any = None,
+    divergence: Callable[[nn.Module], float] | None = None,
 ) -> nn.Module:
     """The model compressed as `plan` says (a copy unless `inplace`).
 
@@ -126,7 +127,9 @@ def apply_plan(
     each layer its rows; without it, layer names are checked against the module itself.
     `validate=False` skips the group constraints (sensitivity measurements change one layer
     of a group on purpose). `calibration`: the model's calibration inputs, needed (only) when
-    the plan has AWQ layers.
+    the plan has AWQ layers; `divergence(model)`: how far a model's output moved on them, which
+    each AWQ layer's alpha minimises (default: the output's relative squared error; a quality
+    task passes its own, `QualityTask.calib_divergence`).
 
     >>> import torch
     >>> import hwsearch as hw
@@ -153,7 +156,8 @@ def apply_plan(
         raise HwsearchError(f"plan has AWQ int4 layers ({', '.join(scaled[:3])}{more}) and no calibration data; accepted: "
                             "apply_plan(..., calibration=<the model's calibration inputs: a tensor, tuple or dict of keyword inputs>)")
     activations = layer_inputs(model, scaled, calibration) if scaled else {}
-    alphas = model_alphas(model, {n: plan.layers[n] for n in scaled}, activations, lambda: forward(model, calibration))
+    alphas = model_alphas(model, {n: plan.layers[n] for n in scaled}, activations, lambda: forward(model, calibration),
+                          divergence=divergence)
     out = model if inplace else copy.deepcopy(model)
     modules = dict(out.named_modules())
     dtype = spec.dtype if spec is not None else "fp32"

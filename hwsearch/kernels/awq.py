@@ -148,27 +148,42 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
 
 def model_alphas(model: nn.Module, choices: dict[str, LayerChoice], activations: dict[str, torch.Tensor],
-                 run: Callable[[], Any], alphas: tuple[float, ...] = ALPHAS) -> dict[str, float]:
+                 run: Callable[[], Any], alphas: tuple[float, ...] = ALPHAS,
+                 divergence: Callable[[nn.Module], float] | None = None) -> dict[str, float]:
     """Per AWQ layer, the alpha whose scaled int4 layer, alone in the otherwise uncompressed
-    `model`, moves its output on the calibration inputs (`run()`: one forward pass) least, as
-    relative squared error. Each layer is swapped in with a forward hook (no copy of the model);
-    answers are cached by the model's and the layer's content, so rebuilding a plan is cheap."""
+    `model`, moves the model least on the calibration inputs: by `divergence(model)` when given
+    (a quality task's own output divergence, e.g. the next-token KL the sensitivity proxy adds
+    up), else by the relative squared error of `run()`'s output (one forward pass) against the
+    uncompressed model's. Each layer is swapped in with a forward hook (no copy of the model);
+    answers are cached by the model's and the layer's content and the measure, so rebuilding a
+    plan is cheap."""
     if not choices:
         return {}
     whole = _fingerprint(*(p for p in model.parameters()))
+    measure = "relative squared output error" if divergence is None else getattr(divergence, "__qualname__", repr(divergence))
     out: dict[str, float] = {}
     reference: torch.Tensor | None = None
+
+    def moved() -> float:
+        nonlocal reference
+        if divergence is not None:
+            return float(divergence(model))
+        with torch.no_grad():
+            got = _first_tensor(run()).detach().float()
+        assert reference is not None
+        return float((got - reference).pow(2).sum() / reference.pow(2).sum().clamp_min(1e-30))
+
     for name, choice in choices.items():
         module = model.get_submodule(name)
         w = module.weight.detach().float()
         bias = None if module.bias is None else module.bias.detach().float()
         x = activations[name]
-        key = (whole, name, choice.label(), _fingerprint(x), alphas)
+        key = (whole, name, choice.label(), _fingerprint(x), alphas, measure)
         if key in _ALPHA_CACHE:
             _ALPHA_CACHE.move_to_end(key)
             out[name] = _ALPHA_CACHE[key]
             continue
-        if reference is None:
+        if reference is None and divergence is None:
             with torch.no_grad():
                 reference = _first_tensor(run()).detach().float()
         mean_abs = x.abs().mean(0)
@@ -184,11 +199,9 @@ def model_alphas(model: nn.Module, choices: dict[str, LayerChoice], activations:
 
             handle = module.register_forward_hook(swap)
             try:
-                with torch.no_grad():
-                    got = _first_tensor(run()).detach().float()
+                err = moved()
             finally:
                 handle.remove()
-            err = float((got - reference).pow(2).sum() / reference.pow(2).sum().clamp_min(1e-30))
             if best is None or err < best[0]:
                 best = (err, alpha)
         assert best is not None

@@ -75,6 +75,9 @@ class Protocol:
 
 # Whole models: one call is tens of ms, so fewer blocks but a longer cap per round.
 MODEL_PROTOCOL = Protocol(rounds=3, min_blocks=5, max_blocks=20, round_seconds=1.0)
+# A decoder's whole prompt (`verify.prompt_of`): one call takes up to seconds, so a block is one call
+# and a round ends after two of them (a round in flight is finished).
+PREFILL_PROTOCOL = Protocol(rounds=3, min_blocks=2, max_blocks=5, round_seconds=0.5)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from hwsearch.config import data_dir
 from hwsearch.errors import HwsearchError
 from hwsearch.kernels.apply import apply_plan
 from hwsearch.kernels.models import LlamaLM, ViT
-from hwsearch.search.quality_metrics import MODEL_METRICS
+from hwsearch.search.quality_metrics import MODEL_METRICS, quality_metric
 from hwsearch.spaces.catalog import (
     DIGITS_VIT,
     MINILM_PACKAGE,
@@ -406,8 +406,16 @@ class QualityTask:
     def measure(self, plan: Plan | None = None, split: str = "test", validate: bool = True) -> tuple[float, float]:
         """(quality, divergence) of the model compressed by `plan` on `split`."""
         module = self.model if plan is None else apply_plan(self.model, plan, self.spec, validate=validate,
-                                                            calibration=self.calibration)
+                                                            calibration=self.calibration, divergence=self.calib_divergence)
         return self.pair(module, split)
+
+    def calib_divergence(self, module: nn.Module) -> float:
+        """How far `module` moved from the uncompressed model on the calib split, by the
+        divergence the sensitivity proxy adds up (a score without one: its quality, made a value
+        to minimise). AWQ layers choose their alpha by it (`apply_plan(divergence=)`), so the
+        proxy prices an AWQ layer by the measure its scales were chosen on."""
+        quality, divergence = self.pair(module, "calib")
+        return divergence if divergence == divergence else quality_metric(self.metric).sign * quality
 
     def pair(self, module: nn.Module, split: str) -> tuple[float, float]:
         """(quality, divergence); a score without a divergence gets NaN (the table falls back)."""

@@ -104,6 +104,8 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
         cols.insert(2, "searched_ms")
     if any(r.get("corrected_ms") is not None and r["corrected_ms"] != r.get("predicted_ms") for r in rows):
         cols.insert(cols.index("predicted_ms") + 1, "corrected_ms")  # after a refit's correction: what the error is of
+    if any("prefill_ms" in r for r in rows):  # a decode search: time to first token beside ms per token
+        cols += ["predicted_prefill_ms", "prefill_ms"]
     if any("measured_quality" in r for r in rows):
         cols += ["predicted_quality", "measured_quality"]
     for col in cols:
@@ -122,6 +124,9 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
                      f"within ±10 %: {last['within_10pct']:.0%}")
     if "violations" in s:
         parts.append(f"{s['violations']} of {s['plans']} chosen plans break latency <= {s['max_latency_ms']:g} ms when measured")
+    if "prefill_mape" in s:
+        parts.append(f"time to first token (prefill of the context) MAPE {s['prefill_mape']:.1f} % "
+                     f"({s['prefill_measured_share']:.0%} of its kernels measured)")
     if s.get("quality_abs_error") is not None:
         parts.append(f"quality proxy mean abs error {s['quality_abs_error']:.4f}")
     grid.caption = "; ".join(parts)

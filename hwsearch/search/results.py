@@ -121,7 +121,7 @@ def _time_with_anchor(spec: SearchSpec, problem: Any, plans: list[Plan]) -> tupl
         _, inputs = verify.torch_model(problem.space.model)
     base = Plan(model=problem.space.model.name, device=spec.device, layers={})
     timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, [*plans, base], module,
-                                    inputs, problem.dispatch, True)
+                                    inputs, problem.dispatch, True, verify.prefill_of(problem.space.model) is not None)
     return timings[: len(plans)], (timings[len(plans)] if len(timings) > len(plans) else None)
 
 
@@ -135,8 +135,9 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
     timings, anchor = _time_with_anchor(spec, problem, plans)
     state = anchor_drift(problem, anchor)
+    first = prefill_estimates(problem, plans)
     rows = []
-    for i, plan, t in zip(chosen, plans, timings, strict=True):
+    for i, plan, t, ttft in zip(chosen, plans, timings, first, strict=True):
         predicted = float(table.latency_ms.iloc[i]) * state if "latency_ms" in table else None
         row = {"trial": int(table.trial.iloc[i]), "round": round_no,
                "plan": plan.model_dump(mode="json", by_alias=True, exclude_none=True), "predicted_ms": predicted,
@@ -154,12 +155,34 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
             row["corrected_ms"] = predicted * correction
             row["upper_ms"] = predicted * correction * (1 + band_pct / 100)
             row["lower_ms"] = predicted * correction / (1 + band_pct / 100)
+        if ttft is not None:
+            row["predicted_prefill_ms"], row["prefill_measured_share"] = ttft
         if problem.quality_task is not None:
             row["predicted_quality"] = float(table.quality.iloc[i])
             row["measured_quality"] = float(problem.quality_task.evaluate(plan, "test"))
         rows.append(row)
     verify.store_verifications(engine, job_id, problem.device_id, rows)
     return rows, anchor
+
+
+def prefill_estimates(problem: Any, plans: list[Plan]) -> list[tuple[float, float] | None]:
+    """Per plan of a decoder's decode search, the predicted time to first token and the share of
+    it that came from stored measurements: the plan's layers on the prompt's prefill
+    (`verify.prefill_of`), composed as any model is (`ModelLatency`, with the device's overhead;
+    anchored where `profile --for` timed that prefill). The cache a prefill writes in a quantised
+    format is not in its kernels (a prefill reads no cache), so the plan's `kv_cache` is left
+    out of the estimate and in the measurement. None for other searches."""
+    prefill = verify.prefill_of(problem.space.model)
+    if prefill is None or problem.latency_predictor is None:
+        return [None] * len(plans)
+    from hwsearch.predictors.model_latency import ModelLatency
+
+    ml = ModelLatency(prefill, problem.latency_predictor, problem.overhead)
+    out: list[tuple[float, float] | None] = []
+    for plan in plans:
+        est = ml.plan(Plan(model=prefill.name, layers=plan.layers))
+        out.append((est.total_ms, est.measured_share))
+    return out
 
 
 def anchor_drift(problem: Any, anchor: dict[str, Any] | None) -> float:

@@ -22,7 +22,8 @@ from torch import nn
 
 from hwsearch.config import data_dir
 from hwsearch.errors import HwsearchError
-from hwsearch.kernels.apply import cache_reader, layer_inputs
+from hwsearch.kernels.apply import cache_reader, forward, layer_inputs
+from hwsearch.kernels.awq import model_alphas
 from hwsearch.kernels.modules import CompressedLinear
 from hwsearch.search.objectives import divergence_curve
 from hwsearch.search.quality_metrics import quality_metric
@@ -30,7 +31,8 @@ from hwsearch.search.quality_tasks import QualityTask
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.plan import MergePlan, Plan
 
-SENSITIVITY_VERSION = 5  # 4: AWQ layers without group clipping; 5: AWQ alpha chosen on the model's output (`kernels.awq`)
+SENSITIVITY_VERSION = 6  # 4: AWQ layers without group clipping; 5: AWQ alpha chosen on the model's output;
+# 6: ... by the task's own divergence, here as in `apply_plan` (`kernels.awq.model_alphas`)
 
 
 @dataclass
@@ -191,8 +193,11 @@ def measure_sensitivity(
     activations = layer_inputs(model, scaled, task.calibration) if scaled else {}
     for name, choice in jobs:
         original = model.get_submodule(name)
+        # an AWQ layer's alpha: chosen as `apply_plan` chooses it for this task (same measure, same cache)
+        alpha = model_alphas(model, {name: choice} if choice.scaling == "awq" else {}, activations,
+                             lambda: forward(model, task.calibration), divergence=task.calib_divergence).get(name)
         _swap(model, name, CompressedLinear(original, choice, rows=task.spec.layer(name).tokens,
-                                            calibration=activations.get(name)))
+                                            calibration=activations.get(name), awq_alpha=alpha))
         try:
             record(table.layers.setdefault(name, {}), table.divergence.setdefault(name, {}), choice.label(),
                    *task.pair(model, "calib"))

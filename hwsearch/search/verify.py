@@ -57,6 +57,31 @@ def decoder_model(model: ModelSpec) -> tuple[Any, Any]:
     return module, x
 
 
+def prefill_of(model: ModelSpec) -> ModelSpec | None:
+    """The prefill whose time is a decode spec's time to first token (TTFT): the same catalogue
+    decoder over its `context` prompt tokens at once (`llama_spec` with tokens=context); None for
+    anything but a decode step over a context longer than a decode step."""
+    from hwsearch.spaces.catalog import DECODE_MAX_TOKENS, OPTIONS, get_model
+
+    name, context = model.name.partition(":")[0], int(model.options.get("context") or 0)
+    if name not in DECODERS or model.options.get("mode") != "decode" or context <= DECODE_MAX_TOKENS:
+        return None
+    keep = {k: int(v) for k, v in model.options.items() if k in OPTIONS[name] and k not in ("tokens", "context")}
+    return get_model(name, **keep, tokens=context)
+
+
+def prompt_of(step: Any) -> Any:
+    """A decode step's prompt as one prefill (`DecodeStep` over empty caches): `context` tokens of
+    the step's kind of input, appended into fresh caches in the plan's formats. None for inputs
+    that are not a decode step over a context."""
+    from hwsearch.kernels.kvcache import DecodeStep
+
+    if not isinstance(step, DecodeStep) or step.context <= 0:
+        return None
+    x = step.inputs
+    return DecodeStep(x.new_zeros((x.shape[0], step.context, *x.shape[2:])), 0)
+
+
 def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None) -> tuple[Any, Any]:
     """(module, its inputs) to time: the given module, a catalogue ViT with seeded weights, the
     packaged MiniLM with its tokenised sentences (a dict of keyword inputs), or a catalogue
@@ -86,23 +111,31 @@ def torch_model(model: ModelSpec, module: Any = None, example_inputs: Any = None
 
 def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: str = "cpu",
                module: Any = None, example_inputs: Any = None, dispatch: Any = None,
-               layers: bool = False) -> list[dict[str, Any]]:
+               layers: bool = False, prefill: bool = False) -> list[dict[str, Any]]:
     """End-to-end latency (ms) of each plan built on the real module with the device's dispatch:
     the profiler's protocol (blocks, rounds interleaved across the plans, stability gate). With
     `layers`, each plan's layers are also timed in place (`layers_ms`: name -> ms, the floor of
-    `profilers.inmodel.layer_times`), which is what a refit adds to the model's in-place table."""
+    `profilers.inmodel.layer_times`), which is what a refit adds to the model's in-place table.
+    With `prefill`, a decoder's decode step is joined by its time to first token (`prefill_ms`:
+    the whole `context`-token prompt in one pass into fresh caches in the plan's formats,
+    `prompt_of`), timed under `PREFILL_PROTOCOL`: a prompt of thousands of tokens takes seconds."""
     import torch
 
     from hwsearch.kernels.apply import apply_plan, forward
     from hwsearch.kernels.registry import torch_device
-    from hwsearch.profilers.timing import MODEL_PROTOCOL, time_items
+    from hwsearch.profilers.timing import MODEL_PROTOCOL, PREFILL_PROTOCOL, time_items
 
     base, x = torch_model(model, module, example_inputs)
+    prompt = prompt_of(x) if prefill else None
+    first: list[Any] = [None] * len(plans)
     with torch.inference_mode():
         # AWQ layers are calibrated on the timing input: their scales' values do not change the time
         built = [apply_plan(base, plan, model, backend=backend, dispatch=dispatch, calibration=x).eval() for plan in plans]
         timings = time_items([[lambda m=m: forward(m, x)] for m in built], threads=threads,
                              device=torch_device(backend), protocol=MODEL_PROTOCOL)
+        if prompt is not None:
+            first = time_items([[lambda m=m: forward(m, prompt)] for m in built], threads=threads,
+                               device=torch_device(backend), protocol=PREFILL_PROTOCOL)
     inside: list[dict[str, float] | None] = [None] * len(built)
     if layers and backend == "cpu":  # hooks time a CPU layer; a GPU layer would need events
         from hwsearch.profilers.inmodel import layer_times
@@ -110,18 +143,19 @@ def time_plans(model: ModelSpec, plans: Sequence[Plan], threads: int, backend: s
         inside = [layer_times(m, x, list(model.layer_names), threads=threads) for m in built]
     del built
     return [{"measured_ms": t.median_us / 1e3, "p10_ms": t.p10_us / 1e3, "p90_ms": t.p90_us / 1e3, "cov": t.cov,
-             "spread": t.spread, "unstable": t.unstable, **({"layers_ms": ms} if ms is not None else {})}
-            for t, ms in zip(timings, inside, strict=True)]
+             "spread": t.spread, "unstable": t.unstable, **({"layers_ms": ms} if ms is not None else {}),
+             **({"prefill_ms": f.median_us / 1e3, "prefill_spread": f.spread} if f is not None else {})}
+            for t, ms, f in zip(timings, inside, first, strict=True)]
 
 
 def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, plans: Sequence[Plan],
                    module: Any = None, example_inputs: Any = None, dispatch: Any = None,
-                   layers: bool = False) -> list[dict[str, Any]]:
+                   layers: bool = False, prefill: bool = False) -> list[dict[str, Any]]:
     """Time here when this is the device's host, else on the Ray node offering `device:NAME`."""
     threads = int(fingerprint.get("threads") or 1)
     backend = fingerprint.get("backend", "cpu")
     if fingerprint.get("host") == socket.gethostname():
-        return time_plans(model, plans, threads, backend, module, example_inputs, dispatch, layers)
+        return time_plans(model, plans, threads, backend, module, example_inputs, dispatch, layers, prefill)
     import ray
 
     resource = f"device:{device}"
@@ -131,7 +165,7 @@ def time_on_device(device: str, fingerprint: dict[str, Any], model: ModelSpec, p
             f"accepted: run on the device's host, or start a Ray node there with --resources '{{\"{resource}\": 1}}'"
         )
     task = ray.remote(time_plans).options(resources={resource: 1}, num_cpus=0)
-    return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs, dispatch, layers))
+    return ray.get(task.remote(model, list(plans), threads, backend, module, example_inputs, dispatch, layers, prefill))
 
 
 def store_verifications(engine: Engine, job_id: int, device_id: int, rows: Sequence[dict[str, Any]]) -> int:
@@ -167,6 +201,11 @@ def summary(rows: Sequence[dict[str, Any]], max_latency_ms: float | None) -> dic
             final = np.array([r.get("round", 1) == last for r in scored])
             out["last_round"] = {"round": int(last), "plans": int(final.sum()), "mape": float(100 * err[final].mean()),
                                  "within_10pct": float(np.mean(err[final] <= 0.10))}
+    first = [r for r in rows if r.get("prefill_ms") and r.get("predicted_prefill_ms")]
+    if first:  # a decode search's time to first token, predicted beside measured
+        ttft = np.array([[r["predicted_prefill_ms"], r["prefill_ms"]] for r in first], dtype=float)
+        out.update(prefill_mape=float(100 * np.mean(np.abs(ttft[:, 0] - ttft[:, 1]) / ttft[:, 1])),
+                   prefill_measured_share=float(np.mean([r.get("prefill_measured_share", 0.0) for r in first])))
     if max_latency_ms is not None:
         broken = sum(1 for r in rows if r["measured_ms"] > max_latency_ms)
         out.update(max_latency_ms=max_latency_ms, violations=broken, violation_rate=broken / len(rows))
