@@ -327,6 +327,9 @@ def test_a_decode_plan_is_timed_with_its_time_to_first_token(lm: LlamaLM) -> Non
     rows = [{**r, "predicted_ms": r["measured_ms"], "predicted_prefill_ms": 2 * r["prefill_ms"],
              "prefill_measured_share": 1.0} for r in rows]
     assert summary(rows, None)["prefill_mape"] == pytest.approx(100.0)
+    measured_only = summary([{k: v for k, v in r.items() if k != "predicted_prefill_ms"} for r in rows], None)
+    assert "prefill_mape" not in measured_only  # an uncalibrated prefill is measured, not promised
+    assert measured_only["prefill_ms"] == [min(r["prefill_ms"] for r in rows), max(r["prefill_ms"] for r in rows)]
 
 
 def test_kv_cache_formats_have_a_measured_sensitivity(tiny_task) -> None:

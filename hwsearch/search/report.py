@@ -124,9 +124,12 @@ def print_verification(result: dict[str, Any], console: Console | None = None) -
                      f"within ±10 %: {last['within_10pct']:.0%}")
     if "violations" in s:
         parts.append(f"{s['violations']} of {s['plans']} chosen plans break latency <= {s['max_latency_ms']:g} ms when measured")
-    if "prefill_mape" in s:
-        parts.append(f"time to first token (prefill of the context) MAPE {s['prefill_mape']:.1f} % "
-                     f"({s['prefill_measured_share']:.0%} of its kernels measured)")
+    if "prefill_ms" in s:
+        lo, hi = s["prefill_ms"]
+        ttft = f"time to first token (the context's prefill) measured {lo:.1f}-{hi:.1f} ms"
+        parts.append(f"{ttft}, predicted with MAPE {s['prefill_mape']:.1f} %" if "prefill_mape" in s else
+                     f"{ttft} (not predicted: its prefill is not calibrated; `hwsearch bench model-latency` "
+                     "with the prefill model, e.g. tiny_llama:tokens=512, calibrates it)")
     if s.get("quality_abs_error") is not None:
         parts.append(f"quality proxy mean abs error {s['quality_abs_error']:.4f}")
     grid.caption = "; ".join(parts)

@@ -168,16 +168,23 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
 def prefill_estimates(problem: Any, plans: list[Plan]) -> list[tuple[float, float] | None]:
     """Per plan of a decoder's decode search, the predicted time to first token and the share of
     it that came from stored measurements: the plan's layers on the prompt's prefill
-    (`verify.prefill_of`), composed as any model is (`ModelLatency`, with the device's overhead;
-    anchored where `profile --for` timed that prefill). The cache a prefill writes in a quantised
-    format is not in its kernels (a prefill reads no cache), so the plan's `kv_cache` is left
-    out of the estimate and in the measurement. None for other searches."""
-    prefill = verify.prefill_of(problem.space.model)
-    if prefill is None or problem.latency_predictor is None:
-        return [None] * len(plans)
-    from hwsearch.predictors.model_latency import ModelLatency
+    (`verify.prefill_of`), composed as any model is (`ModelLatency`, with the device's overhead).
+    Only where that prefill was calibrated (`bench model-latency` timed it: lines or in-place
+    times of its own): a composition fitted on decode steps, one token a layer, does not carry
+    to a prefill of hundreds (on a 2-vCPU EPYC it put tiny_llama's 512-token prefills at 2.3-5.2x
+    their measured 33-59 ms, and the anchored kernel sum at 1.3-1.6x). The cache a prefill
+    writes in a quantised format is not in its kernels (a prefill reads no cache), so the plan's
+    `kv_cache` is left out of the estimate and in the measurement. None elsewhere."""
+    from hwsearch.predictors.model_latency import ModelLatency, anchor_key
 
-    ml = ModelLatency(prefill, problem.latency_predictor, problem.overhead)
+    prefill = verify.prefill_of(problem.space.model)
+    overhead = problem.overhead
+    if prefill is None or problem.latency_predictor is None or overhead is None:
+        return [None] * len(plans)
+    key = anchor_key(prefill)
+    if not (overhead.model_family_scale.get(key) or overhead.model_inplace_ms.get(key)):
+        return [None] * len(plans)
+    ml = ModelLatency(prefill, problem.latency_predictor, overhead)
     out: list[tuple[float, float] | None] = []
     for plan in plans:
         est = ml.plan(Plan(model=prefill.name, layers=plan.layers))

@@ -201,11 +201,14 @@ def summary(rows: Sequence[dict[str, Any]], max_latency_ms: float | None) -> dic
             final = np.array([r.get("round", 1) == last for r in scored])
             out["last_round"] = {"round": int(last), "plans": int(final.sum()), "mape": float(100 * err[final].mean()),
                                  "within_10pct": float(np.mean(err[final] <= 0.10))}
-    first = [r for r in rows if r.get("prefill_ms") and r.get("predicted_prefill_ms")]
-    if first:  # a decode search's time to first token, predicted beside measured
-        ttft = np.array([[r["predicted_prefill_ms"], r["prefill_ms"]] for r in first], dtype=float)
-        out.update(prefill_mape=float(100 * np.mean(np.abs(ttft[:, 0] - ttft[:, 1]) / ttft[:, 1])),
-                   prefill_measured_share=float(np.mean([r.get("prefill_measured_share", 0.0) for r in first])))
+    timed = [r["prefill_ms"] for r in rows if r.get("prefill_ms")]
+    if timed:  # a decode search's time to first token: measured, and predicted beside it where calibrated
+        out["prefill_ms"] = [float(min(timed)), float(max(timed))]
+        first = [r for r in rows if r.get("prefill_ms") and r.get("predicted_prefill_ms")]
+        if first:
+            ttft = np.array([[r["predicted_prefill_ms"], r["prefill_ms"]] for r in first], dtype=float)
+            out.update(prefill_mape=float(100 * np.mean(np.abs(ttft[:, 0] - ttft[:, 1]) / ttft[:, 1])),
+                       prefill_measured_share=float(np.mean([r.get("prefill_measured_share", 0.0) for r in first])))
     if max_latency_ms is not None:
         broken = sum(1 for r in rows if r["measured_ms"] > max_latency_ms)
         out.update(max_latency_ms=max_latency_ms, violations=broken, violation_rate=broken / len(rows))
