@@ -129,9 +129,11 @@ def print_awq(doc: dict[str, Any]) -> None:
               f"(equal {row['awq_equal']}, higher {row['awq_more_sensitive']}), calib split (alphas chosen there); "
               f"held out: {row['held_out']['awq_less_sensitive']}/{n} (equal {row['held_out']['awq_equal']}, "
               f"higher {row['held_out']['awq_more_sensitive']})")
+        windows = doc.get("whole_model_test_windows")
         for key, fig in row["whole_model"].items():
             if isinstance(fig, dict) and "quality" in fig:
-                print(f"  all layers {key}: {doc['metric']} {fig['quality']:.4f} (change {fig['delta']:+.4f}), "
+                where = f" ({windows} held-out windows)" if windows and key.startswith("test") else ""
+                print(f"  all layers {key}{where}: {doc['metric']} {fig['quality']:.4f} (change {fig['delta']:+.4f}), "
                       f"divergence {fig['divergence']:.5f}")
         noise = row["whole_model"]["test_plain_noise"]
         print(f"  noise floor: plain int4 with its weights jittered by {noise['jitter']:.0%} of their spread "
