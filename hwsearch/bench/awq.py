@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from hwsearch.errors import HwsearchError
+from hwsearch.kernels.apply import layer_inputs
 from hwsearch.search.quality_tasks import QualityTask, TinyLlamaConfig, quality_task
-from hwsearch.search.sensitivity import measure_sensitivity
+from hwsearch.search.sensitivity import measure_sensitivity, one_layer
 from hwsearch.spaces.formats import check_int4_group_size
 from hwsearch.spaces.knobs import Knobs, SearchSpace
 from hwsearch.spaces.plan import LayerChoice, Plan
@@ -71,6 +72,7 @@ def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
     if task.calibration is None:
         raise HwsearchError(f"model {model!r} has no calibration data for AWQ; accepted: a model whose quality task has a calib split")
     dtype, names = task.spec.dtype, task.spec.layer_names
+    activations = layer_inputs(task.model, names, task.calibration)  # every layer's inputs, once
     out: dict[str, Any] = {"bench": "awq", "model": task.name, "metric": task.metric, "groups": {},
                            "per_layer_split": "calib (the sensitivity proxy's measurement), and test",
                            "whole_model_test_windows": held_out_windows if wide is not task else None}
@@ -88,8 +90,8 @@ def bench_awq(model: str = "digits_vit", group_sizes: Sequence[int] = (128, 32),
         for i, n in enumerate(names):
             report(f"per-layer int4 g{g}, held out", i, len(names))
             for label, choice in (("plain", plain), ("awq", awq)):
-                one = Plan(model=task.spec.name, layers={n: choice})
-                layers[n][f"{label}_test_divergence"] = task.measure(one, "test", validate=False)[1]
+                with one_layer(task, n, choice, activations) as changed:
+                    layers[n][f"{label}_test_divergence"] = task.pair(changed, "test")[1]
         whole: dict[str, Any] = {}
         for split in wide.splits:
             base = wide.evaluate(None, split)

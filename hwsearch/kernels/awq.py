@@ -170,7 +170,6 @@ def model_alphas(model: nn.Module, choices: dict[str, LayerChoice], activations:
     reference: torch.Tensor | None = None
 
     def moved() -> float:
-        nonlocal reference
         if divergence is not None:
             return float(divergence(model))
         with torch.no_grad():

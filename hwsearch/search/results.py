@@ -110,9 +110,11 @@ def front(trials: list[FrozenTrial], spec: SearchSpec, job_id: int | None, dtype
 REFIT_ROUNDS = 3
 
 
-def _time_with_anchor(spec: SearchSpec, problem: Any, plans: list[Plan]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def _time_with_anchor(spec: SearchSpec, problem: Any, plans: list[Plan], prefill: bool = False
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """`plans` and, beside them, the uncompressed model, timed on the device with their layers in
-    place. Returns (the plans' timings, the uncompressed model's)."""
+    place (and, with `prefill`, a decoder's prompt: `verify.time_plans`). Returns (the plans'
+    timings, the uncompressed model's)."""
     module = inputs = None
     if spec.custom:
         module, inputs = spec.model, spec.example_inputs
@@ -121,7 +123,7 @@ def _time_with_anchor(spec: SearchSpec, problem: Any, plans: list[Plan]) -> tupl
         _, inputs = verify.torch_model(problem.space.model)
     base = Plan(model=problem.space.model.name, device=spec.device, layers={})
     timings = verify.time_on_device(spec.device, problem.fingerprint, problem.space.model, [*plans, base], module,
-                                    inputs, problem.dispatch, True, verify.prefill_of(problem.space.model) is not None)
+                                    inputs, problem.dispatch, True, prefill)
     return timings[: len(plans)], (timings[len(plans)] if len(timings) > len(plans) else None)
 
 
@@ -133,9 +135,10 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     takes, timed in the same rounds). `searched`: each trial's estimate as the search scored it
     (kept beside the one the job stands behind now). Returns (rows, the uncompressed model's timing)."""
     plans = [plan_of(by_number[int(table.trial.iloc[i])], problem.space, spec, problem.tables.provenance) for i in chosen]
-    timings, anchor = _time_with_anchor(spec, problem, plans)
+    prefill = verify.prefill_of(problem.space.model)
+    timings, anchor = _time_with_anchor(spec, problem, plans, prefill is not None)
     state = anchor_drift(problem, anchor)
-    first = prefill_estimates(problem, plans)
+    first = prefill_estimates(problem, prefill, plans)
     rows = []
     for i, plan, t, ttft in zip(chosen, plans, timings, first, strict=True):
         predicted = float(table.latency_ms.iloc[i]) * state if "latency_ms" in table else None
@@ -165,10 +168,10 @@ def _verify_rows(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, ta
     return rows, anchor
 
 
-def prefill_estimates(problem: Any, plans: list[Plan]) -> list[tuple[float, float] | None]:
+def prefill_estimates(problem: Any, prefill: Any, plans: list[Plan]) -> list[tuple[float, float] | None]:
     """Per plan of a decoder's decode search, the predicted time to first token and the share of
-    it that came from stored measurements: the plan's layers on the prompt's prefill
-    (`verify.prefill_of`), composed as any model is (`ModelLatency`, with the device's overhead).
+    it that came from stored measurements: the plan's layers on the prompt's prefill (`prefill`,
+    `verify.prefill_of` of the searched model; None: not a decode search), composed as any model is (`ModelLatency`, with the device's overhead).
     Only where that prefill was calibrated (`bench model-latency` timed it: lines or in-place
     times of its own): a composition fitted on decode steps, one token a layer, does not carry
     to a prefill of hundreds (on a 2-vCPU EPYC it put tiny_llama's 512-token prefills at 2.3-5.2x
@@ -177,7 +180,6 @@ def prefill_estimates(problem: Any, plans: list[Plan]) -> list[tuple[float, floa
     `kv_cache` is left out of the estimate and in the measurement. None elsewhere."""
     from hwsearch.predictors.model_latency import ModelLatency, anchor_key
 
-    prefill = verify.prefill_of(problem.space.model)
     overhead = problem.overhead
     if prefill is None or problem.latency_predictor is None or overhead is None:
         return [None] * len(plans)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from hwsearch.config import data_dir
@@ -29,7 +31,7 @@ from hwsearch.search.objectives import divergence_curve
 from hwsearch.search.quality_metrics import quality_metric
 from hwsearch.search.quality_tasks import QualityTask
 from hwsearch.spaces.knobs import Knobs, SearchSpace
-from hwsearch.spaces.plan import MergePlan, Plan
+from hwsearch.spaces.plan import LayerChoice, MergePlan, Plan
 
 SENSITIVITY_VERSION = 6  # 4: AWQ layers without group clipping; 5: AWQ alpha chosen on the model's output;
 # 6: ... by the task's own divergence, here as in `apply_plan` (`kernels.awq.model_alphas`)
@@ -162,6 +164,25 @@ def _swap(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
     return old
 
 
+@contextmanager
+def one_layer(task: QualityTask, name: str, choice: LayerChoice, activations: dict[str, torch.Tensor]) -> Iterator[nn.Module]:
+    """`task.model` with layer `name` alone compressed as `choice`, swapped in place and put back
+    on leaving. An AWQ choice takes its inputs from `activations` (`layer_inputs` of the
+    uncompressed model on the task's calibration inputs) and its alpha as `apply_plan` chooses it
+    for this task (`model_alphas` with the task's divergence: same measure, same cache)."""
+    model = task.model
+    alpha = None
+    if choice.scaling == "awq":
+        alpha = model_alphas(model, {name: choice}, activations, lambda: forward(model, task.calibration),
+                             divergence=task.calib_divergence)[name]
+    original = _swap(model, name, CompressedLinear(model.get_submodule(name), choice, rows=task.spec.layer(name).tokens,
+                                                   calibration=activations.get(name), awq_alpha=alpha))
+    try:
+        yield model
+    finally:
+        _swap(model, name, original)
+
+
 def measure_sensitivity(
     task: QualityTask, space: SearchSpace, progress: Callable[[int, int], None] | None = None
 ) -> SensitivityTable:
@@ -192,17 +213,9 @@ def measure_sensitivity(
                             "accepted: Knobs(scalings=()) for it, or a task with calibration data")
     activations = layer_inputs(model, scaled, task.calibration) if scaled else {}
     for name, choice in jobs:
-        original = model.get_submodule(name)
-        # an AWQ layer's alpha: chosen as `apply_plan` chooses it for this task (same measure, same cache)
-        alpha = model_alphas(model, {name: choice} if choice.scaling == "awq" else {}, activations,
-                             lambda: forward(model, task.calibration), divergence=task.calib_divergence).get(name)
-        _swap(model, name, CompressedLinear(original, choice, rows=task.spec.layer(name).tokens,
-                                            calibration=activations.get(name), awq_alpha=alpha))
-        try:
+        with one_layer(task, name, choice, activations) as changed:
             record(table.layers.setdefault(name, {}), table.divergence.setdefault(name, {}), choice.label(),
-                   *task.pair(model, "calib"))
-        finally:
-            _swap(model, name, original)
+                   *task.pair(changed, "calib"))
     for block, kv in kv_jobs:
         reader = cache_reader(model, block)
         before = reader.kv_choice
