@@ -148,10 +148,13 @@ def test_a_calibrated_model_takes_its_own_family_lines():
         y.append(scale * sum(layers.values()) + rest + 0.3)
     train = np.arange(12) > 1
     own = fit_compose("per_model_affine", parts, records, np.array(y), train)
+    scaled = fit_compose("per_model", parts, records, np.array(y), train)  # the same with scales alone
     pooled = fit_compose("in_model_affine", parts, records, np.array(y), train)
     for i in (0, 1):
         assert own.predict(parts[i]) == pytest.approx(y[i], rel=1e-3)
+        assert scaled.predict(parts[i]) == pytest.approx(y[i], rel=1e-3)
         assert abs(pooled.predict(parts[i]) / y[i] - 1) > 0.05
+    assert scaled.overhead.model_family_offset_ms["a@1"] == {}
     assert own.overhead.model_family_scale["a@1"]["linear/bf16"] == pytest.approx(1.1, rel=1e-6)
     stored = Overhead.from_bytes(own.overhead.to_bytes())
     assert stored.for_model("a@1").family_scale["linear/bf16"] == pytest.approx(1.1, rel=1e-6)
@@ -248,10 +251,13 @@ def test_in_place_composition_learns_what_weights_cost_the_rest_of_the_pass():
         parts.append(PlanParts(layers, fam, 2.0, 30, 0.0, model_key="m@1", layer_keys=keys, weight_mb=mb))
         records.append(rec)
         y.append(sum(r[1] for r in rec) + 2.0 + 0.03 * mb)
-    for variant in ("in_place", "per_model_affine"):
-        fit = fit_compose(variant, parts, records, np.array(y), np.arange(10) > 0)
+    for variant in ("in_place", "per_model_affine", "per_model"):
+        fit = fit_compose(variant, parts, records, np.array(y), np.arange(10) > 0, bandwidth_gbs=20.0)
         assert fit.overhead.for_model("m@1").weight_ms_per_mb == pytest.approx(0.03, rel=1e-6), variant
         assert fit.predict(parts[0]) == pytest.approx(y[0], rel=1e-6), variant
+    # never more than the evicted bytes cost read back at the device's bandwidth: at 50 GB/s, 0.02 ms/MB
+    capped = fit_compose("per_model", parts, records, np.array(y), np.arange(10) > 0, bandwidth_gbs=50.0)
+    assert capped.overhead.for_model("m@1").weight_ms_per_mb == pytest.approx(0.02)
     # the pooled lines stay without it: the choice between compositions can still leave it out
     assert fit_compose("in_model_affine", parts, records, np.array(y), np.arange(10) > 0).overhead.weight_ms_per_mb == 0.0
 
@@ -383,3 +389,62 @@ def test_calibration_composes_merged_layers_from_their_unmerged_in_place_time():
     timed, fixed, free = split_by_family(per_layer, families, {}, inplace=table, keys=keys,
                                          siblings={"fc1": ("fc1@64", 0.5)})
     assert (timed, free) == (pytest.approx(5.0), pytest.approx(1.0))
+
+
+class _FlopsPredictor:
+    """A deterministic stand-in for a device's kernel predictor: 1 ms per GFLOP plus 10 us."""
+
+    def predict_specs(self, specs):
+        return np.array([0.01 + s.flops / 1e9 for s in specs])
+
+
+def test_a_token_merge_composes_on_its_own_line_in_every_path():
+    """With a `tome_merge` family line (merges timed in place as their block's TokenMerge), the
+    calibration's composition, the model-latency estimate and the search's table agree plan by
+    plan, and each merge costs its line (scale x isolated + offset), not the other kernels' scale."""
+    from dataclasses import replace
+
+    from hwsearch.kernels.specs import TomeMergeSpec
+    from hwsearch.predictors.calibration import Composition, plan_parts
+    from hwsearch.predictors.model_latency import MERGE_FAMILY, ModelLatency, Overhead
+    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.plan import LayerChoice, Plan
+
+    model = get_model("digits_vit")
+    lined = Overhead(scale=1.1, per_forward_ms=0.05, per_kernel_ms=0.001, per_merge_block_ms=0.02,
+                     family_scale={MERGE_FAMILY: 1.5, "linear/int8": 1.2}, family_offset_ms={MERGE_FAMILY: 0.01})
+    plans = [Plan(model="digits_vit", merge=[0, 2, 2, 3], layers={"blocks.1.mlp.fc1": LayerChoice(format="int8")}),
+             Plan(model="digits_vit", merge=[1, 1, 1, 1]), Plan(model="digits_vit")]
+    ml = ModelLatency(model, _FlopsPredictor(), lined)
+    table = ml.table({"blocks.1.mlp.fc1": [LayerChoice(format="int8")]}, [p.merge for p in plans])
+    unlined = ModelLatency(model, _FlopsPredictor(), replace(lined, family_scale={"linear/int8": 1.2}, family_offset_ms={}))
+    for plan, from_table in zip(plans, table.predict(plans), strict=True):
+        total = ml.plan(plan).total_ms
+        assert from_table == pytest.approx(total, rel=1e-9)
+        assert Composition(lined).predict(plan_parts(ml, plan)) == pytest.approx(total, rel=1e-9)
+        merges = [s for _, s in ml.kernels(plan) if isinstance(s, TomeMergeSpec)]
+        iso = float(_FlopsPredictor().predict_specs(merges).sum()) if merges else 0.0
+        assert total - unlined.plan(plan).total_ms == pytest.approx((1.5 - 1.1) * iso + 0.01 * len(merges), rel=1e-9)
+
+
+def test_a_merging_block_times_its_token_merge_in_place():
+    """The merge is a module of its own, named as its kernel's owner: timed in place like a layer."""
+    import torch
+
+    from hwsearch.kernels.apply import apply_plan
+    from hwsearch.predictors.model_latency import ModelLatency
+    from hwsearch.profilers.inmodel import layer_times
+    from hwsearch.search.verify import torch_model
+    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.plan import Plan
+
+    model = get_model("digits_vit")
+    plan = Plan(model="digits_vit", merge=[0, 0, 2, 2])
+    owners = [o for o, s in ModelLatency(model, _FlopsPredictor()).kernels(plan) if s.op == "tome_merge"]
+    assert owners == ["blocks.2.tome_merge", "blocks.3.tome_merge"]
+    base, x = torch_model(model)
+    built = apply_plan(base, plan, model)
+    got = layer_times(built, (x,), owners, threads=1, passes=2, warmup=1)
+    assert all(0 < ms < 1e3 for ms in got.values())
+    with torch.inference_mode():
+        assert built(x).shape == base(x).shape

@@ -95,6 +95,7 @@ def run(
     backend = fp.get("backend", "cpu")
     threads = threads or fp.get("threads") or 1
     answer = best_predictor(engine, device)
+    bandwidth = getattr(answer.roofline, "bandwidth_gbs", None)  # bounds what weights can cost the rest
     caps = Capabilities.from_dict(registry.capabilities(backend), device)
     specs, built_models, spaces = {}, {}, {}
     for request in requests:
@@ -160,11 +161,11 @@ def run(
         timing = timed(module, name)
         part = plan_parts(latencies[name], plan, est)
         inside = layer_times(module, args, list(part.layer_ms), threads=threads)
-        record = [(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0), part.layer_keys[n])
-                  for n in part.layer_ms]
+        record = [(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0), part.layer_keys.get(n, ""))
+                  for n in part.layer_ms]  # every layer and every block's token merge, timed in place
         part_alone = plan_parts(predicted_only[name], plan)
         record_alone = [(part_alone.family[n], inside[n], part_alone.layer_ms[n], part_alone.layer_casts.get(n, 0.0),
-                         part_alone.layer_keys[n]) for n in part_alone.layer_ms]
+                         part_alone.layer_keys.get(n, "")) for n in part_alone.layer_ms]
         del module
         if training_only:
             cover_parts.append(part)
@@ -245,7 +246,8 @@ def run(
         """`variant` fitted on the random plans `train` selects and the covering plans (but those
         of the model `left_out`)."""
         ps, recs, cps, crecs = view
-        return fit_compose(variant, ps + cps, recs + crecs, y_all, np.concatenate([train, cover_names != left_out]))
+        return fit_compose(variant, ps + cps, recs + crecs, y_all, np.concatenate([train, cover_names != left_out]),
+                           bandwidth)
 
     def held_out(variant: str, view: tuple[Any, ...], anchored: list[Any] | None,
                  train: Callable[[int], np.ndarray]) -> np.ndarray:
@@ -260,10 +262,12 @@ def run(
     def other_models(i: int) -> np.ndarray:
         return names != names[i]
 
-    def choose(predicted: dict[str, np.ndarray]) -> str:
-        """The composition chosen on these held-out predictions of every plan (`choose_composition`)."""
-        return choose_composition({v: mape(p, y) for v, p in predicted.items()}, noise_floor_mape=noise,
-                                  errors={v: p / y - 1 for v, p in predicted.items()})
+    def choose(predicted: dict[str, np.ndarray], sel: np.ndarray | None = None) -> str:
+        """The composition chosen on these held-out predictions of the plans `sel` picks (default:
+        every plan) (`choose_composition`)."""
+        sel = np.ones(len(y), bool) if sel is None else sel
+        return choose_composition({v: mape(p[sel], y[sel]) for v, p in predicted.items()}, noise_floor_mape=noise,
+                                  errors={v: p[sel] / y[sel] - 1 for v, p in predicted.items()})
 
     # held-out predictions of each way to compose: each plan from a fit on the other plans
     loo = {v: held_out(v, measured_view, anchors, others) for v in VARIANTS}
@@ -275,8 +279,12 @@ def run(
     # is stored beside the chosen one for such models (`Overhead.unseen`)
     lomo_by = {v: held_out(v, measured_view, anchors, other_models) for v in VARIANTS} if len(models) > 1 else None
     unseen = None if lomo_by is None else choose(lomo_by)
-    lomo_pred = None if lomo_by is None else lomo_by[chosen]
-    lomo = {m: mape(lomo_pred[names == m], y[names == m]) for m in models} if lomo_pred is not None else None
+    # what a model no plan timed gets: with lines of each calibrated model's own, the `unseen` way
+    # (a left-out model has no lines of its own); that way chosen on the *other* models' errors
+    # alone, so the left-out model's figure is not the one the choice was made on
+    per_unseen = None if lomo_by is None else {
+        m: choose(lomo_by, names != m) if chosen in PER_MODEL else chosen for m in models}
+    lomo = None if lomo_by is None else {m: mape(lomo_by[per_unseen[m]][names == m], y[names == m]) for m in models}
     bare = held_out(chosen, measured_view, None, others)
     bare_lomo = held_out(chosen, measured_view, None, other_models) if len(models) > 1 else None
     full = fit_on(chosen, measured_view, everyone == everyone).overhead
@@ -329,6 +337,7 @@ def run(
         "leave_one_model_out": lomo,
         "unseen_models": None if lomo_by is None else {
             "composition": unseen,
+            "chosen_without": per_unseen,
             "leave_one_model_out": {v: {m: mape(p[names == m], y[names == m]) for m in models} for v, p in lomo_by.items()},
             "note": "how a model this calibration did not time composes: each way fitted on the other models' plans "
                     "only (anchored on the left-out model's measured uncompressed time, as `profile --for` stores it); "
@@ -359,7 +368,8 @@ def run(
                     f"({', '.join(VARIANTS)}) the richest within {TIE_POINTS:g} point(s) of the lowest held-out MAPE "
                     "(or within the noise floor, where wider, and not worse than it in a paired one-sided Wilcoxon "
                     "test on the plans' errors, p >= 0.05) is scored and stored; "
-                    "leave_one_model_out fits it on the other models' plans only; every prediction is anchored: "
+                    "leave_one_model_out scores what a model no plan timed gets: the way a left-out model composes, "
+                    "fitted and chosen on the other models' plans only; every prediction is anchored: "
                     "the model's uncompressed latency measured end to end plus the composed difference the plan "
                     "makes (`unanchored` scores the same without it)"),
         "target": {"mape_max": 5.0, "met": bool(mape(pred, y) <= max(5.0, noise + 2.0))},

@@ -159,7 +159,7 @@ def print_model_latency(doc: dict[str, Any], model: str, device: str, plans: int
                    f"{m['worst_under_prediction_pct']:.1f} %; timed twice: MAPE {m['noise_floor_mape']:.1f} %")
     unseen = doc.get("unseen_models")
     if unseen:
-        lomo = unseen["leave_one_model_out"][unseen["composition"]]
-        print(f"  a model left out (fitted on the others, anchored): {unseen['composition']} composes it, MAPE "
-              + ", ".join(f"{m} {v:.1f} %" for m, v in lomo.items())
-              + f" ({doc['composition']}: " + ", ".join(f"{v:.1f} %" for v in doc["leave_one_model_out"].values()) + ")")
+        ways = unseen.get("chosen_without") or {}
+        print("  a model left out (fitted and chosen on the others' plans, anchored): MAPE "
+              + ", ".join(f"{m} {v:.1f} % ({ways.get(m, doc['composition'])})" for m, v in doc["leave_one_model_out"].items())
+              + f"; stored for models no plan timed: {unseen['composition']}")

@@ -168,15 +168,37 @@ class TomeState:
         self.size, self.tokens = None, []
 
 
+class TokenMerge(nn.Module):
+    """One block's token merge: the matching metric (the keys averaged over heads), then the shared
+    matcher sample by sample, exactly the `tome_merge` kernel the profiler times (torch.vmap over
+    it cost 175-300 us more per block on a 2-core Xeon). A module of its own so that it is timed in
+    place like a layer (`profilers.inmodel`): its name, `{block}.tome_merge`, is the owner of the
+    merge kernel in `model_kernels`."""
+
+    def __init__(self, r: int):
+        super().__init__()
+        self.r = r
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        metric = k.mean(1)
+        merged = [bipartite_merge(x[i], metric[i], size[i], self.r) for i in range(x.shape[0])]
+        return torch.stack([m[0] for m in merged]), torch.stack([m[1] for m in merged])
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}"
+
+
 class TomeBlock(nn.Module):
     """A timm-style block (norm1, attn.qkv/proj, norm2, mlp) with proportional attention and
-    `r` tokens merged between attention and MLP. Children keep their names."""
+    `r` tokens merged between attention and MLP (`tome_merge`). Children keep their names."""
 
     def __init__(self, block: nn.Module, r: int, state: TomeState):
         super().__init__()
         self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
         self.r = r
         self.tome = state
+        if r > 0:
+            self.tome_merge = TokenMerge(r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
@@ -190,12 +212,7 @@ class TomeBlock(nn.Module):
         if self.r > 0:
             if size is None:
                 size = torch.ones(b, t, 1, dtype=x.dtype, device=x.device)
-            metric = k.mean(1)
-            # The shared per-sample matcher, sample by sample: exactly the `tome_merge` kernel the
-            # profiler times (torch.vmap over it cost 175-300 us more per block on a 2-core Xeon).
-            merged = [bipartite_merge(x[i], metric[i], size[i], self.r) for i in range(b)]
-            x = torch.stack([m[0] for m in merged])
-            size = torch.stack([m[1] for m in merged])
+            x, size = self.tome_merge(x, k, size)
             self.tome.size = size
         self.tome.tokens.append(x.shape[1])
         return x + self.mlp(self.norm2(x))
@@ -206,4 +223,4 @@ def storage_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-__all__ = ["CompressedLinear", "TomeBlock", "TomeState", "low_rank_factors", "pack_bits", "storage_bytes", "stored_form"]
+__all__ = ["CompressedLinear", "TokenMerge", "TomeBlock", "TomeState", "low_rank_factors", "pack_bits", "storage_bytes", "stored_form"]

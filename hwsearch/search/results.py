@@ -262,7 +262,7 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
     spent beside its layers against its MB of weights, this model's `weight_ms_per_mb`."""
     from collections import defaultdict
 
-    from hwsearch.predictors.calibration import weight_slope
+    from hwsearch.predictors.calibration import eviction_ceiling, weight_slope
     from hwsearch.predictors.model_latency import (
         ModelLatency,
         anchor_key,
@@ -316,7 +316,8 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
                float(total) - sum(v for v in layers_ms.values() if np.isfinite(v)))
               for plan, layers_ms, total in sources if layers_ms and total]
     _, slope = weight_slope(np.array([p[0] for p in points]), np.array([p[1] for p in points]), [key] * len(points),
-                            MIN_REFIT_SLOPE_POINTS, np.array([p[2] for p in points]))
+                            MIN_REFIT_SLOPE_POINTS, np.array([p[2] for p in points]),
+                            eviction_ceiling(getattr(problem.latency_predictor.roofline, "bandwidth_gbs", None)))
     if key in slope:
         overhead = replace(flat, model_weight_ms_per_mb={**flat.model_weight_ms_per_mb, key: slope[key]})
     oid = store_overhead(engine, spec.device, overhead, {"refit_job": job_id},
