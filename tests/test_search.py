@@ -403,9 +403,11 @@ def layer_lines(ml: ModelLatency, plan: Plan) -> dict[str, float]:
 
 
 def test_a_refit_learns_what_weights_cost_the_rest_at_one_machine_state(world, engine):
-    """A device whose forward pass spends 0.5 ms per MB of weights beside its layers, its plans
-    verified in two rounds, the second 1.4/1.2 times slower throughout (a machine's state moves):
-    the refit brings each round's timings to its anchor's state and fits that slope there."""
+    """A device whose forward pass spends half what evicted bytes could cost (`eviction_ceiling`)
+    per MB of weights beside its layers, its plans verified in two rounds, the second 1.4/1.2 times
+    slower throughout (a machine's state moves): the refit brings each round's timings to its
+    anchor's state and fits that slope there."""
+    from hwsearch.predictors.calibration import eviction_ceiling
     from hwsearch.predictors.model_latency import ModelLatency, anchor_key, full_choices, plan_weight_mb
     from hwsearch.search.results import load_trials, plan_of, refit_in_place
 
@@ -419,12 +421,13 @@ def test_a_refit_learns_what_weights_cost_the_rest_at_one_machine_state(world, e
     key = anchor_key(model)
     flat = replace(problem.overhead, anchors={}, model_weight_ms_per_mb={key: 0.0}, weight_ms_per_mb=0.0)
     ml = ModelLatency(model, problem.latency_predictor, flat)
-    base_ms = ml.plan(None).total_ms + 0.5 * plan_weight_mb(model, full_choices(model, None))
+    slope = 0.5 * eviction_ceiling(problem.latency_predictor.roofline.bandwidth_gbs)
+    base_ms = ml.plan(None).total_ms + slope * plan_weight_mb(model, full_choices(model, None))
     problem.overhead = problem.overhead.with_anchors({key: base_ms})  # calibrated at the device's first state
 
     def timed(plan: Plan | None, factor: float) -> dict:
         mb = plan_weight_mb(model, full_choices(model, plan))
-        return {"measured_ms": factor * (ml.plan(plan).total_ms + 0.5 * mb), "anchor_ms": factor * base_ms,
+        return {"measured_ms": factor * (ml.plan(plan).total_ms + slope * mb), "anchor_ms": factor * base_ms,
                 "layers_ms": {n: factor * v for n, v in layer_lines(ml, plan or Plan(model=model.name)).items()}}
 
     trials = load_trials(world, jobs.get_job(engine, job.id).study_name)
@@ -432,7 +435,7 @@ def test_a_refit_learns_what_weights_cost_the_rest_at_one_machine_state(world, e
     rows = [{"plan": p.model_dump(mode="json", by_alias=True, exclude_none=True), **timed(p, 1.2 if i < 5 else 1.4)}
             for i, p in enumerate(plans)]
     refit = refit_in_place(engine, job.id, spec, problem, rows, timed(None, 1.4))
-    assert refit["weight_ms_per_mb"] == pytest.approx(0.5 * 1.4, rel=1e-6)  # in ms at the anchor's state
+    assert refit["weight_ms_per_mb"] == pytest.approx(slope * 1.4, rel=1e-6)  # in ms at the anchor's state
 
 
 def test_the_correction_takes_every_round_at_one_machine_state(world, engine, monkeypatch):

@@ -322,8 +322,7 @@ class Composition:
 
 
 def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequence[tuple[str, float, float]]],
-                measured: np.ndarray, train: np.ndarray, bandwidth_gbs: float | None = None,
-                anchor_inplace: Mapping[str, Mapping[str, float]] | None = None) -> Composition:
+                measured: np.ndarray, train: np.ndarray, bandwidth_gbs: float | None = None) -> Composition:
     """Fit `variant` on the plans selected by the boolean mask `train`.
 
     kernel_sum: the isolated kernels summed; overhead: one scale on all kernels plus per-forward,
@@ -337,14 +336,6 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
     bytes cost at the device's `bandwidth_gbs`: `eviction_ceiling`); in_place: the
     same, and a layer whose kernel the training plans timed in place in its model
     (`inplace_table`) takes that time as is.
-
-    `anchor_inplace` (`anchor_key` -> `inplace_key` -> ms): each uncompressed model's layers timed
-    in place in it (`profile --for` times them beside the anchor). Every composition from in_model
-    on takes them as is, so that a plan's estimate, the anchor plus the difference its choices
-    make, subtracts what the uncompressed layers cost in that model and not a family line fitted
-    in others: on a 2-vCPU Xeon fp32 layers ran at 0.90x their isolated time in vit_small
-    and 1.08x in vit_base, against a pooled 1.03x, and a model left out of the calibration was
-    predicted 5-10 % off in opposite directions.
     """
     if variant not in VARIANTS:
         raise HwsearchError(f"unknown composition {variant!r}; accepted: {', '.join(VARIANTS)}")
@@ -381,8 +372,6 @@ def fit_compose(variant: str, parts: Sequence[PlanParts], records: Sequence[Sequ
         lines.weight_ms_per_mb, lines.model_weight_ms_per_mb = weight_slope(
             np.array([p.weight_mb for p in chosen]), y - inside, [p.model_key for p in chosen],
             ceiling_ms_per_mb=eviction_ceiling(bandwidth_gbs))
-    for key, table in (anchor_inplace or {}).items():  # measured in the uncompressed model: as is
-        lines.model_inplace_ms[key] = {**lines.model_inplace_ms.get(key, {}), **table}
     split = []
     for p in chosen:
         oh = lines.for_model(p.model_key)
