@@ -36,6 +36,7 @@ from hwsearch.predictors.calibration import (
     choose_composition,
     conformal_band,
     fit_compose,
+    in_place_records,
     plan_parts,
 )
 from hwsearch.predictors.metrics import mape, spearman, within_pct
@@ -95,7 +96,6 @@ def run(
     backend = fp.get("backend", "cpu")
     threads = threads or fp.get("threads") or 1
     answer = best_predictor(engine, device)
-    bandwidth = getattr(answer.roofline, "bandwidth_gbs", None)  # bounds what weights can cost the rest
     caps = Capabilities.from_dict(registry.capabilities(backend), device)
     specs, built_models, spaces = {}, {}, {}
     for request in requests:
@@ -161,11 +161,9 @@ def run(
         timing = timed(module, name)
         part = plan_parts(latencies[name], plan, est)
         inside = layer_times(module, args, list(part.layer_ms), threads=threads)
-        record = [(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0), part.layer_keys.get(n, ""))
-                  for n in part.layer_ms]  # every layer and every block's token merge, timed in place
+        record = in_place_records(part, inside)  # every layer and every block's token merge, timed in place
         part_alone = plan_parts(predicted_only[name], plan)
-        record_alone = [(part_alone.family[n], inside[n], part_alone.layer_ms[n], part_alone.layer_casts.get(n, 0.0),
-                         part_alone.layer_keys.get(n, "")) for n in part_alone.layer_ms]
+        record_alone = in_place_records(part_alone, inside)
         del module
         if training_only:
             cover_parts.append(part)
@@ -247,7 +245,7 @@ def run(
         of the model `left_out`)."""
         ps, recs, cps, crecs = view
         return fit_compose(variant, ps + cps, recs + crecs, y_all, np.concatenate([train, cover_names != left_out]),
-                           bandwidth)
+                           answer.roofline.bandwidth_gbs)
 
     def held_out(variant: str, view: tuple[Any, ...], anchored: list[Any] | None,
                  train: Callable[[int], np.ndarray]) -> np.ndarray:

@@ -299,6 +299,14 @@ def plan_parts(ml: ModelLatency, plan: Plan | None, est: PlanLatency | None = No
                      keys, extra, plan_weight_mb(ml.model, choices), siblings)
 
 
+def in_place_records(part: PlanParts, inside: Mapping[str, float]) -> list[tuple[str, float, float, float, str]]:
+    """One plan's records for the fits: (family, in-model ms, isolated ms, millions of cast
+    elements, `inplace_key` or "") of every layer and token merge in `part`, given each one's
+    in-place ms (`profilers.inmodel.layer_times`)."""
+    return [(part.family[n], inside[n], part.layer_ms[n], part.layer_casts.get(n, 0.0), part.layer_keys.get(n, ""))
+            for n in part.layer_ms]
+
+
 @dataclass
 class Composition:
     """A fitted way to compose parts into end-to-end latency (its `Overhead`)."""

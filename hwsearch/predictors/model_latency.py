@@ -340,9 +340,12 @@ def _launches(spec: OpSpec) -> int:
     return len(spec.factors()) if isinstance(spec, LinearSpec) else 1
 
 
-def cast_melems(spec: LinearSpec, dtype: str) -> float:
-    """Activation elements cast in and out when a layer's act dtype is not the model's (millions)."""
-    return 0.0 if ACT_DTYPE[spec.format] == dtype else spec.M * (spec.K + spec.N) / 1e6
+def cast_melems(spec: OpSpec, dtype: str) -> float:
+    """Activation elements cast in and out when a layer's act dtype is not the model's (millions);
+    none for any other kernel."""
+    if not isinstance(spec, LinearSpec) or ACT_DTYPE[spec.format] == dtype:
+        return 0.0
+    return spec.M * (spec.K + spec.N) / 1e6
 
 
 @dataclass
@@ -421,7 +424,7 @@ class ModelLatency:
         for s, t in zip(specs, ms, strict=True):
             by_op[s.op] = by_op.get(s.op, 0.0) + float(t)
         launches = sum(_launches(s) for s in specs)
-        casts = sum(cast_melems(s, self.model.dtype) for s in specs if isinstance(s, LinearSpec))
+        casts = sum(cast_melems(s, self.model.dtype) for s in specs)
         oh = self.overhead
         # layers timed in place in this model: that time as is (an AWQ layer's input scale included)
         inplace = {owner: t for owner, s in ks if owner in layers
@@ -429,8 +432,7 @@ class ModelLatency:
         covered = np.array([owner in inplace for owner, _ in ks], dtype=bool)
         own = np.array([np.nan if owner in inplace else (oh.scale_of(s, owner in layers) or np.nan) for (owner, s) in ks])
         fixed = oh.inplace_scale * float(sum(inplace.values())) + float(np.nansum(own * ms)) + sum(
-            oh.offset_of(s, owner in layers) + (oh.cast_ms_of(s, owner in layers) * cast_melems(s, self.model.dtype)
-                                                if isinstance(s, LinearSpec) else 0.0)
+            oh.offset_of(s, owner in layers) + oh.cast_ms_of(s, owner in layers) * cast_melems(s, self.model.dtype)
             for owner, s in ks if owner not in inplace)
         fixed += oh.weight_ms_per_mb * plan_weight_mb(self.model, choices)
         free = float(ms[np.isnan(own) & ~covered].sum())
@@ -496,8 +498,7 @@ class PlanTable:
         self.measured = np.zeros((n_m, width), dtype=bool)
         self.scale_ms = np.zeros((n_m, width))  # an AWQ choice's input-scale kernel (scaled like the other kernels)
         self.base_ms = np.zeros(n_m)
-        self.base_lined_ms = np.zeros(n_m)  # of which kernels with a family line (token merges)
-        self.base_fixed_ms = np.zeros(n_m)  # ... composed on that line
+        base_composed = np.zeros(n_m)  # the same kernels composed: `scale`, or their family's line (token merges)
         self.base_measured_ms = np.zeros(n_m)
         self.base_launches = np.zeros(n_m)
         self.inplace = np.full((n_m, width), np.nan)  # a column's time in place in this model, where measured
@@ -509,10 +510,8 @@ class PlanTable:
                                                     dtype=model.dtype) if owner not in names]
             rest_ms = ml.predictor.predict_specs(rest) if rest else np.zeros(0)
             self.base_ms[mi] = float(rest_ms.sum())
-            # the kernels with a family line of their own (token merges, where calibrated), composed here
-            lined = [(k, t) for k, t in zip(rest, rest_ms, strict=True) if oh.scale_of(k, False) is not None]
-            self.base_lined_ms[mi] = sum(t for _, t in lined)
-            self.base_fixed_ms[mi] = sum(oh.scale_of(k, False) * t + oh.offset_of(k, False) for k, t in lined)
+            base_composed[mi] = sum(oh.scale * t if (own := oh.scale_of(k, False)) is None
+                                    else own * t + oh.offset_of(k, False) for k, t in zip(rest, rest_ms, strict=True))
             self.base_measured_ms[mi] = float(rest_ms[measured_mask(ml.predictor, rest)].sum()) if rest else 0.0
             self.base_launches[mi] = len(rest)
             specs: list[OpSpec] = []
@@ -532,7 +531,7 @@ class PlanTable:
                 specs += [attention_spec(merged_blocks[block], model.dtype, c) for c in opts]
             self.ms[mi] = ml.predictor.predict_specs(specs)
             self.launches[mi] = [_launches(s) for s in specs]
-            self.casts[mi] = [cast_melems(s, model.dtype) if isinstance(s, LinearSpec) else 0.0 for s in specs]
+            self.casts[mi] = [cast_melems(s, model.dtype) for s in specs]
             self.measured[mi] = measured_mask(ml.predictor, specs)
             if scales:
                 scale_ms = ml.predictor.predict_specs(scales)
@@ -558,7 +557,7 @@ class PlanTable:
         self._entry = (scaled + oh.scale * np.where(timed, 0.0, self.scale_ms) + oh.per_kernel_ms * self.launches
                        + oh.per_cast_melem_ms * self.casts + oh.weight_ms_per_mb * weight_mb)
         merging = np.array([merge_blocks(model, list(s)) for s in self.schedules], dtype=float)
-        self._base = (oh.scale * (self.base_ms - self.base_lined_ms) + self.base_fixed_ms + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
+        self._base = (base_composed + oh.per_forward_ms + oh.per_kernel_ms * self.base_launches
                       + oh.per_merge_block_ms * merging + ml.offset_ms)
 
     def encode(self, plans: Sequence[Plan]) -> tuple[np.ndarray, np.ndarray]:

@@ -317,7 +317,7 @@ def refit_in_place(engine: Engine, job_id: int, spec: SearchSpec, problem: Any, 
               for plan, layers_ms, total in sources if layers_ms and total]
     _, slope = weight_slope(np.array([p[0] for p in points]), np.array([p[1] for p in points]), [key] * len(points),
                             MIN_REFIT_SLOPE_POINTS, np.array([p[2] for p in points]),
-                            eviction_ceiling(getattr(problem.latency_predictor.roofline, "bandwidth_gbs", None)))
+                            eviction_ceiling(problem.latency_predictor.roofline.bandwidth_gbs))
     if key in slope:
         overhead = replace(flat, model_weight_ms_per_mb={**flat.model_weight_ms_per_mb, key: slope[key]})
     oid = store_overhead(engine, spec.device, overhead, {"refit_job": job_id},
