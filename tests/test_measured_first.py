@@ -448,3 +448,66 @@ def test_a_merging_block_times_its_token_merge_in_place():
     assert all(0 < ms < 1e3 for ms in got.values())
     with torch.inference_mode():
         assert built(x).shape == base(x).shape
+
+
+def test_a_models_gain_scales_its_plans_difference_from_the_anchor_in_every_path():
+    """A calibrated model's gain multiplies the composed difference a plan makes from the model's
+    measured anchor, alike in the model estimate, the search's table and the calibration's
+    composition; `model_gains` recovers it from timed plans, within its range, and an unanchored
+    or another model is untouched."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from hwsearch.predictors.calibration import GAIN_RANGE, Composition, model_gains, plan_parts
+    from hwsearch.predictors.model_latency import ModelLatency, Overhead, anchor_key
+    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.plan import LayerChoice, Plan
+
+    model = get_model("digits_vit")
+    key = anchor_key(model)
+    plain = Overhead(scale=1.2, per_forward_ms=0.05, family_scale={"linear/int8": 1.4}, anchors={key: 2.0})
+    gained = replace(plain, model_gain={key: 0.6, "other@0": 1.7})
+    choices = [LayerChoice(format="int8"), LayerChoice(format="bf16")]
+    layers = ["blocks.0.mlp.fc1", "blocks.1.attn.qkv", "blocks.2.mlp.fc2"]
+    plans = [Plan(model="digits_vit", layers={n: c for n in layers[:k]}) for c in choices for k in (1, 2, 3)]
+    plans.append(Plan(model="digits_vit", merge=[0, 1, 1, 1], layers={layers[0]: choices[0]}))
+    ml, flat = ModelLatency(model, _FlopsPredictor(), gained), ModelLatency(model, _FlopsPredictor(), plain)
+    table = ml.table({n: choices for n in layers}, [None, [0, 1, 1, 1]])
+    base = plan_parts(flat, None)
+    assert ml.plan(None).total_ms == pytest.approx(2.0, rel=1e-9)
+    for plan, from_table in zip(plans, table.predict(plans), strict=True):
+        total = ml.plan(plan).total_ms
+        assert total - 2.0 == pytest.approx(0.6 * (flat.plan(plan).total_ms - 2.0), rel=1e-9)
+        assert from_table == pytest.approx(total, rel=1e-9)
+        assert Composition(gained).predict(plan_parts(flat, plan), (base, 2.0)) == pytest.approx(total, rel=1e-9)
+    # without an anchor the model composes as before
+    unanchored = replace(gained, anchors={})
+    assert ModelLatency(model, _FlopsPredictor(), unanchored).plan(plans[0]).total_ms == pytest.approx(
+        ModelLatency(model, _FlopsPredictor(), replace(plain, anchors={})).plan(plans[0]).total_ms, rel=1e-9)
+    # stored and read back
+    assert Overhead.from_bytes(gained.to_bytes()).model_gain == gained.model_gain
+    # fitted: plans measured at the anchor plus 0.7x their composed difference give 0.7; a fourfold
+    # one is held at the top of the range; too few plans give none
+    parts = [plan_parts(flat, p) for p in plans]
+    diffs = np.array([flat.plan(p).total_ms - 2.0 for p in plans])
+    anchors = [(base, 2.0)] * len(plans)
+    assert model_gains(Composition(plain), parts, 2.0 + 0.7 * diffs, anchors)[key] == pytest.approx(0.7, rel=1e-6)
+    assert model_gains(Composition(plain), parts, 2.0 + 4.0 * diffs, anchors)[key] == GAIN_RANGE[1]
+    assert model_gains(Composition(plain), parts[:3], 2.0 + 0.7 * diffs[:3], anchors[:3]) == {}
+    assert model_gains(Composition(plain), parts, 2.0 + 0.7 * diffs, [None] * len(plans)) == {}
+
+
+def test_benchmark_plans_spread_over_the_compression_range_per_model():
+    """Each model's plans take one share of compressed layers in each n-th of `AGGRESSIVENESS`."""
+    import random
+
+    from hwsearch.bench.model_latency import AGGRESSIVENESS, aggressiveness_draws
+
+    owners = ["a", "b", "c"] * 5 + ["a"]
+    shares = aggressiveness_draws(random.Random(3), owners)
+    lo, hi = AGGRESSIVENESS
+    for m in "abc":
+        mine = sorted(s for s, o in zip(shares, owners, strict=True) if o == m)
+        n = len(mine)
+        assert [int((s - lo) / (hi - lo) * n) for s in mine] == list(range(n))

@@ -482,3 +482,29 @@ def test_cli_bench_search_times_picks_under_several_budgets(world):
     assert pooled["picks"] == sum(d["violation_rate"]["picks"] for d in doc["per_model"].values())
     assert {r["model"] for r in pooled["rows"]} <= {"digits_vit", "vit_tiny"} and 0 <= pooled["violation_rate"] <= 1
     assert set(doc["hv_ratio_min"]) == {"nsga2", "nsga2_no_warm_start", "random"}
+
+
+def test_bench_search_counts_violations_in_the_calibrated_machine_state(world, monkeypatch):
+    """The fresh timing that counts violations runs beside the uncompressed model; while that runs
+    far from the anchor the device stores (here: stored at a tenth of its time, as if the machine
+    had slowed tenfold), the picks are timed again, and a state that never comes back is said."""
+    import hwsearch.bench.search as bench_search
+    from hwsearch.predictors.model_latency import Overhead, anchor_key, store_overhead
+    from hwsearch.search.verify import time_plans
+    from hwsearch.spaces.catalog import get_model
+    from hwsearch.spaces.plan import Plan
+
+    spec = get_model("digits_vit")
+    fp = {"threads": 1}
+    now = time_plans(spec, [Plan(model=spec.name, device="syn", layers={})], int(fp["threads"]))[0]["measured_ms"]
+    store_overhead(world["engine"], "syn", Overhead(anchors={anchor_key(spec): now / 10}), {}, {"note": "test"})
+    monkeypatch.setattr(bench_search, "STATE_PAUSE_S", 0.0)
+    monkeypatch.setattr(bench_search, "STATE_TRIES", 2)
+    res = _run(["bench", "search", "--device", "syn", "--model", "digits_vit", "--trials", "20", "--seeds", "1",
+                "--samplers", "nsga2", "--verify", "1", "--no-profile-missing", "--json", "--db", world["url"]])
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)["violation_rate"]
+    if v["picks"]:
+        assert len(v["machine_states"]) == 2 and all(s > 5 for s in v["machine_states"]) and v["machine_disturbed"]
+        assert all(r["machine_state"] == v["machine_states"][-1] and r["verified_state"] > 5 for r in v["rows"])
+    store_overhead(world["engine"], "syn", Overhead(), {}, {"note": "test"})

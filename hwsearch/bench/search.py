@@ -157,6 +157,8 @@ def run_models(engine: Engine, device: str, models: list[str], **kwargs: Any) ->
         "violation_rate": float(np.mean([o > 0 for o in over])) if rows else 0.0,
         "worst_overshoot_pct": float(max(over)) if rows else None,
         "max_rounds": max((len(v["rounds"]) for v in measured.values()), default=0),
+        "machine_states": {m: v["machine_states"] for m, v in measured.items()},
+        "machine_disturbed": [m for m, v in measured.items() if v["machine_disturbed"]],
         "rows": rows,
     }
     samplers = list(next(iter(docs.values()))["hv_ratio"])
@@ -177,6 +179,13 @@ def _is_local(engine: Engine, device: str) -> bool:
 
 
 BUDGET_QUANTILES = (0.2, 0.35, 0.5, 0.65, 0.8)
+# The fresh timing that counts violations is taken with the machine in the state the promise was
+# made for: on a shared 2-vCPU VM three vit_tiny picks verified at 20.5-21.8 ms were re-timed at
+# 31.7-34.0 ms, 1.5x, while nothing in the plans had changed (the machine had slowed; vit_tiny
+# uncompressed was 15.7 ms at calibration). The uncompressed model timed beside the picks shows that.
+STATE_TOLERANCE = 0.05  # how far from the calibrated state a counted timing may run
+STATE_TRIES = 4
+STATE_PAUSE_S = 30.0
 
 
 def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.ndarray | None, k: int,
@@ -190,17 +199,22 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
     the refit a job does (`results.verify_and_refit`: this model's correction and band from every
     plan timed so far) re-scores the searched trials and the picks are made and timed again, for
     at most `REFIT_ROUNDS` rounds; a plan already timed is judged by its measurement (widened by
-    the device's re-timing drift, `Overhead.retime_band_pct`), not its estimate. The last round's picks are then timed once more and
-    the violations counted on that fresh timing.
+    the device's re-timing drift, `Overhead.retime_band_pct`), not its estimate. Every timing runs
+    beside the uncompressed model, and a verification is brought to the machine state the tables
+    were calibrated in (`results.anchor_drift`), as a job's is. The last round's picks are then
+    timed once more, in a state within `STATE_TOLERANCE` of the calibrated one (re-timed after a
+    pause while it is not, `STATE_TRIES` at most, each try's state reported), and the violations
+    counted on that fresh timing.
     """
     if "latency" not in objectives or front is None or k <= 0:
         return {"measured": False, "reason": "needs the latency objective and --verify > 0"}
     if not problem.local:
         return {"measured": False, "reason": f"device {spec.device!r} is not this machine; timing needs its host"}
     from hwsearch.predictors.calibration import conformal_band
-    from hwsearch.search.results import REFIT_ROUNDS, plan_of
+    from hwsearch.search.results import REFIT_ROUNDS, anchor_drift, plan_of
     from hwsearch.search.study import optimize_in_memory as search
     from hwsearch.search.verify import time_plans
+    from hwsearch.spaces.plan import Plan
 
     li = objectives.index("latency")
     other = 1 - li
@@ -214,9 +228,14 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
     threads, backend = int(problem.fingerprint.get("threads") or 1), problem.fingerprint.get("backend", "cpu")
     drift = float((problem.tables.provenance.get("latency") or {}).get("retime_band_pct") or 0.0) / 100
 
-    def time_trials(trials: list[Any]) -> list[dict[str, float]]:
-        return time_plans(problem.space.model, [plan_of(t, problem.space, spec) for t in trials], threads, backend,
-                          dispatch=problem.dispatch)
+    base = Plan(model=problem.space.model.name, device=spec.device, layers={})
+
+    def time_trials(trials: list[Any]) -> tuple[list[dict[str, float]], float]:
+        """The trials' plans timed beside the uncompressed model: (their timings, the machine's state
+        in those rounds: `results.anchor_drift`, 1 where the device stores no anchor for the model)."""
+        got = time_plans(problem.space.model, [*(plan_of(t, problem.space, spec) for t in trials), base], threads,
+                         backend, dispatch=problem.dispatch)
+        return got[:-1], anchor_drift(problem, got[-1])
 
     # a plan's parameters -> its verification (measured ms and round spread), timed once
     timed: dict[tuple[tuple[str, Any], ...], dict[str, float]] = {}
@@ -242,10 +261,12 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
             if not ok:
                 refused.append(b)  # after the refit no plan's upper bound fits: the user is told so
         new = list({_key(t): t for _, t in picks if _key(t) not in timed}.values())
-        for t, g in zip(new, time_trials(new) if new else [], strict=True):
-            timed[_key(t)] = g
+        got, state = time_trials(new) if new else ([], 1.0)
+        for t, g in zip(new, got, strict=True):
+            # judged at the state the tables were calibrated in, as a job's verification judges it
+            timed[_key(t)] = dict(g, measured_ms=g["measured_ms"] / state, raw_ms=g["measured_ms"], state=state)
             seen_pred.append(t.values[li])
-            seen_meas.append(g["measured_ms"])
+            seen_meas.append(g["measured_ms"] / state)
         # broken: measured over the budget, or too close to it to hold when timed again (drift)
         broken = [(b, t) for b, t in picks if bound(t) > b]
         over = sum(timed[_key(t)]["measured_ms"] > b for b, t in picks)
@@ -266,10 +287,21 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
     # What the user is handed is timed once more, afresh: the violations are counted on that timing,
     # not on the verification that picked it (which a lucky measurement could pass).
     final = list({_key(t): t for _, t in picks}.values())
-    again = {_key(t): g["measured_ms"] for t, g in zip(final, time_trials(final) if final else [], strict=True)}
+    # ... in the machine state the promise was made for: where the uncompressed model, timed in the
+    # same rounds, runs more than `STATE_TOLERANCE` from its calibrated time, something else is
+    # running; the picks are timed again after a pause, `STATE_TRIES` at most
+    states: list[float] = []
+    again: dict[tuple[tuple[str, Any], ...], float] = {}
+    for attempt in range(STATE_TRIES if final else 0):
+        got, state = time_trials(final)
+        states.append(state)
+        again = {_key(t): g["measured_ms"] for t, g in zip(final, got, strict=True)}
+        if abs(state - 1) <= STATE_TOLERANCE or attempt == STATE_TRIES - 1:
+            break
+        time.sleep(STATE_PAUSE_S)
     rows = [{"budget_ms": b, "predicted_ms": float(t.values[li]), "upper_ms": float(t.values[li] * factor),
-             "verified_ms": float(timed[_key(t)]["measured_ms"]), "bound_ms": float(bound(t)),
-             "measured_ms": float(again[_key(t)]),
+             "verified_ms": float(timed[_key(t)]["measured_ms"]), "verified_state": float(timed[_key(t)]["state"]),
+             "bound_ms": float(bound(t)), "measured_ms": float(again[_key(t)]), "machine_state": states[-1],
              "round": len(rounds)} for b, t in picks]
     measured = np.array([r["measured_ms"] for r in rows])
     limit = np.array([r["budget_ms"] for r in rows])
@@ -282,7 +314,11 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
             "all_timed_mape": float(100 * np.mean(np.abs(np.array(seen_pred) - np.array(seen_meas)) / np.array(seen_meas))),
             "retimed_mape": float(100 * np.mean([abs(r["measured_ms"] - r["verified_ms"]) / r["verified_ms"] for r in rows]))
             if rows else None,
-            "counted_on": "the picks timed afresh after the last round (not the verification timing that chose them)",
+            "counted_on": "the picks timed afresh after the last round (not the verification timing that chose them), "
+                          f"beside the uncompressed model, in a machine state within {STATE_TOLERANCE:.0%} of the "
+                          "calibrated one where one came within the tries (`machine_states`)",
+            "machine_states": states,
+            "machine_disturbed": bool(states) and abs(states[-1] - 1) > STATE_TOLERANCE,
             "withdrawn_picks": withdrawn, "retime_band_pct": 100 * drift,
             "rounds": rounds, "plans_timed": len(timed), "rows": rows}
 
@@ -328,6 +364,7 @@ def print_report(doc: dict[str, Any]) -> None:
         Console().print(f"measured: {broken} of {v['picks']} plans picked under {len(v['budgets_ms'])} latency budgets "
                         f"break theirs on the device after {len(v['rounds'])} round(s) of verify-and-refit "
                         f"(violation rate {v['violation_rate']:.2f}, worst overshoot {worst}, band "
-                        f"+{v['band_pct']:.1f} %; {len(v['refused_budgets_ms'])} budget(s) refused: no plan fits)")
+                        f"+{v['band_pct']:.1f} %; {len(v['refused_budgets_ms'])} budget(s) refused: no plan fits; "
+                        f"machine state of the fresh timing(s): {', '.join(f'{x:.2f}' for x in v['machine_states'])})")
     else:
         Console().print(f"violation rate not measured: {v['reason']}")
