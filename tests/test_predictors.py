@@ -431,6 +431,8 @@ def test_cli_bench_model_latency_times_real_plans(world):
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["layers_in_model_ms"] > 0 for r in doc["rows"])
     stored = latest(world["engine"], "overhead", device_backend(world["engine"], "syn")[0])
     assert stored is not None and stored.target == "model-overhead" and stored.load().band_pct == doc["band_pct"]
+    # the re-timing drift as timed, and at the machine states the two timings were taken in
+    assert stored.load().retime_state_band_pct == doc["retime_state_band_pct"] >= 0
     # each model's uncompressed latency, timed beside its plans, anchors its predictions
     assert set(doc["anchors_ms"]) == {"digits_vit", "vit_tiny"} and all(v > 0 for v in doc["anchors_ms"].values())
     assert set(stored.load().anchors) == {anchor_key(get_model(m)) for m in ("digits_vit", "vit_tiny")}
@@ -476,6 +478,7 @@ def test_cli_bench_search_times_picks_under_several_budgets(world):
         assert all(r["bound_ms"] <= r["budget_ms"] + 1e-9 and r["bound_ms"] >= r["verified_ms"] > 0
                    and r["measured_ms"] > 0 for r in v["rows"])
         assert v["counted_on"].startswith("the picks timed afresh") and v["withdrawn_picks"] >= 0
+        assert v["retime_margin_pct"] >= 0 and not v["retime_margin_at_state"]  # an uncalibrated overhead: none stored
         assert v["picks"] > 0 or len(v["refused_budgets_ms"]) == len(BUDGET_QUANTILES)
     # the picks of both models pooled into one rate, each row naming its model
     pooled = doc["violation_rate"]

@@ -322,6 +322,8 @@ def run(
     # the same plans timed again (or the uncompressed model, timed beside each): the machine's drift
     full.retime_band_pct = (conformal_band(y_raw, y2_raw, RETIME_COVERAGE) if y2_raw is not None
                             else conformal_band(anchor_mid, anchor_seen, RETIME_COVERAGE))
+    # ... and what is left of it with both timings at their machine state (plans timed twice only)
+    full.retime_state_band_pct = None if y2 is None else conformal_band(y, y2, RETIME_COVERAGE)
     for i, (row, p) in enumerate(zip(rows, pred, strict=True)):
         row["predicted_ms"] = float(p)
         row["machine_state"] = float(state[i])
@@ -350,6 +352,7 @@ def run(
         "family_scale": full.family_scale,
         "band_pct": full.band_pct,
         "retime_band_pct": full.retime_band_pct,
+        "retime_state_band_pct": full.retime_state_band_pct,
         "band_coverage": COVERAGE,
         "retime_band_coverage": RETIME_COVERAGE,
         "within_band": float(np.mean(y_raw <= pred * (1 + full.band_pct / 100))),

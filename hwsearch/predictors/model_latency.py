@@ -102,6 +102,9 @@ class Overhead:
     # how far the same built plan measures above its first timing when timed again minutes later
     # (conformal, on the calibration's re-timed plans): the margin a verified plan's measurement needs
     retime_band_pct: float | None = None
+    # the same, each timing first brought to the machine state it was taken in (its uncompressed
+    # model timed beside it): the margin where both timings are judged at one state (`bench search`)
+    retime_state_band_pct: float | None = None
     # family lines of one model (`anchor_key` -> family -> scale / offset), fitted on that model's
     # own layers timed in place where it has enough of them: a family's in-place cost depends on
     # what runs around it (MiniLM's bf16 layers do not cost what ViT's do), so a calibrated model
@@ -155,7 +158,8 @@ class Overhead:
                                            ("model_weight_ms_per_mb", self.model_weight_ms_per_mb),
                                            ("model_gain", self.model_gain))}
             return replace(self.unseen, anchors=self.anchors, band_pct=self.band_pct,
-                           retime_band_pct=self.retime_band_pct, **learned).for_model(key)
+                           retime_band_pct=self.retime_band_pct, retime_state_band_pct=self.retime_state_band_pct,
+                           **learned).for_model(key)
         own = self.model_family_scale.get(key)
         table = self.model_inplace_ms.get(key, {})
         slope = self.model_weight_ms_per_mb.get(key, self.weight_ms_per_mb)
@@ -274,7 +278,7 @@ class Overhead:
                 "family_scale": dict(self.family_scale), "family_offset_ms": dict(self.family_offset_ms),
                 "band_pct": self.band_pct,
                 "per_merge_block_ms": self.per_merge_block_ms, "anchors": dict(self.anchors),
-                "retime_band_pct": self.retime_band_pct,
+                "retime_band_pct": self.retime_band_pct, "retime_state_band_pct": self.retime_state_band_pct,
                 "model_family_scale": {k: dict(v) for k, v in self.model_family_scale.items()},
                 "model_family_offset_ms": {k: dict(v) for k, v in self.model_family_offset_ms.items()},
                 "family_cast_ms": dict(self.family_cast_ms),

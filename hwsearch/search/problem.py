@@ -99,6 +99,7 @@ def build_problem(engine: Engine, spec: SearchSpec, progress: Callable[[int, int
             answer_doc = predictor.describe()
             provenance["latency"] = {"source": "predictor", "device": spec.device, "predictor_id": predictor.predictor_id,
                                      "band_pct": overhead.band_pct, "retime_band_pct": overhead.retime_band_pct,
+                                     "retime_state_band_pct": overhead.retime_state_band_pct,
                                      "kind": predictor.kind, "detail": predictor.detail, "overhead_id": overhead_id}
             if "latency" not in needed:
                 needed.append("latency")
