@@ -268,9 +268,9 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
         got, state = time_trials(new) if new else ([], 1.0)
         for t, g in zip(new, got, strict=True):
             # judged at the state the tables were calibrated in, as a job's verification judges it
-            timed[_key(t)] = dict(g, measured_ms=g["measured_ms"] / state, raw_ms=g["measured_ms"], state=state)
+            timed[_key(t)] = dict(g, measured_ms=g["measured_ms"] / state, state=state)
             seen_pred.append(t.values[li])
-            seen_meas.append(g["measured_ms"] / state)
+            seen_meas.append(timed[_key(t)]["measured_ms"])
         # broken: measured over the budget, or too close to it to hold when timed again (drift)
         broken = [(b, t) for b, t in picks if bound(t) > b]
         over = sum(timed[_key(t)]["measured_ms"] > b for b, t in picks)

@@ -135,7 +135,7 @@ class Overhead:
     # off. Such a model keeps its anchor, in-place entries and weight slope (`for_model`).
     unseen: Overhead | None = None
     # per model (`anchor_key`), the factor on the composed difference a plan makes from the model's
-    # anchor, fitted on that model's own timed plans (`calibration.model_gain`): what the family
+    # anchor, fitted on that model's own timed plans (`calibration.model_gains`): what the family
     # lines get wrong about one model alike in all its plans (on a 2-vCPU EPYC every vit_tiny plan
     # measured 2-11 % slower than composed, its speed-ups smaller than its kernels promised)
     model_gain: dict[str, float] = field(default_factory=dict)
