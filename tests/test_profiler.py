@@ -75,6 +75,21 @@ def test_profile_twice_measures_nothing_new(db_url):
         assert s.scalar(select(func.count()).select_from(KernelConfig)) == configs == 8
     engine.dispose()
     assert _counts(db_url, "dev-a") == (first.planned, first.planned)
+    assert not _kernel_children(), "the kernel-measuring child outlived its profile"
+
+
+def _kernel_children() -> list[int]:
+    """This process's children that measure kernels (`profilers.kernel_process`), still running."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"kernel_process" in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            found.append(int(pid))
+    return found
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ nothing here asserts a real timing.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import select, text
 
 from hwsearch.db.engine import current_revision, make_engine, open_db, session_scope, upgrade_schema
 from hwsearch.db.models import Device, KernelConfig, Measurement
+from hwsearch.errors import HwsearchError
 from hwsearch.kernels.specs import LinearSpec
 from hwsearch.profilers import machine
 from hwsearch.profilers.limits import Limits, beyond, copies_for, limits_from_curve
@@ -175,6 +177,26 @@ def test_measure_many_stores_rounds_and_floors():
         assert len(env["round_floors_us"]) == f["rounds"] and env["copies"] >= 1 and env["block_calls"] >= 1
         assert f["median_us"] == pytest.approx(min(env["round_floors_us"]), rel=1e-3)
         assert f["p10_us"] <= f["p90_us"] and set(env["achieved"]) == {"gbs", "gflops"}
+
+
+def test_kernel_worker_measures_in_a_child_and_says_what_went_wrong():
+    from hwsearch.profilers.kernel_process import KernelWorker
+
+    tasks = [("linear", LinearSpec(4, 64, 64, "fp32").params(), "cpu.linear.dense")]
+    lim = Limits(memory_gbs=1e6, cache_gbs=1e6, cold_bytes=1 << 20)
+    with KernelWorker() as worker:
+        assert worker.pid != os.getpid()
+        (field,) = worker.measure_many(tasks, threads=1, limits=lim)
+        assert field["rounds"] >= 3 and field["median_us"] > 0 and field["environment"]["copies"] >= 1
+        with pytest.raises(HwsearchError, match=r"failed in the kernel-measuring process: .*no\.such"):
+            worker.measure_many([("linear", tasks[0][1], "no.such")], threads=1)
+        (again,) = worker.measure_many(tasks, threads=1, limits=lim)  # an error leaves the worker serving
+        assert again["median_us"] > 0
+        worker.process.kill()
+        worker.process.wait()
+        with pytest.raises(HwsearchError, match=r"died \(exit code -9\) while measuring 1 kernel\(s\) of cpu.linear.dense"):
+            worker.measure_many(tasks, threads=1, limits=lim)
+    assert worker.process.poll() is not None
 
 
 def test_machine_state_and_warning():

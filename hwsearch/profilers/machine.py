@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,18 @@ def _cpu_ticks() -> tuple[int, int] | None:
     return total - idle, total
 
 
-def _own_ticks() -> int | None:
-    text = _read(Path("/proc/self/stat"))
-    if not text:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime of every thread of this process
+def _own_ticks(pids: Sequence[int] = ()) -> int | None:
+    """utime + stime of every thread of this process, and of the processes `pids` (while they run)."""
+    total = None
+    for which in ("self", *map(str, pids)):
+        text = _read(Path(f"/proc/{which}/stat"))
+        if not text:
+            if which == "self":
+                return None
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        total = (total or 0) + int(fields[11]) + int(fields[12])
+    return total
 
 
 def frequency_policy() -> dict[str, Any]:
@@ -65,10 +72,11 @@ class LoadMonitor:
     """Samples other processes' share of the CPU between calls to `sample`."""
 
     samples: list[float] = field(default_factory=list)
+    own_pids: list[int] = field(default_factory=list)  # children doing this process's work (their CPU is ours)
     _last: tuple[int, int, int] | None = None
 
     def _now(self) -> tuple[int, int, int] | None:
-        ticks, own = _cpu_ticks(), _own_ticks()
+        ticks, own = _cpu_ticks(), _own_ticks(self.own_pids)
         return None if ticks is None or own is None else (ticks[0], ticks[1], own)
 
     def start(self) -> None:

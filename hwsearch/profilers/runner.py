@@ -24,8 +24,8 @@ from hwsearch.kernels import registry
 from hwsearch.kernels.specs import OpSpec
 from hwsearch.profilers import machine, sampling, store
 from hwsearch.profilers.fingerprint import device_kind, fingerprint
+from hwsearch.profilers.kernel_process import KernelWorker
 from hwsearch.profilers.limits import probe
-from hwsearch.profilers.measure import measure_many
 from hwsearch.profilers.progress import progress_bar
 from hwsearch.profilers.threads import check_threads
 from hwsearch.spaces.knobs import Knobs
@@ -139,16 +139,19 @@ def profile_local(
         n_planned=len(tasks), n_skipped=len(tasks) - len(todo), machine=state,
     )
     inserted = unstable = 0
+    worker: KernelWorker | None = None
     try:
         limits = probe(threads, backend)
         state["limits"] = limits.as_dict()  # stored with the run when it finishes
         store.save_limits(engine, device_id, limits)
+        worker = KernelWorker()  # the kernels run in a child: this process times whole models afterwards
+        monitor.own_pids.append(worker.pid)
         monitor.start()
         with progress_bar(show_progress) as bar:
             task = bar.add_task(f"profiling {name}", total=len(todo))
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start : start + CHUNK]
-                fields, share = _measure_chunk(chunk, monitor, threads, backend, seed, limits)
+                fields, share = _measure_chunk(worker, chunk, monitor, threads, backend, seed, limits)
                 note(machine.busy_warning(share, "during the profile"))
                 unstable += sum(bool(f["unstable"]) for f in fields)
                 inserted += store.write_chunk(engine, device_id, run_id, list(zip((s for s, _ in chunk), fields, strict=True)))
@@ -157,6 +160,9 @@ def profile_local(
         store.finish_run(engine, run_id, "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", repr(err)[:2000],
                          machine={**state, "during_peak_other_share": monitor.peak})
         raise
+    finally:
+        if worker is not None:
+            worker.close()
     store.finish_run(engine, run_id, "done", machine={**state, "during_peak_other_share": monitor.peak,
                                                       "after": machine.snapshot(), "warnings": said})
     return ProfileSummary(name, device_id, run_id, label, len(tasks), len(tasks) - len(todo), inserted,
@@ -170,18 +176,18 @@ def profile_local(
 BUSY_RETRIES = 2
 
 
-def _measure_chunk(chunk: Sequence[tuple[OpSpec, str]], monitor: machine.LoadMonitor, threads: int, backend: str,
-                   seed: int, limits: Any) -> tuple[list[dict[str, Any]], float | None]:
-    """Measure a chunk; again while the machine was busy. (fields per kernel, the last other-share)."""
+def _measure_chunk(worker: KernelWorker, chunk: Sequence[tuple[OpSpec, str]], monitor: machine.LoadMonitor, threads: int,
+                   backend: str, seed: int, limits: Any) -> tuple[list[dict[str, Any]], float | None]:
+    """Measure a chunk in the worker; again while the machine was busy. (fields per kernel, the last other-share)."""
     tasks = [(spec.op, spec.params(), impl) for spec, impl in chunk]
-    fields = measure_many(tasks, threads=threads, backend=backend, seed=seed, limits=limits)
+    fields = worker.measure_many(tasks, threads=threads, backend=backend, seed=seed, limits=limits)
     share = monitor.sample()
     for attempt in range(BUSY_RETRIES):
         if share is None or share <= machine.BUSY:
             break
         machine.settle(limit=10.0)
         monitor.sample()
-        again = measure_many(tasks, threads=threads, backend=backend, seed=seed + attempt + 1, limits=limits)
+        again = worker.measure_many(tasks, threads=threads, backend=backend, seed=seed + attempt + 1, limits=limits)
         share = monitor.sample()
         fields = [b if b["median_us"] < a["median_us"] else a for a, b in zip(fields, again, strict=True)]
         for f in fields:
