@@ -80,16 +80,10 @@ def test_profile_twice_measures_nothing_new(db_url):
 
 def _kernel_children() -> list[int]:
     """This process's children that measure kernels (`profilers.kernel_process`), still running."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"kernel_process" in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
-            found.append(int(pid))
-    return found
+    import psutil
+
+    return [c.pid for c in psutil.Process().children()
+            if c.status() != psutil.STATUS_ZOMBIE and "kernel_process" in " ".join(c.cmdline())]
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

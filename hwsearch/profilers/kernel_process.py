@@ -10,40 +10,22 @@ after measuring kernels; so `profile_local` measures them here (`KernelWorker`) 
 times models in the state a deployed model meets. A kernel that kills the process kills this
 child, not the caller: the chunks already stored stay stored and the run is marked failed.
 
-The protocol: length-prefixed pickles over the child's stdin and a private copy of its stdout
-(stray prints in the child go to stderr), one request (`measure_many`'s arguments) and one reply
-(("ok", fields) or ("error", message)) at a time.
+The protocol: `multiprocessing` connections (pickles, framed) over the child's stdin and a
+private copy of its stdout (stray prints in the child go to stderr), one request
+(`measure_many`'s arguments) and one reply (("ok", fields) or ("error", message)) at a time.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import struct
 import subprocess
 import sys
-from typing import Any, BinaryIO
+from multiprocessing.connection import Connection
+from typing import Any
 
 from hwsearch.errors import HwsearchError
 
-HEADER = struct.Struct("<Q")
 CLOSE_S = 10.0  # how long a worker told to stop may take before it is killed
-
-
-def _send(stream: BinaryIO, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _receive(stream: BinaryIO) -> Any | None:
-    """The next object, or None at the end of the stream."""
-    head = stream.read(HEADER.size)
-    if len(head) < HEADER.size:
-        return None
-    size = HEADER.unpack(head)[0]
-    data = stream.read(size)
-    return None if len(data) < size else pickle.loads(data)
 
 
 class KernelWorker:
@@ -54,6 +36,11 @@ class KernelWorker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.process = subprocess.Popen([sys.executable, "-m", "hwsearch.profilers.kernel_process"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._requests = Connection(os.dup(self.process.stdin.fileno()), readable=False)
+        self._replies = Connection(os.dup(self.process.stdout.fileno()), writable=False)
+        self.process.stdin.close()  # the connections own the pipes now: closing requests is the child's EOF
+        self.process.stdout.close()
 
     @property
     def pid(self) -> int:
@@ -61,11 +48,10 @@ class KernelWorker:
 
     def measure_many(self, tasks: list[tuple[str, dict[str, Any], str]], **kwargs: Any) -> list[dict[str, Any]]:
         """`measure.measure_many(tasks, **kwargs)`, run in the child."""
-        assert self.process.stdin is not None and self.process.stdout is not None
         try:
-            _send(self.process.stdin, {"tasks": tasks, **kwargs})
-            reply = _receive(self.process.stdout)
-        except (BrokenPipeError, OSError):
+            self._requests.send({"tasks": tasks, **kwargs})
+            reply = self._replies.recv()
+        except (EOFError, OSError):
             reply = None
         if reply is None:
             code = self.process.wait(timeout=CLOSE_S)
@@ -78,14 +64,13 @@ class KernelWorker:
         return value
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                assert self.process.stdin is not None
-                self.process.stdin.close()
-                self.process.wait(timeout=CLOSE_S)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
+        self._requests.close()
+        try:
+            self.process.wait(timeout=CLOSE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._replies.close()
 
     def __enter__(self) -> KernelWorker:
         return self
@@ -96,7 +81,7 @@ class KernelWorker:
 
 def main() -> None:
     """The child's loop: a request in, `measure_many`'s fields (or the error) out, until stdin closes."""
-    replies = os.fdopen(os.dup(1), "wb")
+    requests, replies = Connection(0, writable=False), Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # a print anywhere below goes to stderr, not into the replies
     try:  # Linux: die with the parent (a killed profile leaves no child timing kernels beside its rerun)
         import ctypes
@@ -107,14 +92,17 @@ def main() -> None:
         pass
     from hwsearch.profilers.measure import measure_many
 
-    requests = sys.stdin.buffer
-    while (request := _receive(requests)) is not None:
+    while True:
+        try:
+            request = requests.recv()
+        except EOFError:  # the parent is done
+            return
         try:
             reply: tuple[str, Any] = ("ok", measure_many(request.pop("tasks"), **request))
         except Exception as err:  # noqa: BLE001 - any failure is reported to the parent, which raises it
             reply = ("error", f"{type(err).__name__}: {err}")
         try:
-            _send(replies, reply)
+            replies.send(reply)
         except BrokenPipeError:  # the parent is gone
             return
 

@@ -37,18 +37,19 @@ def _cpu_ticks() -> tuple[int, int] | None:
     return total - idle, total
 
 
+def _ticks_of(which: str) -> int | None:
+    """utime + stime of every thread of the process `which` ("self" or a pid), None if unreadable."""
+    text = _read(Path(f"/proc/{which}/stat"))
+    if not text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def _own_ticks(pids: Sequence[int] = ()) -> int | None:
-    """utime + stime of every thread of this process, and of the processes `pids` (while they run)."""
-    total = None
-    for which in ("self", *map(str, pids)):
-        text = _read(Path(f"/proc/{which}/stat"))
-        if not text:
-            if which == "self":
-                return None
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        total = (total or 0) + int(fields[11]) + int(fields[12])
-    return total
+    """This process's CPU ticks, and those of the processes `pids` while they run."""
+    own = _ticks_of("self")
+    return None if own is None else own + sum(t for p in pids if (t := _ticks_of(str(p))) is not None)
 
 
 def frequency_policy() -> dict[str, Any]:
