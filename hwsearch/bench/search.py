@@ -22,6 +22,7 @@ constraints on different models meets.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -204,7 +205,9 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
     were calibrated in (`results.anchor_drift`), as a job's is. The last round's picks are then
     timed once more, in a state within `STATE_TOLERANCE` of the calibrated one (re-timed after a
     pause while it is not, `STATE_TRIES` at most, each try's state reported), and the violations
-    counted on that fresh timing.
+    counted on that fresh timing. What is handed over, per budget, is the `k` best plans whose
+    verification fits it (a last-round pick that broke its budget is withdrawn and replaced by a
+    plan verified earlier, under any budget, where one fits).
     """
     if "latency" not in objectives or front is None or k <= 0:
         return {"measured": False, "reason": "needs the latency objective and --verify > 0"}
@@ -243,12 +246,28 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
 
     # a plan's parameters -> its verification (measured ms and round spread), timed once
     timed: dict[tuple[tuple[str, Any], ...], dict[str, float]] = {}
+    verified_plans: dict[tuple[tuple[str, Any], ...], Any] = {}  # ... and its trial
     seen_pred: list[float] = []
     seen_meas: list[float] = []
     correction = 1.0
     rounds = []
     picks: list[tuple[float, Any]] = []
     refused: list[float] = []
+
+    def choose(bound: Callable[[Any], float], verified: bool = False) -> tuple[list[tuple[float, Any]], list[float]]:
+        """Per budget, the `k` plans best on the other objective whose bound fits it, among its search's
+        trials (or among every plan timed so far, under any budget, if `verified`); and the budgets no
+        such plan fits (the user is told so)."""
+        picks: list[tuple[float, Any]] = []
+        refused: list[float] = []
+        for b in budgets:
+            pool = list(verified_plans.values()) if verified else searched[b]
+            ok = sorted((t for t in pool if bound(t) <= b), key=lambda t: t.values[other] * sign)
+            picks += [(b, t) for t in list({_key(t): t for t in ok}.values())[:k]]  # k different plans
+            if not ok:
+                refused.append(b)
+        return picks, refused
+
     for round_no in range(1, REFIT_ROUNDS + 1):
         factor = correction * (1 + band / 100)
 
@@ -258,17 +277,13 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
             seen = timed.get(_key(t))
             return seen["measured_ms"] * (1 + max(seen["spread"], drift)) if seen else t.values[li] * factor
 
-        picks, refused = [], []
-        for b in budgets:
-            ok = sorted((t for t in searched[b] if bound(t) <= b), key=lambda t: t.values[other] * sign)
-            picks += [(b, t) for t in list({_key(t): t for t in ok}.values())[:k]]  # k different plans
-            if not ok:
-                refused.append(b)  # after the refit no plan's upper bound fits: the user is told so
+        picks, refused = choose(bound)
         new = list({_key(t): t for _, t in picks if _key(t) not in timed}.values())
         got, state = time_trials(new) if new else ([], 1.0)
         for t, g in zip(new, got, strict=True):
             # judged at the state the tables were calibrated in, as a job's verification judges it
             timed[_key(t)] = dict(g, measured_ms=g["measured_ms"] / state, state=state)
+            verified_plans[_key(t)] = t
             seen_pred.append(t.values[li])
             seen_meas.append(timed[_key(t)]["measured_ms"])
         # broken: measured over the budget, or too close to it to hold when timed again (drift)
@@ -284,10 +299,12 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
         band = max(band, conformal_band(correction * pred, meas))
     if not timed:
         return {"measured": False, "reason": "no plan's upper bound fits under any budget"}
-    # a pick whose verification broke its budget in the last round is not handed over (and said)
-    withdrawn = len(picks)
-    picks = [(b, t) for b, t in picks if bound(t) <= b]
-    withdrawn -= len(picks)
+    # What the user is handed: per budget, the k best verified plans that fit it. A last-round pick
+    # whose verification broke its budget (or came too close) is withdrawn (and counted); a plan
+    # verified earlier (under any budget) that fits takes its place, so no budget is left with
+    # fewer picks than the verified plans allow, and nothing handed over goes unverified.
+    withdrawn = sum(bound(t) > b for b, t in picks)
+    picks, refused = choose(bound, verified=True)
     # What the user is handed is timed once more, afresh: the violations are counted on that timing,
     # not on the verification that picked it (which a lucky measurement could pass).
     final = list({_key(t): t for _, t in picks}.values())
