@@ -246,7 +246,6 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
 
     # a plan's parameters -> its verification (measured ms and round spread), timed once
     timed: dict[tuple[tuple[str, Any], ...], dict[str, float]] = {}
-    verified_plans: dict[tuple[tuple[str, Any], ...], Any] = {}  # ... and its trial
     seen_pred: list[float] = []
     seen_meas: list[float] = []
     correction = 1.0
@@ -260,8 +259,9 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
         such plan fits (the user is told so)."""
         picks: list[tuple[float, Any]] = []
         refused: list[float] = []
+        timed_trials = list({_key(t): t for ts in searched.values() for t in ts if _key(t) in timed}.values())
         for b in budgets:
-            pool = list(verified_plans.values()) if verified else searched[b]
+            pool = timed_trials if verified else searched[b]
             ok = sorted((t for t in pool if bound(t) <= b), key=lambda t: t.values[other] * sign)
             picks += [(b, t) for t in list({_key(t): t for t in ok}.values())[:k]]  # k different plans
             if not ok:
@@ -283,7 +283,6 @@ def _violations(problem: Any, objectives: list[str], ref: np.ndarray, front: np.
         for t, g in zip(new, got, strict=True):
             # judged at the state the tables were calibrated in, as a job's verification judges it
             timed[_key(t)] = dict(g, measured_ms=g["measured_ms"] / state, state=state)
-            verified_plans[_key(t)] = t
             seen_pred.append(t.values[li])
             seen_meas.append(timed[_key(t)]["measured_ms"])
         # broken: measured over the budget, or too close to it to hold when timed again (drift)

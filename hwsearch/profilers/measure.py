@@ -45,10 +45,8 @@ def _opaque(state: dict[str, Any]) -> bool:
     return any(not isinstance(v, torch.Tensor) and v is not None for v in state.values())
 
 
-def _clone(state: dict[str, Any]) -> dict[str, Any] | None:
-    """A copy in new memory, or None when the state is opaque (prepare again)."""
-    if _opaque(state):
-        return None
+def _clone(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a state of tensors in new memory."""
     return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
 
 
@@ -70,14 +68,13 @@ def build(spec: OpSpec, kernel: Kernel, copies: int | None, cold_bytes: int, dev
     """
     params, acts = make_inputs(spec, seed=seed, device=device)
     state = kernel.prepare(spec, params)
-    weights = int(bytes_moved(spec)["weights"]) if _opaque(state) else state_bytes(state)
+    opaque = _opaque(state)
+    weights = int(bytes_moved(spec)["weights"]) if opaque else state_bytes(state)
     size = weights + sum(a.numel() * a.element_size() for a in acts)
     n = copies or copies_for(size, cold_bytes)
     calls: list[Callable[[], object]] = [lambda s=state, a=acts: kernel.run(spec, s, *a)]
-    for _ in range(1, n):
-        s_i = _clone(state)
-        if s_i is None:
-            s_i = kernel.prepare(spec, params)
+    for _ in range(n - 1):
+        s_i = kernel.prepare(spec, params) if opaque else _clone(state)
         a_i = tuple(a.clone() for a in acts)
         calls.append(lambda s=s_i, a=a_i: kernel.run(spec, s, *a))
     return Built(spec, kernel, calls, n, n * size)
